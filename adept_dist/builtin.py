@@ -1,0 +1,165 @@
+"""The built-in default: a tiny LLaMA and a word-level tokenizer built (never downloaded) by this
+project, briefly pre-trained on a synthetic review corpus, plus a sentiment task to adapt it to.
+
+The pre-training corpus pairs each review with a continuation that shows its sentiment ("i loved
+it", "i will never come back", "overall it was positive"), so the frozen model has learnt what the
+reviews mean; the task asks for a bare label after " Label : ", which the adapter has to learn.
+Everything is deterministic in a seed and cached in ``$ADEPT_DIST_HOME`` (default
+``~/.cache/adept_dist``) in the Hugging Face formats a real model folder uses, so the demo goes
+through exactly the loading code of a real model.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+VERSION = "v1"
+SUBJECTS = ["food", "service", "staff", "room", "movie", "music", "pasta", "coffee", "hotel", "show",
+            "pizza", "waiter", "view", "bed", "soup", "ending", "actors", "price", "menu", "trip"]
+POSITIVE = ["great", "wonderful", "excellent", "delicious", "friendly", "lovely", "amazing",
+            "fantastic", "superb", "pleasant", "perfect", "charming"]
+NEGATIVE = ["awful", "terrible", "horrible", "rude", "bland", "boring", "dirty", "disappointing",
+            "poor", "dreadful", "noisy", "stale"]
+ADVERBS = ["really", "very", "quite", "so", "truly", "rather"]
+POS_TAILS = ["i loved it", "i will come back", "we had a good time", "overall it was positive",
+             "i would recommend it", "we were happy"]
+NEG_TAILS = ["i hated it", "i will never come back", "we had a bad time", "overall it was negative",
+             "i would not recommend it", "we were unhappy"]
+LABELS = {1: "positive", 0: "negative"}
+SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
+EXTRA = ["the", "was", "were", "and", "but", "not", "also", ".", ",", ":", "label", "review",
+         "read", "input", "answer", "with", "correct", "so", "a", "it", "is"]
+
+
+def _words_of(lines: list[str]) -> set[str]:
+    return {w for line in lines for w in line.lower().replace(".", " . ").replace(",", " , ").split()}
+
+
+def vocabulary() -> list[str]:
+    words = set(SUBJECTS + POSITIVE + NEGATIVE + ADVERBS + EXTRA + list(LABELS.values()))
+    words |= _words_of(POS_TAILS + NEG_TAILS)
+    return SPECIALS + sorted(words)
+
+
+def review(rng: random.Random) -> tuple[str, int]:
+    """One synthetic review and its label (1 positive). Some clauses are negated ('was not great')."""
+    label = rng.randint(0, 1)
+    clauses = []
+    for _ in range(rng.choice([1, 1, 2, 2, 3])):
+        negate = rng.random() < 0.2
+        pool = POSITIVE if (label == 1) != negate else NEGATIVE
+        adv = rng.choice(ADVERBS) + " " if rng.random() < 0.4 else ""
+        subj = rng.choice(SUBJECTS)
+        verb = "were" if subj == "actors" else "was"
+        clauses.append(f"the {subj} {verb} {'not ' if negate else ''}{adv}{rng.choice(pool)}")
+    return " and ".join(clauses), label
+
+
+def task_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        text, label = review(rng)
+        rows.append({"input": f"review : {text}", "target": LABELS[label]})
+    return rows
+
+
+def corpus(n: int, seed: int) -> list[str]:
+    rng = random.Random(seed)
+    lines = []
+    for _ in range(n):
+        text, label = review(rng)
+        tail = rng.choice(POS_TAILS if label else NEG_TAILS)
+        lines.append(f"{text} , {tail} ." if rng.random() < 0.5 else f"{text} . {tail} .")
+    return lines
+
+
+def build_tokenizer():
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(vocabulary())}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces, no other change
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        add_bos_token=True,
+    )
+
+
+def model_config(vocab_size: int):
+    from transformers import LlamaConfig
+
+    return LlamaConfig(
+        vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+    )
+
+
+def pretrain(model, tokenizer, steps: int, seed: int, batch: int = 64) -> list[float]:
+    """Plain causal-LM training of the whole tiny model on the synthetic corpus."""
+    lines = corpus(steps * batch, seed + 1)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / 50) * max(0.05, 1 - s / steps))
+    losses = []
+    model.train()
+    for step in range(steps):
+        enc = tokenizer([f"<s> {x} </s>" for x in lines[step * batch : (step + 1) * batch]],
+                        padding=True, add_special_tokens=False, return_tensors="pt")
+        labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
+        loss = model(**enc, labels=labels).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(loss.item())
+    return losses
+
+
+def home() -> Path:
+    return Path(os.environ.get("ADEPT_DIST_HOME", Path.home() / ".cache" / "adept_dist"))
+
+
+def builtin_dir() -> Path:
+    return home() / f"builtin-{VERSION}"
+
+
+def ensure_builtin(pretrain_steps: int = 400, seed: int = 0, log=print) -> Path:
+    """Build (once) and return the folder holding model/, train.jsonl and dev.jsonl."""
+    root = builtin_dir()
+    if (root / "COMPLETE").is_file():
+        return root
+    from transformers import LlamaForCausalLM
+
+    log(f"building the built-in tiny LLaMA and task in {root} (once, about a minute)")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".builtin-", dir=root.parent))
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    model = LlamaForCausalLM(model_config(len(tokenizer)))
+    losses = pretrain(model, tokenizer, pretrain_steps, seed)
+    model.save_pretrained(tmp / "model")
+    tokenizer.save_pretrained(tmp / "model")
+    for name, n, s in (("train.jsonl", 4000, 100), ("dev.jsonl", 400, 200)):
+        with open(tmp / name, "w") as f:
+            for row in task_rows(n, s):
+                f.write(json.dumps(row) + "\n")
+    (tmp / "pretrain_losses.json").write_text(json.dumps(losses))
+    (tmp / "COMPLETE").write_text("ok\n")
+    try:
+        tmp.rename(root)
+    except OSError:  # another process finished first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    log(f"built-in model ready (pre-training loss {losses[0]:.2f} -> {losses[-1]:.2f})")
+    return root

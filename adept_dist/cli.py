@@ -1,0 +1,47 @@
+"""The command line of launch/train.py. Expected errors (bad options, data, model, checkpoint)
+end the process with one line naming the problem and the fix, and exit code 2."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from .backbone import ModelError
+    from .config import ConfigError
+    from .data import DataError
+    from .export import AdapterFileError
+    from .trainer import TrainError
+
+    return (ConfigError, DataError, ModelError, AdapterFileError, TrainError)
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from .config import ConfigError, parse_config
+
+    try:
+        cfg, local_rank = parse_config(argv)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    import torch.distributed as dist
+
+    from .dist import init_distributed
+    from .trainer import build, setup_engine, train
+
+    d = init_distributed(local_rank)
+    try:
+        run = build(cfg, d)
+        setup_engine(run)
+        train(run)
+    except _user_errors() as exc:
+        print(f"error (rank {d.rank}): {exc}", file=sys.stderr)
+        return 2
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

@@ -1,0 +1,268 @@
+"""Typed run configuration: defaults < config file (JSON/YAML) < command-line flags.
+
+Each section is a small dataclass; every field's ``help`` is its one-line doc and becomes the
+``--flag`` help. Unknown keys and wrong types are errors, checked here where the config is
+built, so the rest of the code can trust it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .adapters import METHODS
+
+
+class ConfigError(ValueError):
+    """A bad option; the message names it and says how to fix it."""
+
+
+def opt(default, help: str, choices: tuple | None = None):  # noqa: A002 - mirrors argparse
+    return field(default=default, metadata={"help": help, "choices": choices})
+
+
+@dataclass
+class ModelConfig:
+    model: str | None = opt(None, "hub id or local folder of a LLaMA-family causal LM; none = built-in tiny model")
+    quant: str = opt("nf4", "backbone weights: nf4 (bitsandbytes 4-bit) or none (bf16)", ("nf4", "none", "int8"))
+    activation_checkpointing: bool = opt(False, "recompute backbone activations in backward (saves memory, ~1.5x compute)")
+    attn_implementation: str = opt("sdpa", "attention kernel passed to transformers", ("sdpa", "eager", "flash_attention_2"))
+
+
+@dataclass
+class AdapterConfig:
+    method: str = opt("adept", "adapter: adept, dept (baseline) or pt (prompt tuning)", METHODS)
+    prompt_length: int | None = opt(None, "soft prompt tokens m; default 60 (adept, dept) or 100 (pt)")
+    rank: int | None = opt(None, "bottleneck r; default: matched to the budget of 100-token prompt tuning")
+    prompt_init: str = opt("text", "soft prompt init: text, vocab (random vocabulary rows) or normal", ("text", "vocab", "normal"))
+    prompt_init_text: str = opt("Read the input and answer with the correct label.", "text whose token embeddings init the prompt")
+    dropout: float = opt(0.1, "dropout on the ADePT FFN hidden layer")
+
+
+@dataclass
+class DataConfig:
+    train_file: str | None = opt(None, "JSONL or CSV with 'input' and 'target' columns; none = built-in task")
+    eval_file: str | None = opt(None, "evaluation JSONL or CSV, same columns")
+    max_length: int = opt(256, "max tokens per example (input + separator + target + EOS), prompt excluded")
+    separator: str = opt(" Label : ", "text between input and target")
+    micro_batch_size: int = opt(8, "examples per rank per forward/backward")
+    grad_accum: int = opt(1, "micro-batches per optimizer step")
+    eval_batch_size: int = opt(16, "examples per rank per evaluation batch")
+    max_new_tokens: int = opt(16, "tokens generated per example at evaluation")
+    max_eval_samples: int | None = opt(None, "evaluate on at most this many examples")
+
+
+@dataclass
+class OptimConfig:
+    max_steps: int | None = opt(None, "optimizer steps; default 30000 (reference small-task budget), 300 for the built-in task")
+    lr_prompt: float = opt(0.3, "learning rate of the soft prompt")
+    lr_ffn: float | None = opt(None, "learning rate of the offset (ADePT A, a, B, b; DePT A, B); default 1e-4, 1e-3 on the built-in task")
+    warmup_steps: int | None = opt(None, "linear warmup steps; default min(500, max_steps // 10)")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    adam_eps: float = opt(1e-6, "AdamW epsilon")
+    grad_clip: float = opt(1.0, "gradient clipping (global norm)")
+    seed: int = opt(42, "seed of adapter init, data order and dropout")
+
+
+@dataclass
+class RunConfig:
+    output_dir: str = opt("runs/builtin", "run folder: config, metrics.jsonl, adapter/, checkpoints/")
+    ds_config: str = opt("ds_configs/zero3.json", "DeepSpeed JSON ('auto' values are filled from this config)")
+    resume: bool = opt(False, "continue from the latest checkpoint in output_dir")
+    log_every: int = opt(10, "steps between metrics.jsonl lines")
+    eval_every: int | None = opt(None, "steps between evaluations; default: only at the end")
+    save_every: int = opt(500, "steps between resume checkpoints (one is always written at the end)")
+    keep_checkpoints: int = opt(2, "resume checkpoints kept (older ones are deleted)")
+
+
+SECTIONS: dict[str, type] = {
+    "model": ModelConfig,
+    "adapter": AdapterConfig,
+    "data": DataConfig,
+    "optim": OptimConfig,
+    "run": RunConfig,
+}
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _field_owner() -> dict[str, str]:
+    owner: dict[str, str] = {}
+    for sec, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            assert f.name not in owner, f"duplicate option {f.name}"
+            owner[f.name] = sec
+    return owner
+
+
+FIELD_SECTION = _field_owner()
+
+
+def _base_type(tp) -> tuple[type, bool]:
+    """(type, optional) of an annotation like ``int | None``."""
+    if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], True
+    return tp, False
+
+
+def _hints(cls: type) -> dict[str, object]:
+    return typing.get_type_hints(cls)
+
+
+def _check_value(name: str, value, cls: type):
+    tp, optional = _base_type(_hints(cls)[name])
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(f"option {name} cannot be null: give a {tp.__name__}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if tp is int and isinstance(value, bool) or not isinstance(value, tp):
+        raise ConfigError(f"option {name} must be a {tp.__name__}, got {value!r} ({type(value).__name__})")
+    choices = next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"option {name}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def load_config_file(path: str) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {path} not found: check the --config path")
+    text = p.read_text()
+    try:
+        if p.suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # noqa: BLE001 - any parse error becomes one clear line
+        raise ConfigError(f"config file {path} is not valid {p.suffix[1:] or 'JSON'}: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option names to values")
+    flat: dict = {}
+    for key, value in data.items():  # sections ({"optim": {...}}) or flat keys both work
+        if key in SECTIONS and isinstance(value, dict):
+            for k, v in value.items():
+                if FIELD_SECTION.get(k) != key:
+                    raise ConfigError(f"config file {path}: unknown option {key}.{k}")
+                flat[k] = v
+        elif key in FIELD_SECTION:
+            flat[key] = value
+        else:
+            raise ConfigError(f"config file {path}: unknown option {key!r} (see --help for the options)")
+    return flat
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Train an ADePT / DePT / PT adapter on a frozen (NF4) LLaMA-family model with DeepSpeed.",
+        argument_default=argparse.SUPPRESS,
+        allow_abbrev=False,
+    )
+    p.add_argument("--config", help="JSON or YAML file of options (flags override it)")
+    p.add_argument("--local_rank", type=int, help="set by the deepspeed launcher")
+    for sec, cls in SECTIONS.items():
+        group = p.add_argument_group(sec)
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            tp, _ = _base_type(hints[f.name])
+            names = [f"--{f.name}"]
+            if f.name == "ds_config":
+                names.append("--deepspeed_config")
+            kw: dict = {"help": f"{f.metadata['help']} (default: {f.default})", "dest": f.name}
+            if tp is bool:
+                kw["action"] = argparse.BooleanOptionalAction
+            else:
+                kw["type"] = tp
+                if f.metadata.get("choices"):
+                    kw["choices"] = f.metadata["choices"]
+            group.add_argument(*names, **kw)
+    return p
+
+
+def parse_config(argv: list[str] | None = None) -> tuple[Config, int | None]:
+    """Parse CLI (+ optional config file) into a validated Config and the launcher's local rank."""
+    args = vars(build_parser().parse_args(argv))
+    local_rank = args.pop("local_rank", None)
+    values = load_config_file(args.pop("config")) if "config" in args else {}
+    values.update(args)
+    return make_config(values), local_rank
+
+
+def make_config(values: dict) -> Config:
+    cfg = Config()
+    for name, value in values.items():
+        sec = FIELD_SECTION.get(name)
+        if sec is None:
+            raise ConfigError(f"unknown option {name!r} (see --help for the options)")
+        section = getattr(cfg, sec)
+        setattr(section, name, _check_value(name, value, type(section)))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks and defaults that depend on other fields."""
+    a, d, o, r = cfg.adapter, cfg.data, cfg.optim, cfg.run
+    if cfg.model.quant == "int8":
+        raise ConfigError(
+            "--quant int8 is not supported: bitsandbytes 8-bit weights lose their scales under ZeRO-3; use --quant nf4"
+        )
+    if a.prompt_length is None:
+        a.prompt_length = 100 if a.method == "pt" else 60
+    positive = {
+        "prompt_length": a.prompt_length,
+        "rank": a.rank,
+        "max_length": d.max_length,
+        "micro_batch_size": d.micro_batch_size,
+        "grad_accum": d.grad_accum,
+        "eval_batch_size": d.eval_batch_size,
+        "max_new_tokens": d.max_new_tokens,
+        "max_eval_samples": d.max_eval_samples,
+        "max_steps": o.max_steps,
+        "log_every": r.log_every,
+        "eval_every": r.eval_every,
+        "save_every": r.save_every,
+        "keep_checkpoints": r.keep_checkpoints,
+    }
+    for name, value in positive.items():
+        if value is not None and value < 1:
+            raise ConfigError(f"option {name} must be >= 1, got {value}")
+    if not 0.0 <= a.dropout < 1.0:
+        raise ConfigError(f"option dropout must be in [0, 1), got {a.dropout}")
+    if o.lr_ffn is None:  # both values are in the reference's grid (1e-4, 5e-4, 1e-3, 5e-3)
+        o.lr_ffn = 1e-3 if d.train_file is None else 1e-4
+    for name in ("lr_prompt", "lr_ffn", "adam_eps"):
+        if getattr(o, name) <= 0:
+            raise ConfigError(f"option {name} must be > 0, got {getattr(o, name)}")
+    if o.grad_clip < 0 or o.weight_decay < 0:
+        raise ConfigError("options grad_clip and weight_decay must be >= 0")
+    if d.train_file is not None and cfg.model.model is None:
+        raise ConfigError("--train_file needs --model: the built-in tiny model only knows the built-in task's words")
+    if d.eval_file is not None and d.train_file is None:
+        raise ConfigError("--eval_file needs --train_file (the built-in task brings its own evaluation set)")
+    if o.max_steps is None:
+        o.max_steps = 300 if d.train_file is None else 30000
+    if o.warmup_steps is None:
+        o.warmup_steps = min(500, o.max_steps // 10)
+    if o.warmup_steps < 0 or (o.warmup_steps >= o.max_steps and o.max_steps > 1):
+        raise ConfigError(f"warmup_steps={o.warmup_steps} must be in [0, max_steps={o.max_steps})")

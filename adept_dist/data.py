@@ -1,0 +1,145 @@
+"""Rows of ``input``/``target`` text -> token ids with target-only labels -> padded batches.
+
+Decoder-only format: ``<bos> input separator target <eos>``; the loss is on ``target <eos>`` only.
+An input too long for ``max_length`` loses tokens from its end (the separator and the target are
+kept whole); a target that cannot fit at all is an error naming the row.
+
+Batches come from a deterministic infinite stream (one seeded permutation per epoch), so the data
+position of a run is one integer (samples consumed), which makes resume exact.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .adapters import IGNORE_INDEX
+
+
+class DataError(ValueError):
+    """Bad data; the message names the file and row and says how to fix it."""
+
+
+@dataclass
+class Example:
+    input_ids: list[int]
+    n_target: int  # the last n_target ids (target + eos) carry the loss
+    source_len: int  # ids before the target: bos + input + separator
+
+
+def read_rows(path: str) -> list[dict]:
+    """Read a JSONL/JSON-lines or CSV file of rows with string 'input' and 'target'."""
+    p = Path(path)
+    if not p.is_file():
+        raise DataError(f"data file {path} not found: check the path")
+    rows: list[dict] = []
+    if p.suffix == ".csv":
+        with open(p, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            missing = {"input", "target"} - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(f"{path}: CSV header lacks column(s) {', '.join(sorted(missing))}; need 'input' and 'target'")
+            rows = [dict(r) for r in reader]
+    elif p.suffix in (".jsonl", ".json"):
+        with open(p, encoding="utf-8") as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+                if not isinstance(row, dict):
+                    raise DataError(f"{path}:{lineno}: expected a JSON object with 'input' and 'target'")
+                row["_line"] = lineno
+                rows.append(row)
+    else:
+        raise DataError(f"data file {path}: unknown format {p.suffix!r}; use .jsonl or .csv")
+    if not rows:
+        raise DataError(f"data file {path} holds no rows")
+    for i, row in enumerate(rows):
+        where = f"{path}:{row.get('_line', i + 2)}"  # CSV: +2 for the header and 1-based lines
+        for key in ("input", "target"):
+            if key not in row or row[key] is None:
+                raise DataError(f"{where}: row has no '{key}' field; every row needs 'input' and 'target'")
+            if not isinstance(row[key], str):
+                raise DataError(f"{where}: '{key}' must be a string, got {type(row[key]).__name__}")
+        if not row["target"].strip():
+            raise DataError(f"{where}: empty 'target'; every row needs a non-empty target")
+    return rows
+
+
+def encode(rows: list[dict], tokenizer, max_length: int, separator: str, path: str = "data") -> tuple[list[Example], int]:
+    """Tokenize rows; return the examples and the number of rows whose input was truncated."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    eos = tokenizer.eos_token_id
+    if eos is None:
+        raise DataError("the tokenizer has no EOS token: set eos_token in its tokenizer_config.json")
+    sep_ids = tokenizer(separator, add_special_tokens=False).input_ids
+    inputs = tokenizer([r["input"] for r in rows], add_special_tokens=False).input_ids
+    targets = tokenizer([r["target"] for r in rows], add_special_tokens=False).input_ids
+    out, truncated = [], 0
+    for i, (row, inp, tgt) in enumerate(zip(rows, inputs, targets)):
+        tgt = tgt + [eos]
+        room = max_length - len(bos) - len(sep_ids) - len(tgt)
+        if room < 0:
+            where = f"{path}:{row.get('_line', i + 2)}"
+            raise DataError(
+                f"{where}: target needs {len(tgt)} tokens (with EOS) and cannot fit in max_length={max_length} "
+                f"beside the separator; raise --max_length or shorten the target"
+            )
+        if len(inp) > room:
+            inp = inp[:room]
+            truncated += 1
+        src = bos + inp + sep_ids
+        out.append(Example(src + tgt, len(tgt), len(src)))
+    return out, truncated
+
+
+def collate(examples: list[Example], pad_id: int, pad_to: int | None = None, left: bool = False) -> dict[str, torch.Tensor]:
+    """Pad to the longest example (or to pad_to, for DePT's fixed positions); right padding for
+    training, left padding for generation. Labels are -100 except on the target tokens."""
+    length = pad_to or max(len(e.input_ids) for e in examples)
+    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(examples), length), dtype=torch.long)
+    labels = torch.full((len(examples), length), IGNORE_INDEX, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.input_ids)
+        span = slice(length - n, length) if left else slice(0, n)
+        ids[i, span] = torch.tensor(e.input_ids)
+        mask[i, span] = 1
+        if e.n_target:
+            labels[i, span.stop - e.n_target : span.stop] = torch.tensor(e.input_ids[n - e.n_target :])
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+class SampleStream:
+    """Deterministic endless order of example indices: epoch k is randperm(n, seed + k)."""
+
+    def __init__(self, n: int, seed: int) -> None:
+        self.n, self.seed = n, seed
+        self._epoch, self._perm = -1, None
+
+    def index(self, position: int) -> int:
+        epoch, offset = divmod(position, self.n)
+        if epoch != self._epoch:
+            g = torch.Generator().manual_seed(self.seed + epoch)
+            self._perm, self._epoch = torch.randperm(self.n, generator=g).tolist(), epoch
+        return self._perm[offset]
+
+    def take(self, start: int, count: int) -> list[int]:
+        return [self.index(p) for p in range(start, start + count)]
+
+
+def step_batches(
+    stream: SampleStream, position: int, micro: int, accum: int, world: int, rank: int
+) -> tuple[list[list[int]], int]:
+    """This rank's micro-batches for the optimizer step that starts at `position`, and the
+    step's global sample indices (all ranks, all micro-batches) for global token counting."""
+    global_idx = stream.take(position, micro * accum * world)
+    mine = [global_idx[(k * world + rank) * micro : (k * world + rank + 1) * micro] for k in range(accum)]
+    return mine, global_idx

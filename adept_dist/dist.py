@@ -1,0 +1,151 @@
+"""Everything that touches DeepSpeed: process group, the DeepSpeed JSON, the engine, gathers.
+
+This and ``trainer.py`` are the only modules that import deepspeed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from .config import Config, ConfigError
+
+AUTO = "auto"
+
+
+@dataclass
+class Dist:
+    rank: int
+    world: int
+    local_rank: int
+    device: torch.device
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_distributed(local_rank: int | None = None) -> Dist:
+    """Join (or, for a plain `python` run, create) the process group; one rank per device."""
+    import deepspeed
+    from deepspeed.accelerator import get_accelerator
+
+    if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:  # plain python: world of one
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
+        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    if local_rank is None or local_rank < 0:
+        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    acc = get_accelerator()
+    if acc.device_name() != "cpu":
+        acc.set_device(local_rank)
+    if not dist.is_initialized():
+        deepspeed.init_distributed(verbose=False)
+    device = torch.device(acc.device_name(local_rank)) if acc.device_name() != "cpu" else torch.device("cpu")
+    return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def _fill(section: dict, key: str, value, where: str) -> None:
+    """Set an 'auto' (or absent) value; an explicit value must agree with the run config."""
+    current = section.get(key, AUTO)
+    if current == AUTO:
+        section[key] = value
+    elif current != value:
+        raise ConfigError(
+            f"DeepSpeed config sets {where}{key}={current!r} but the run asks for {value!r}: "
+            f"set it to \"auto\" in the JSON (the run's option wins) or change the option"
+        )
+
+
+def resolve_ds_config(path: str, cfg: Config, world: int) -> dict:
+    """Read the DeepSpeed JSON and fill its 'auto' values from the run config (the one place this
+    happens). The optimizer and schedule are always built by adept-dist (two parameter groups)."""
+    p = Path(path)
+    if not p.is_file():
+        repo_copy = Path(__file__).resolve().parent.parent / path
+        if not repo_copy.is_file():
+            raise ConfigError(f"DeepSpeed config {path} not found: pass --ds_config ds_configs/zero3.json or a path to your JSON")
+        p = repo_copy
+    try:
+        ds = json.loads(p.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"DeepSpeed config {p} is not valid JSON ({exc.msg} at line {exc.lineno}); comments are not allowed") from None
+    d, o = cfg.data, cfg.optim
+    _fill(ds, "train_micro_batch_size_per_gpu", d.micro_batch_size, "")
+    _fill(ds, "gradient_accumulation_steps", d.grad_accum, "")
+    _fill(ds, "train_batch_size", d.micro_batch_size * d.grad_accum * world, "")
+    _fill(ds, "gradient_clipping", o.grad_clip, "")
+    opt = ds.pop("optimizer", None)
+    if opt is not None:
+        if str(opt.get("type", "")).lower() not in ("adamw", "adam"):
+            raise ConfigError(f"DeepSpeed config optimizer {opt.get('type')!r}: adept-dist trains with AdamW; remove the optimizer block")
+        params = dict(opt.get("params", {}))
+        for key, value in (("lr", o.lr_ffn), ("eps", o.adam_eps), ("weight_decay", o.weight_decay)):
+            _fill(params, key, value, "optimizer.params.")
+    if "scheduler" in ds:
+        raise ConfigError("DeepSpeed config has a scheduler block: remove it; set --warmup_steps and --max_steps instead")
+    if ds.get("fp16", {}).get("enabled") not in (None, False, AUTO):
+        raise ConfigError("DeepSpeed config enables fp16: adept-dist computes in bf16; set fp16.enabled false and bf16.enabled true")
+    bf16 = ds.setdefault("bf16", {})
+    _fill(bf16, "enabled", True, "bf16.")
+    zero = ds.setdefault("zero_optimization", {})
+    if zero.get("stage", 0) not in (0, 1, 2, 3):
+        raise ConfigError(f"DeepSpeed config zero_optimization.stage={zero.get('stage')!r}: use 0, 1, 2 or 3")
+    for key in ("zero_quantized_weights", "zero_quantized_nontrainable_weights"):
+        if zero.get(key) and cfg.model.quant == "nf4":
+            raise ConfigError(f"DeepSpeed {key} would re-quantize packed NF4 bytes: turn it off or use --quant none")
+    ds.setdefault("steps_per_print", 10**9)  # progress is ours (tqdm + metrics.jsonl)
+    ds.setdefault("wall_clock_breakdown", False)
+    return ds
+
+
+def is_zero3_param(p: torch.nn.Parameter) -> bool:
+    return hasattr(p, "ds_id")
+
+
+def gathered(params, modifier_rank: int | None = None):
+    """Full tensors of (possibly ZeRO-3 partitioned) parameters inside the block; a no-op otherwise."""
+    params = [p for p in params if is_zero3_param(p)]
+    if not params:
+        return contextlib.nullcontext()
+    import deepspeed
+
+    return deepspeed.zero.GatheredParameters(params, modifier_rank=modifier_rank)
+
+
+def build_engine(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
+    import deepspeed
+
+    engine, optimizer, _, scheduler = deepspeed.initialize(
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+    )
+    return engine, optimizer, scheduler
+
+
+def full_fp32_state(named_params) -> dict[str, torch.Tensor]:
+    """Whole fp32 master copies of trainable parameters (collective: every rank must call)."""
+    from deepspeed.utils import safe_get_full_fp32_param
+
+    out = {}
+    for name, p in named_params:
+        full = safe_get_full_fp32_param(p)
+        out[name] = (full if full is not None else p.detach()).float().cpu().clone()
+    return out
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t

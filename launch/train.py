@@ -1,0 +1,19 @@
+"""Train an ADePT / DePT / PT adapter: parse, init distributed, build, train, close.
+
+    deepspeed launch/train.py --ds_config ds_configs/zero3.json --model meta-llama/Llama-2-7b-hf \\
+        --train_file train.jsonl --eval_file dev.jsonl --output_dir runs/rte
+
+With no --model and no data it trains the built-in tiny model on the built-in task.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from adept_dist.cli import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

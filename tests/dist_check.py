@@ -1,0 +1,90 @@
+"""Run under `deepspeed --num_gpus N` (CPU, gloo) by tests/test_distributed.py.
+
+Builds a run through the real code path (adept_dist.trainer.build / setup_engine) with an NF4
+backbone under ZeRO-3, and BEFORE DeepSpeed touches it computes a single-process reference on
+each rank: the same global batch (every micro-batch of every rank), the adapter cast to bf16
+exactly as DeepSpeed's bf16 module holds it, loss summed over target tokens / N, fp32 gradient
+accumulation. Then one distributed forward/backward; rank 0 writes what both gave to a JSON file.
+
+    deepspeed --num_gpus 2 tests/dist_check.py MODEL_DIR TRAIN_JSONL DS_JSON OUT_DIR RESULT_JSON
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+
+import torch
+
+
+def main() -> None:
+    args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds it
+    model_dir, train_file, ds_json, out_dir, result_path = args
+    from deepspeed.utils import safe_get_full_grad
+
+    from adept_dist.backbone import load_backbone
+    from adept_dist.config import make_config
+    from adept_dist.data import collate, step_batches
+    from adept_dist.dist import init_distributed
+    from adept_dist.model import AdeptLM
+    from adept_dist.trainer import build, forward_backward, setup_engine
+
+    d = init_distributed()
+    cfg = make_config({"model": model_dir, "train_file": train_file, "ds_config": ds_json, "output_dir": out_dir,
+                       "dropout": 0.0, "micro_batch_size": 3, "grad_accum": 2, "max_steps": 10, "warmup_steps": 1})
+    run = build(cfg, d)
+    with torch.no_grad():  # at init B = b = 0 and A, a get no gradient: move off init so all five are tested
+        g = torch.Generator().manual_seed(1)
+        for p in (run.model.adapter.B, run.model.adapter.b):
+            p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+
+    # ---- single-process reference, no DeepSpeed, no communication
+    ref = AdeptLM(load_backbone(model_dir, "nf4", d.device), copy.deepcopy(run.model.adapter).to(torch.bfloat16))
+    grads = {n: torch.zeros(p.shape) for n, p in ref.adapter.named_parameters()}
+    loss_sum, n_target = 0.0, 0
+    for r in range(d.world):
+        mine, global_idx = step_batches(run.stream, 0, 3, 2, d.world, r)
+        n_target = sum(run.train[i].n_target for i in global_idx)
+        for idx in mine:
+            loss, _ = ref(**collate([run.train[i] for i in idx], run.tokenizer.pad_token_id))
+            (loss / n_target).backward()
+            loss_sum += loss.item()
+            for n, p in ref.adapter.named_parameters():
+                grads[n] += p.grad.float()
+                p.grad = None
+    ref_loss = loss_sum / n_target
+    del ref
+
+    # ---- the real distributed step
+    setup_engine(run)
+    engine = run.engine
+    zero_stage = engine.zero_optimization_stage()
+    rec = forward_backward(run)
+    errors = {}
+    for n, p in run.model.adapter.named_parameters():
+        g = safe_get_full_grad(p).float().cpu()
+        errors[n] = ((g - grads[n]).norm() / grads[n].norm().clamp(min=1e-30)).item()
+
+    # ---- what each rank holds of the packed NF4 backbone
+    local, full = 0, 0
+    for p in run.model.backbone.parameters():
+        if type(p).__name__ == "Params4bit":
+            local += p.ds_tensor.numel() * p.element_size() if hasattr(p, "ds_tensor") else p.numel() * p.element_size()
+            full += (p.ds_numel if hasattr(p, "ds_numel") else p.numel()) * p.element_size()
+    held = [None] * d.world
+    torch.distributed.all_gather_object(held, {"rank": d.rank, "local_bytes": local, "full_bytes": full})
+    frozen = all(not p.requires_grad for p in run.model.backbone.parameters())
+    opt_numel = sum(int(getattr(p, "ds_numel", p.numel())) for g in engine.optimizer.param_groups for p in g["params"]) \
+        if zero_stage < 3 else None
+    if d.main:
+        result = {"world": d.world, "zero_stage": zero_stage, "loss": rec["loss"], "ref_loss": ref_loss,
+                  "grad_rel_err": errors, "ref_grad_norm": {n: g.norm().item() for n, g in grads.items()}, "held": held, "backbone_frozen": frozen, "opt_numel": opt_numel,
+                  "adapter_numel": sum(v.numel() for v in grads.values())}
+        with open(result_path, "w") as f:
+            json.dump(result, f, indent=2)
+    torch.distributed.barrier()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Options: defaults, config files, types, the DeepSpeed JSON's 'auto' values."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from adept_dist.config import ConfigError, make_config, parse_config
+from adept_dist.dist import resolve_ds_config
+from tests.conftest import REPO
+
+
+def test_defaults_and_derived_values():
+    cfg, local_rank = parse_config([])
+    assert local_rank is None
+    assert cfg.adapter.method == "adept" and cfg.adapter.prompt_length == 60
+    assert cfg.optim.max_steps == 300 and cfg.optim.warmup_steps == 30  # built-in task: 300 steps, 10% warmup
+    user, _ = parse_config(["--model", "x", "--train_file", "t.jsonl", "--method", "pt", "--local_rank=1"])
+    assert user.adapter.prompt_length == 100 and user.optim.max_steps == 30000 and user.optim.warmup_steps == 500
+
+
+def test_config_file_then_flags(tmp_path):
+    f = tmp_path / "run.json"
+    f.write_text(json.dumps({"optim": {"lr_prompt": 0.4, "max_steps": 50}, "micro_batch_size": 4}))
+    cfg, _ = parse_config(["--config", str(f), "--max_steps", "20"])
+    assert cfg.optim.lr_prompt == 0.4 and cfg.data.micro_batch_size == 4 and cfg.optim.max_steps == 20
+    y = tmp_path / "run.yaml"
+    y.write_text("method: dept\nmax_length: 64\n")
+    cfg, _ = parse_config(["--config", str(y)])
+    assert cfg.adapter.method == "dept" and cfg.data.max_length == 64
+
+
+@pytest.mark.parametrize("values,match", [
+    ({"learning_rate": 1.0}, "unknown option 'learning_rate'"),
+    ({"max_steps": "ten"}, "max_steps must be a int"),
+    ({"activation_checkpointing": 1}, "must be a bool"),
+    ({"method": "lora"}, "method='lora' is not one of"),
+    ({"quant": "int8"}, "int8 is not supported"),
+    ({"micro_batch_size": 0}, "micro_batch_size must be >= 1"),
+    ({"train_file": "x.jsonl"}, "--train_file needs --model"),
+    ({"max_steps": 10, "warmup_steps": 10}, "warmup_steps=10 must be in"),
+])
+def test_bad_options(values, match):
+    with pytest.raises(ConfigError, match=match):
+        make_config(values)
+
+
+def test_cli_rejects_unknown_flags_and_wrong_types(capsys):
+    with pytest.raises(SystemExit):
+        parse_config(["--learning_rate", "1"])
+    with pytest.raises(SystemExit):
+        parse_config(["--max_steps", "ten"])
+    assert "invalid int value" in capsys.readouterr().err
+
+
+def test_bad_config_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        parse_config(["--config", str(tmp_path / "none.json")])
+    bad = tmp_path / "bad.json"
+    bad.write_text("{not json")
+    with pytest.raises(ConfigError, match="not valid json"):
+        parse_config(["--config", str(bad)])
+    bad.write_text(json.dumps({"optim": {"micro_batch_size": 3}}))
+    with pytest.raises(ConfigError, match="unknown option optim.micro_batch_size"):
+        parse_config(["--config", str(bad)])
+
+
+@pytest.mark.parametrize("name", ["zero3.json", "zero3_offload.json", "zero2.json"])
+def test_ds_configs_autos_filled_in_one_place(name):
+    cfg = make_config({"micro_batch_size": 4, "grad_accum": 3, "grad_clip": 0.5})
+    raw = json.loads((REPO / "ds_configs" / name).read_text())
+    ds = resolve_ds_config(str(REPO / "ds_configs" / name), cfg, world=2)
+    assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 3
+    assert ds["train_batch_size"] == 24 and ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] is True
+    assert ds["zero_optimization"]["stage"] == raw["zero_optimization"]["stage"]
+    assert "auto" not in json.dumps(ds)
+
+
+def test_ds_config_conflicts_are_errors(tmp_path):
+    cfg = make_config({"micro_batch_size": 4})
+    path = tmp_path / "ds.json"
+    for body, match in [
+        ({"train_micro_batch_size_per_gpu": 8}, "train_micro_batch_size_per_gpu=8 but the run asks for 4"),
+        ({"scheduler": {"type": "WarmupLR"}}, "scheduler block"),
+        ({"optimizer": {"type": "SGD"}}, "trains with AdamW"),
+        ({"optimizer": {"type": "AdamW", "params": {"lr": 0.1}}}, "optimizer.params.lr=0.1"),
+        ({"fp16": {"enabled": True}}, "enables fp16"),
+        ({"zero_optimization": {"stage": 3, "zero_quantized_weights": True}}, "re-quantize packed NF4"),
+    ]:
+        path.write_text(json.dumps(body))
+        with pytest.raises(ConfigError, match=match):
+            resolve_ds_config(str(path), cfg, world=1)
+    path.write_text(json.dumps({"optimizer": {"type": "AdamW", "params": {"lr": "auto", "eps": 1e-6}}}))
+    assert "optimizer" not in resolve_ds_config(str(path), cfg, world=1)  # ours is built from the run config
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_ds_config(str(tmp_path / "missing.json"), cfg, world=1)
+    path.write_text('{"bf16": {"enabled": true}, // comment\n}')
+    with pytest.raises(ConfigError, match="not valid JSON"):
+        resolve_ds_config(str(path), cfg, world=1)

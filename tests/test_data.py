@@ -1,0 +1,113 @@
+"""Data format, truncation, batching and the bad inputs of issue 2 part 4."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adept_dist.data import DataError, Example, SampleStream, collate, encode, read_rows, step_batches
+from tests.conftest import write_jsonl
+
+
+def ids(tok, text):
+    return tok(text, add_special_tokens=False).input_ids
+
+
+def test_decoder_only_format_and_target_only_labels(tokenizer, tmp_path):
+    rows = read_rows(str(write_jsonl(tmp_path / "d.jsonl", [{"input": "the food was great", "target": "positive"}])))
+    (ex,), n_trunc = encode(rows, tokenizer, 64, " Label : ")
+    expected = [tokenizer.bos_token_id] + ids(tokenizer, "the food was great") + ids(tokenizer, " Label : ") \
+        + ids(tokenizer, "positive") + [tokenizer.eos_token_id]
+    assert ex.input_ids == expected and n_trunc == 0
+    assert ex.n_target == 2 and ex.source_len == len(expected) - 2
+    batch = collate([ex], tokenizer.pad_token_id)
+    labels = batch["labels"][0]
+    assert labels[-2:].tolist() == [ids(tokenizer, "positive")[0], tokenizer.eos_token_id]
+    assert (labels[:-2] == -100).all()  # loss on the target and EOS only
+
+
+def test_truncation_from_source_side_and_count(tokenizer):
+    rows = [{"input": "the food was great and the room was dirty", "target": "negative"},
+            {"input": "the food", "target": "positive"}]
+    exs, n_trunc = encode(rows, tokenizer, 10, " Label : ")
+    assert n_trunc == 1
+    long = exs[0]
+    assert len(long.input_ids) == 10
+    # bos + first 5 input words + "label :" + target + eos: the input lost its end, the rest is whole
+    assert long.input_ids[1:6] == ids(tokenizer, "the food was great and")
+    assert long.input_ids[-4:] == ids(tokenizer, " Label : negative") + [tokenizer.eos_token_id]
+    assert len(exs[1].input_ids) == 7
+
+
+def test_target_that_cannot_fit_names_the_row(tokenizer, tmp_path):
+    path = write_jsonl(tmp_path / "t.jsonl", [{"input": "a", "target": "positive"},
+                                               {"input": "a", "target": "the food was great and lovely"}])
+    with pytest.raises(DataError, match=r"t\.jsonl:2: target needs 7 tokens .* max_length=8"):
+        encode(read_rows(str(path)), tokenizer, 8, " Label : ", str(path))
+
+
+@pytest.mark.parametrize("content,match", [
+    ('{"input": "a", "target": "b"}\n{"input": "a", "target": \n', r"bad\.jsonl:2: not valid JSON"),
+    ('{"input": "a"}\n', r"bad\.jsonl:1: row has no 'target' field"),
+    ('{"input": 3, "target": "b"}\n', r"'input' must be a string"),
+    ('{"input": "a", "target": "  "}\n', "empty 'target'"),
+    ('["a", "b"]\n', "expected a JSON object"),
+    ("\n\n", "holds no rows"),
+])
+def test_bad_jsonl(tmp_path, content, match):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(DataError, match=match):
+        read_rows(str(path))
+
+
+def test_csv(tmp_path):
+    good = tmp_path / "good.csv"
+    good.write_text('input,target\n"the food, was great",positive\n')
+    assert read_rows(str(good))[0]["input"] == "the food, was great"
+    bad = tmp_path / "bad.csv"
+    bad.write_text("text,label\nx,y\n")
+    with pytest.raises(DataError, match="lacks column.*input, target"):
+        read_rows(str(bad))
+
+
+def test_missing_file_and_unknown_format(tmp_path):
+    with pytest.raises(DataError, match="not found"):
+        read_rows(str(tmp_path / "nope.jsonl"))
+    (tmp_path / "x.parquet").write_text("")
+    with pytest.raises(DataError, match="unknown format"):
+        read_rows(str(tmp_path / "x.parquet"))
+
+
+def test_collate_padding_sides_and_fixed_length():
+    exs = [Example([1, 5, 6, 7, 2], 2, 3), Example([1, 8, 2], 1, 2)]
+    right = collate(exs, pad_id=0)
+    assert right["input_ids"].tolist() == [[1, 5, 6, 7, 2], [1, 8, 2, 0, 0]]
+    assert right["attention_mask"].tolist() == [[1] * 5, [1, 1, 1, 0, 0]]
+    assert right["labels"].tolist() == [[-100, -100, -100, 7, 2], [-100, -100, 2, -100, -100]]
+    left = collate(exs, pad_id=0, left=True)
+    assert left["input_ids"][1].tolist() == [0, 0, 1, 8, 2]
+    assert left["labels"][1].tolist() == [-100, -100, -100, -100, 2]
+    fixed = collate(exs, pad_id=0, pad_to=8)  # DePT: every batch exactly max_length
+    assert fixed["input_ids"].shape == (2, 8)
+
+
+def test_stream_is_deterministic_and_covers_each_epoch():
+    s1, s2 = SampleStream(10, 42), SampleStream(10, 42)
+    first = s1.take(0, 10)
+    assert sorted(first) == list(range(10))
+    assert s2.take(0, 25) == s1.take(0, 25)
+    assert s1.take(10, 10) != first  # a new permutation each epoch
+    assert SampleStream(10, 43).take(0, 10) != first
+
+
+@pytest.mark.parametrize("world", [1, 2, 4])
+def test_step_batches_split_the_global_batch(world):
+    stream = SampleStream(37, 0)
+    parts, global_idx = zip(*[step_batches(stream, 5, 3, 2, world, r) for r in range(world)])
+    assert all(g == global_idx[0] for g in global_idx)
+    mine = sorted(i for p in parts for mb in p for i in mb)
+    assert mine == sorted(global_idx[0]) and len(mine) == 3 * 2 * world
+    # the global batch of a step does not depend on how it is split, only on its size
+    assert step_batches(stream, 5, 6, 1, 1, 0)[1] == step_batches(stream, 5, 3, 1, 2, 1)[1]
+    assert torch.tensor(global_idx[0]).tolist() == stream.take(5, 3 * 2 * world)
