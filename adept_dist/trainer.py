@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import builtin
 from .adapters import PromptAdapter, build_adapter
-from .backbone import COMPUTE_DTYPE, load_backbone, load_tokenizer
+from .backbone import COMPUTE_DTYPE, load_backbone, load_config, load_tokenizer
 from .config import Config, ConfigError
 from .data import Example, SampleStream, collate, encode, read_rows, step_batches
 from .dist import Dist, all_reduce_sum, build_engine, full_fp32_state, gathered, resolve_ds_config
@@ -33,6 +33,7 @@ from .export import adapter_config, save_adapter
 from .model import AdeptLM
 
 CKPT_DIR = "checkpoints"
+META = "adept_meta.json"
 
 
 class TrainError(RuntimeError):
@@ -161,6 +162,7 @@ def build(cfg: Config, d: Dist) -> Run:
         if train_file is None:
             train_file, eval_file = str(root / "train.jsonl"), str(root / "dev.jsonl")
 
+    load_config(model_name)  # refuse a missing or non-decoder model before reading any data
     tokenizer = load_tokenizer(model_name)
     dc = cfg.data
     train_rows = read_rows(train_file)
@@ -199,16 +201,34 @@ def setup_engine(run: Run) -> None:
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(o.warmup_steps, o.max_steps))
     run.engine, _, _ = build_engine(run.model, optimizer, scheduler, ds_config)
     if cfg.run.resume:
-        tag = latest_checkpoint(run.out)
-        if tag is None:
-            log0(d, f"--resume: no checkpoint in {run.out / CKPT_DIR} yet, starting from step 0")
-        else:
-            path, state = run.engine.load_checkpoint(str(run.out / CKPT_DIR), tag=tag, load_module_strict=False)
-            if path is None:
-                raise TrainError(f"checkpoint {run.out / CKPT_DIR / tag} could not be loaded: remove it and resume again")
-            run.step, run.position = state["step"], state["position"]
-            log0(d, f"resumed from {tag}: step {run.step}, {run.position} samples seen")
+        resume_state(run)
     run.metrics = MetricsLog(run.out / "metrics.jsonl", d.main, keep_until=run.step if cfg.run.resume else None)
+
+
+def resume_state(run: Run) -> None:
+    """Load the latest resume checkpoint of the output folder, if there is one."""
+    root = run.out / CKPT_DIR
+    tag = latest_checkpoint(run.out)
+    if tag is None:
+        log0(run.d, f"--resume: no checkpoint in {root} yet, starting from step 0")
+        return
+    meta_path = root / tag / META
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError):
+        raise TrainError(f"checkpoint {root / tag} is incomplete ({META} missing or unreadable): delete that folder to resume from an earlier one") from None
+    if meta["world"] != run.d.world:
+        raise TrainError(f"checkpoint {root / tag} was written by {meta['world']} ranks and this run has {run.d.world}: "
+                         f"resume with {meta['world']} ranks")
+    try:
+        path, _ = run.engine.load_checkpoint(str(root), tag=tag, load_module_strict=False)
+    except Exception as exc:  # noqa: BLE001 - torch/DeepSpeed raise many kinds for a damaged file
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise TrainError(f"checkpoint {root / tag} is corrupt ({first}): delete that folder to resume from an earlier one") from None
+    if path is None:
+        raise TrainError(f"checkpoint {root / tag} could not be loaded: delete that folder to resume from an earlier one")
+    run.step, run.position = meta["step"], meta["position"]
+    log0(run.d, f"resumed from {tag}: step {run.step}, {run.position} samples seen")
 
 
 # ----------------------------------------------------------------------------- train step
@@ -300,10 +320,11 @@ def evaluate(run: Run) -> dict:
 def save_checkpoint(run: Run) -> None:
     root = run.out / CKPT_DIR
     tag = f"step{run.step:08d}"
-    run.engine.save_checkpoint(str(root), tag=tag, client_state={"step": run.step, "position": run.position},
-                               exclude_frozen_parameters=True)
+    meta = {"step": run.step, "position": run.position, "world": run.d.world}
+    run.engine.save_checkpoint(str(root), tag=tag, client_state=meta, exclude_frozen_parameters=True)
     dist.barrier()
     if run.d.main:
+        (root / tag / META).write_text(json.dumps(meta) + "\n")  # written last: its presence marks a complete save
         tags = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step"))
         for old in tags[: -run.cfg.run.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,163 @@
+"""The real entry point: bad inputs fail with one clear line; runs write what they promise."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from adept_dist.cli import main
+from tests.conftest import REPO, deepspeed_cmd, run_cmd, write_jsonl
+
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """Run launch/train.py's main() in-process as a world of one; return (exit code, stderr)."""
+
+    def call(*argv: str) -> tuple[int, str]:
+        for k in DIST_ENV:
+            monkeypatch.delenv(k, raising=False)
+        code = main(list(argv))
+        return code, capsys.readouterr().err
+
+    return call
+
+
+def _rows(n=8):
+    return [{"input": "review : the food was great", "target": "positive"}] * n
+
+
+@pytest.mark.parametrize("case", ["missing_file", "bad_json", "unknown_model", "not_decoder", "target_too_long"])
+def test_bad_inputs_fail_with_one_clear_line(cli, tmp_path, tiny_model_dir, case):
+    model, train = str(tiny_model_dir), tmp_path / "train.jsonl"
+    write_jsonl(train, _rows())
+    args = ["--output_dir", str(tmp_path / "out"), "--max_steps", "2"]
+    if case == "missing_file":
+        args += ["--model", model, "--train_file", str(tmp_path / "nope.jsonl")]
+        match = "data file .*nope.jsonl not found"
+    elif case == "bad_json":
+        train.write_text('{"input": "a", "target": "b"}\n{"input": oops}\n')
+        args += ["--model", model, "--train_file", str(train)]
+        match = r"train.jsonl:2: not valid JSON"
+    elif case == "unknown_model":
+        args += ["--model", str(tmp_path / "no_model"), "--train_file", str(train)]
+        match = "model path .*no_model does not exist"
+    elif case == "not_decoder":
+        (tmp_path / "bert").mkdir()
+        (tmp_path / "bert" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+        args += ["--model", str(tmp_path / "bert"), "--train_file", str(train)]
+        match = "is a 'bert' model, not a decoder-only"
+    else:
+        write_jsonl(train, [{"input": "x", "target": "the food was great and the room was dirty"}])
+        args += ["--model", model, "--train_file", str(train), "--max_length", "8"]
+        match = r"train.jsonl:1: target needs 10 tokens"
+    code, err = cli(*args)
+    assert code == 2
+    lines = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert len(lines) == 1 and __import__("re").search(match, lines[0]), err[-2000:]
+
+
+def test_unknown_option_and_wrong_type_are_errors(cli):
+    with pytest.raises(SystemExit) as exc:
+        cli("--lr", "0.1")
+    assert exc.value.code == 2
+    code, err = cli("--eval_every", "0")
+    assert code == 2 and "eval_every must be >= 1" in err
+
+
+def test_non_empty_output_dir_is_never_overwritten(cli, tmp_path, tiny_model_dir):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.jsonl").write_text('{"step": 1, "loss": 1.0}\n')
+    train = write_jsonl(tmp_path / "train.jsonl", _rows())
+    code, err = cli("--model", str(tiny_model_dir), "--train_file", str(train), "--output_dir", str(out))
+    assert code == 2 and "is not empty: pass --resume" in err
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.jsonl"]
+    assert (out / "metrics.jsonl").read_text() == '{"step": 1, "loss": 1.0}\n'
+
+
+def read_metrics(out):
+    return [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_builtin_training_lowers_the_loss(tmp_path):
+    """60 steps on the built-in task, one process: the loss falls by more than half.
+
+    Measured on the 2-core CI machine: mean loss of steps 1-5 ~9.3, of steps 56-60 ~0.3-0.6."""
+    out = tmp_path / "run"
+    proc = run_cmd([sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero2.json", "--output_dir", str(out),
+                    "--max_steps", "60", "--log_every", "1", "--max_eval_samples", "64"])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    losses = [m["loss"] for m in read_metrics(out) if "loss" in m]
+    assert len(losses) == 60
+    first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
+    assert last < 0.5 * first, (first, last)
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_world2_zero3_run_export_resume(tmp_path):
+    """The issue's command at world size 2, then: a re-run is refused, --resume continues, a corrupt
+    checkpoint is reported; the export holds only the adapter and reproduces the final eval loss."""
+    out = tmp_path / "OUT"
+    train = ["launch/train.py", "--ds_config", "ds_configs/zero3.json", "--output_dir", str(out)]
+    proc = run_cmd(deepspeed_cmd(*train, "--max_steps", "20"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "adapter" / "adapter_config.json").is_file()
+    metrics = read_metrics(out)
+    steps = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in steps] == [10, 20]
+    assert all({"step", "loss", "lr", "tokens_per_s"} <= set(m) for m in steps)
+    final_eval = [m for m in metrics if "eval_loss" in m][-1]
+    assert final_eval["step"] == 20 and final_eval["eval_examples"] == 400
+    cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
+    assert (cfg["method"], cfg["m"], cfg["r"], cfg["d"], cfg["base_model"], cfg["dtype"]) == ("adept", 60, 19, 128, "builtin", "float32")
+    ckpt = out / "checkpoints" / "step00000020"
+    assert (ckpt / "adept_meta.json").is_file()
+    ckpt_bytes = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
+    assert ckpt_bytes < 2_000_000  # adapter + optimizer state only; the frozen backbone alone is bigger
+    _check_export_reproduces_eval(out, final_eval["eval_loss"])
+
+    before = (out / "metrics.jsonl").read_text()
+    again = run_cmd(deepspeed_cmd(*train, "--max_steps", "20"))
+    assert again.returncode != 0 and "is not empty: pass --resume" in again.stderr
+    assert (out / "metrics.jsonl").read_text() == before
+
+    resumed = run_cmd(deepspeed_cmd(*train, "--max_steps", "30", "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed from step00000020: step 20" in resumed.stdout + resumed.stderr
+    assert [m["step"] for m in read_metrics(out) if "loss" in m] == [10, 20, 30]
+
+    for f in (out / "checkpoints" / "step00000030").rglob("*optim_states.pt"):
+        f.write_bytes(f.read_bytes()[:100])
+    broken = run_cmd(deepspeed_cmd(*train, "--max_steps", "40", "--resume"))
+    assert broken.returncode != 0
+    assert "checkpoint" in broken.stderr and "step00000030 is corrupt" in broken.stderr and "delete that folder" in broken.stderr
+
+
+def _check_export_reproduces_eval(out, eval_loss):
+    """Reload the exported adapter into a fresh NF4 built-in model: its loss on the dev set equals
+    the eval loss the distributed run logged (bf16 compute, other batch padding: 1% tolerance)."""
+    import torch
+
+    from adept_dist.backbone import load_backbone, load_tokenizer
+    from adept_dist.builtin import builtin_dir
+    from adept_dist.data import collate, encode, read_rows
+    from adept_dist.export import load_adapter
+    from adept_dist.model import AdeptLM
+
+    adapter, cfg = load_adapter(out / "adapter")
+    model_dir = str(builtin_dir() / "model")
+    tok = load_tokenizer(model_dir)
+    model = AdeptLM(load_backbone(model_dir, "nf4", torch.device("cpu")), adapter).eval()
+    examples, _ = encode(read_rows(str(builtin_dir() / "dev.jsonl")), tok, cfg["max_length"], cfg["separator"])
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for s in range(0, len(examples), 50):
+            loss, n = model(**collate(examples[s : s + 50], tok.pad_token_id))
+            total, count = total + loss.item(), count + n.item()
+    assert total / count == pytest.approx(eval_loss, rel=1e-2)

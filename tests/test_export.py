@@ -1,0 +1,72 @@
+"""Adapter export: only adapter tensors, a readable config, and a reload that reproduces outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from adept_dist.backbone import load_backbone
+from adept_dist.data import Example, collate
+from adept_dist.export import CONFIG, WEIGHTS, AdapterFileError, adapter_config, load_adapter, save_adapter
+from adept_dist.model import AdeptLM
+from tests.test_model import perturbed_adept
+
+
+@pytest.mark.parametrize("method", ["adept", "dept", "pt"])
+def test_export_reload_gives_same_outputs(tiny_model_dir, tmp_path, method):
+    from adept_dist.adapters import build_adapter
+
+    torch.manual_seed(0)
+    adapter = perturbed_adept(64) if method == "adept" else build_adapter(method, 4, 64, max_length=32).eval()
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    model = AdeptLM(load_backbone(str(tiny_model_dir), "nf4", torch.device("cpu")), adapter).eval()
+    out = save_adapter(tmp_path / "adapter", {k: v for k, v in adapter.named_parameters()},
+                       adapter_config(adapter, base_model=str(tiny_model_dir)))
+    with safe_open(str(out / WEIGHTS), "pt") as f:
+        names = set(f.keys())
+        assert all(f.get_tensor(k).dtype == torch.float32 for k in names)
+    assert names == {n for n, _ in adapter.named_parameters()}  # the adapter's tensors and nothing else
+    assert not any("embed" in n or "layers" in n or "lm_head" in n for n in names)
+    cfg = json.loads((out / CONFIG).read_text())
+    assert cfg["method"] == method and cfg["m"] == 4 and cfg["d"] == 64 and cfg["base_model"] == str(tiny_model_dir)
+    assert cfg["parameter_count"] == sum(p.numel() for p in adapter.parameters())
+
+    reloaded, _ = load_adapter(out)
+    fresh = AdeptLM(load_backbone(cfg["base_model"], "nf4", torch.device("cpu")), reloaded.eval()).eval()
+    batch = collate([Example([1, 10, 11, 12, 13, 2], 3, 3), Example([1, 20, 21, 2], 2, 2)], pad_id=3)
+    with torch.no_grad():
+        torch.testing.assert_close(fresh(**batch)[0], model(**batch)[0], rtol=0, atol=0)
+
+
+def test_bad_adapter_folders(tmp_path):
+    with pytest.raises(AdapterFileError, match="adapter_config.json not found"):
+        load_adapter(tmp_path)
+    adapter = perturbed_adept(16)
+    out = save_adapter(tmp_path / "a", dict(adapter.named_parameters()), adapter_config(adapter))
+    data = (out / WEIGHTS).read_bytes()
+    (out / WEIGHTS).write_bytes(data[: len(data) // 2])
+    with pytest.raises(AdapterFileError, match="is corrupt"):
+        load_adapter(out)
+    cfg = json.loads((out / CONFIG).read_text())
+    (out / CONFIG).write_text(json.dumps({**cfg, "format_version": 99}))
+    with pytest.raises(AdapterFileError, match="version 99"):
+        load_adapter(out)
+    (out / CONFIG).write_text("{")
+    with pytest.raises(AdapterFileError, match="not valid JSON"):
+        load_adapter(out)
+
+
+def test_save_replaces_an_export_atomically(tmp_path):
+    adapter = perturbed_adept(16)
+    save_adapter(tmp_path / "a", dict(adapter.named_parameters()), adapter_config(adapter))
+    with torch.no_grad():
+        adapter.b.add_(1.0)
+    save_adapter(tmp_path / "a", dict(adapter.named_parameters()), adapter_config(adapter))
+    reloaded, _ = load_adapter(tmp_path / "a")
+    torch.testing.assert_close(reloaded.b, adapter.b.detach())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temp folders left behind

@@ -1,0 +1,151 @@
+"""Backbone loading (NF4, frozen, refusals), the trainable set, the loss and generation."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from adept_dist.adapters import build_adapter
+from adept_dist.backbone import ModelError, load_backbone, load_config, load_tokenizer
+from adept_dist.data import Example, collate
+from adept_dist.model import AdeptLM
+from adept_dist.trainer import TrainError, check_trainable, trainable_groups
+
+ADAPTER_NAMES = {"adapter.prompt", "adapter.A", "adapter.a", "adapter.B", "adapter.b"}
+
+
+@pytest.fixture(scope="module")
+def nf4_backbone(tiny_model_dir):
+    return load_backbone(str(tiny_model_dir), "nf4", torch.device("cpu"))
+
+
+def perturbed_adept(d: int, seed: int = 0):
+    torch.manual_seed(seed)
+    ad = build_adapter("adept", 4, d, dropout=0.0)
+    with torch.no_grad():
+        ad.prompt.normal_(0, 0.5)
+        ad.B.normal_(0, 0.5)
+        ad.b.normal_(0, 0.1)
+    return ad.eval()
+
+
+def test_nf4_backbone_is_quantized_and_frozen(nf4_backbone):
+    import bitsandbytes as bnb
+
+    linears = [m for m in nf4_backbone.modules() if isinstance(m, bnb.nn.Linear4bit)]
+    assert len(linears) == 2 * 7  # q, k, v, o, gate, up, down in each of the 2 layers
+    w = linears[0].weight
+    assert type(w).__name__ == "Params4bit" and w.quant_type == "nf4"
+    assert w.dtype == torch.bfloat16  # quant storage == compute dtype, so DeepSpeed's bf16 cast keeps it
+    assert all(not p.requires_grad for p in nf4_backbone.parameters())
+
+
+def test_trainable_set_is_exactly_the_adapter(nf4_backbone):
+    model = AdeptLM(nf4_backbone, build_adapter("adept", 4, 64))
+    check_trainable(model)
+    assert {n for n, p in model.named_parameters() if p.requires_grad} == ADAPTER_NAMES
+    groups = trainable_groups(model.adapter, 0.3, 1e-4)
+    assert [(g["name"], g["lr"], len(g["params"])) for g in groups] == [("prompt", 0.3, 1), ("offset", 1e-4, 4)]
+    assert [(g["name"], len(g["params"])) for g in trainable_groups(build_adapter("pt", 4, 64), 0.3, 1e-4)] == [("prompt", 1)]
+    nf4_backbone.get_input_embeddings().weight.requires_grad_(True)
+    try:
+        with pytest.raises(TrainError, match="embed_tokens"):
+            check_trainable(model)
+    finally:
+        nf4_backbone.requires_grad_(False)
+
+
+def test_loss_matches_transformers_own_loss(nf4_backbone):
+    """Our loss (head applied at target positions only) equals HF's loss on the same inputs_embeds."""
+    model = AdeptLM(nf4_backbone, perturbed_adept(64))
+    batch = collate([Example([1, 10, 11, 12, 13, 2], 3, 3), Example([1, 20, 21, 2], 2, 2)], pad_id=3)
+    with torch.no_grad():
+        loss_sum, n = model(**batch)
+        embeds, mask, labels = model._inputs(**batch)
+        hf = nf4_backbone(inputs_embeds=embeds, attention_mask=mask, labels=labels).loss
+    assert n.item() == 5
+    torch.testing.assert_close(loss_sum / n, hf.float(), rtol=2e-3, atol=2e-3)
+
+
+def test_gradient_reaches_only_the_adapter(nf4_backbone):
+    model = AdeptLM(nf4_backbone, perturbed_adept(64))
+    model.adapter.train()
+    batch = collate([Example([1, 10, 11, 12, 13, 2], 3, 3)], pad_id=3)
+    loss, _ = model(**batch)
+    loss.backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter.parameters())
+    assert all(p.grad is None for p in nf4_backbone.parameters())
+
+
+def test_generation_applies_the_offset_to_generated_tokens(nf4_backbone):
+    """Step k of cached greedy decoding picks the argmax of a full forward over the same sequence
+    (source + the k tokens generated so far, every one offset): the reference code's mismatch is gone."""
+    model = AdeptLM(nf4_backbone, perturbed_adept(64)).eval()
+    src = collate([Example([1, 10, 11, 12], 0, 4), Example([1, 20, 2 + 19, 22, 23, 24], 0, 6)], pad_id=3, left=True)
+    gen = model.generate(src["input_ids"], src["attention_mask"], max_new_tokens=5, eos_id=-1)  # no EOS: 5 steps
+    head = nf4_backbone.get_output_embeddings()
+    for row in range(2):
+        ids = src["input_ids"][row][src["attention_mask"][row].bool()].tolist()
+        for k in range(5):
+            seq = torch.tensor([ids + gen[row, :k].tolist()])
+            with torch.no_grad():
+                embeds, mask, _ = model._inputs(seq, torch.ones_like(seq))
+                h = nf4_backbone.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+                logits = head(h[0, -1]).float()
+            # bf16 KV cache vs full recompute may differ by rounding: the pick must be a (near-)argmax
+            assert logits[gen[row, k]] >= logits.max() - 0.05, (row, k)
+    # and the offset matters here: without it, decoding differs
+    plain = AdeptLM(nf4_backbone, build_adapter("pt", 4, 64)).eval()
+    with torch.no_grad():
+        plain.adapter.prompt.copy_(model.adapter.prompt)
+    assert not torch.equal(plain.generate(src["input_ids"], src["attention_mask"], 5, -1), gen)
+
+
+def test_unknown_model_path_and_non_decoder_models(tmp_path):
+    with pytest.raises(ModelError, match="does not exist"):
+        load_config(str(tmp_path / "no_such_model"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelError, match="has no config.json"):
+        load_config(str(tmp_path / "empty"))
+    for cfg, kind in ((dict(model_type="bert", hidden_size=64, num_attention_heads=4), "bert"),
+                      (dict(model_type="t5", d_model=64, is_encoder_decoder=True), "t5")):
+        folder = tmp_path / kind
+        folder.mkdir()
+        (folder / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(ModelError, match=f"is a '{kind}' model, not a decoder-only LLaMA-family causal LM"):
+            load_config(str(folder))
+
+
+def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelError, match="cannot load model config for 'nobody/no-such-model'"):
+        load_config("nobody/no-such-model")
+
+
+def test_sentencepiece_tokenizer_folder(tmp_path, tiny_model_dir):
+    """A LLaMA-2-style folder whose tokenizer is only a sentencepiece tokenizer.model loads through
+    the same code (transformers converts it; that needs protobuf, a declared dependency)."""
+    import shutil
+
+    import sentencepiece as spm
+
+    from adept_dist.builtin import corpus
+
+    text = tmp_path / "corpus.txt"
+    text.write_text("\n".join(corpus(300, 0)))
+    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "sp"), vocab_size=90, model_type="bpe",
+                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    folder = tmp_path / "sp_model"
+    shutil.copytree(tiny_model_dir, folder)
+    for f in folder.glob("tokenizer*"):
+        f.unlink()
+    shutil.copy(tmp_path / "sp.model", folder / "tokenizer.model")
+    (folder / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "legacy": False}))
+    tok = load_tokenizer(str(folder))
+    ids = tok("the food was great", add_special_tokens=False).input_ids
+    assert len(tok) == 90 and ids and max(ids) < 90
+    assert tok.decode(ids) == "the food was great"
+    assert tok.eos_token_id == 2 and tok.pad_token_id is not None  # LLaMA has no pad: we set one
