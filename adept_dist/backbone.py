@@ -1,18 +1,17 @@
-"""The frozen backbone: a LLaMA-family causal LM from a hub id or a local folder, in NF4 or bf16.
+"""The frozen backbone: a LLaMA-family causal LM from a hub id or a local folder, NF4 or unquantized.
 
 Every parameter is frozen here; the only trainable parameters of a run are the adapter's.
 """
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 # Decoder-only families that share LLaMA's layout (embed_tokens -> decoder layers -> norm -> lm_head).
 SUPPORTED_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
-COMPUTE_DTYPE = torch.bfloat16
+DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 
 
 class ModelError(ValueError):
@@ -62,7 +61,7 @@ def load_tokenizer(name: str):
     return tok
 
 
-def quantization_config(quant: str):
+def quantization_config(quant: str, dtype: torch.dtype = torch.bfloat16):
     if quant == "none":
         return None
     if quant != "nf4":
@@ -70,18 +69,24 @@ def quantization_config(quant: str):
     from transformers import BitsAndBytesConfig
 
     # Storage dtype == compute dtype: DeepSpeed casts floating parameters of modules not built under
-    # zero.Init to its dtype, so packed NF4 bytes must already be bf16 or they are destroyed.
+    # zero.Init to its dtype, so packed NF4 bytes must already be in that dtype or they are destroyed.
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
         bnb_4bit_use_double_quant=True,
-        bnb_4bit_compute_dtype=COMPUTE_DTYPE,
-        bnb_4bit_quant_storage=COMPUTE_DTYPE,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,
     )
 
 
-def load_backbone(name: str, quant: str, device: torch.device, attn_implementation: str = "sdpa",
-                  activation_checkpointing: bool = False):
+def load_backbone(
+    name: str,
+    quant: str,
+    device: torch.device,
+    attn_implementation: str = "sdpa",
+    activation_checkpointing: bool = False,
+    dtype: torch.dtype = torch.bfloat16,
+):
     """Load, quantize and freeze the backbone on `device`; every parameter ends with requires_grad False."""
     from transformers import AutoModelForCausalLM
 
@@ -89,8 +94,8 @@ def load_backbone(name: str, quant: str, device: torch.device, attn_implementati
     model = AutoModelForCausalLM.from_pretrained(
         resolve_source(name),
         config=config,
-        dtype=COMPUTE_DTYPE,
-        quantization_config=quantization_config(quant),
+        dtype=dtype,
+        quantization_config=quantization_config(quant, dtype),
         device_map={"": device},
         attn_implementation=attn_implementation,
     )

@@ -21,21 +21,98 @@ from pathlib import Path
 import torch
 
 VERSION = "v1"
-SUBJECTS = ["food", "service", "staff", "room", "movie", "music", "pasta", "coffee", "hotel", "show",
-            "pizza", "waiter", "view", "bed", "soup", "ending", "actors", "price", "menu", "trip"]
-POSITIVE = ["great", "wonderful", "excellent", "delicious", "friendly", "lovely", "amazing",
-            "fantastic", "superb", "pleasant", "perfect", "charming"]
-NEGATIVE = ["awful", "terrible", "horrible", "rude", "bland", "boring", "dirty", "disappointing",
-            "poor", "dreadful", "noisy", "stale"]
+SUBJECTS = [
+    "food",
+    "service",
+    "staff",
+    "room",
+    "movie",
+    "music",
+    "pasta",
+    "coffee",
+    "hotel",
+    "show",
+    "pizza",
+    "waiter",
+    "view",
+    "bed",
+    "soup",
+    "ending",
+    "actors",
+    "price",
+    "menu",
+    "trip",
+]
+POSITIVE = [
+    "great",
+    "wonderful",
+    "excellent",
+    "delicious",
+    "friendly",
+    "lovely",
+    "amazing",
+    "fantastic",
+    "superb",
+    "pleasant",
+    "perfect",
+    "charming",
+]
+NEGATIVE = [
+    "awful",
+    "terrible",
+    "horrible",
+    "rude",
+    "bland",
+    "boring",
+    "dirty",
+    "disappointing",
+    "poor",
+    "dreadful",
+    "noisy",
+    "stale",
+]
 ADVERBS = ["really", "very", "quite", "so", "truly", "rather"]
-POS_TAILS = ["i loved it", "i will come back", "we had a good time", "overall it was positive",
-             "i would recommend it", "we were happy"]
-NEG_TAILS = ["i hated it", "i will never come back", "we had a bad time", "overall it was negative",
-             "i would not recommend it", "we were unhappy"]
+POS_TAILS = [
+    "i loved it",
+    "i will come back",
+    "we had a good time",
+    "overall it was positive",
+    "i would recommend it",
+    "we were happy",
+]
+NEG_TAILS = [
+    "i hated it",
+    "i will never come back",
+    "we had a bad time",
+    "overall it was negative",
+    "i would not recommend it",
+    "we were unhappy",
+]
 LABELS = {1: "positive", 0: "negative"}
 SPECIALS = ["<unk>", "<s>", "</s>", "<pad>"]
-EXTRA = ["the", "was", "were", "and", "but", "not", "also", ".", ",", ":", "label", "review",
-         "read", "input", "answer", "with", "correct", "so", "a", "it", "is"]
+EXTRA = [
+    "the",
+    "was",
+    "were",
+    "and",
+    "but",
+    "not",
+    "also",
+    ".",
+    ",",
+    ":",
+    "label",
+    "review",
+    "read",
+    "input",
+    "answer",
+    "with",
+    "correct",
+    "so",
+    "a",
+    "it",
+    "is",
+]
 
 
 def _words_of(lines: list[str]) -> set[str]:
@@ -91,7 +168,11 @@ def build_tokenizer():
     tok.pre_tokenizer = pre_tokenizers.Whitespace()
     tok.decoder = decoders.WordPiece(prefix="##")  # joins words with spaces, no other change
     return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>",
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
         add_bos_token=True,
     )
 
@@ -100,9 +181,18 @@ def model_config(vocab_size: int):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=vocab_size, hidden_size=128, intermediate_size=384, num_hidden_layers=4,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-        rms_norm_eps=1e-5, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3,
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=3,
     )
 
 
@@ -114,8 +204,12 @@ def pretrain(model, tokenizer, steps: int, seed: int, batch: int = 64) -> list[f
     losses = []
     model.train()
     for step in range(steps):
-        enc = tokenizer([f"<s> {x} </s>" for x in lines[step * batch : (step + 1) * batch]],
-                        padding=True, add_special_tokens=False, return_tensors="pt")
+        enc = tokenizer(
+            [f"<s> {x} </s>" for x in lines[step * batch : (step + 1) * batch]],
+            padding=True,
+            add_special_tokens=False,
+            return_tensors="pt",
+        )
         labels = enc.input_ids.masked_fill(enc.attention_mask == 0, -100)
         loss = model(**enc, labels=labels).loss
         loss.backward()

@@ -8,7 +8,6 @@ import sys
 import warnings
 
 
-
 def _user_errors() -> tuple[type[Exception], ...]:
     from .backbone import ModelError
     from .config import ConfigError
@@ -21,7 +20,9 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")  # DeepSpeed's deprecated calls
+    warnings.filterwarnings(
+        "ignore", category=FutureWarning, module=r"torch\.distributed"
+    )  # DeepSpeed's deprecated calls
     from .config import ConfigError, parse_config
 
     try:

@@ -30,17 +30,31 @@ def opt(default, help: str, choices: tuple | None = None):  # noqa: A002 - mirro
 class ModelConfig:
     model: str | None = opt(None, "hub id or local folder of a LLaMA-family causal LM; none = built-in tiny model")
     quant: str = opt("nf4", "backbone weights: nf4 (bitsandbytes 4-bit) or none (bf16)", ("nf4", "none", "int8"))
-    activation_checkpointing: bool = opt(False, "recompute backbone activations in backward (saves memory, ~1.5x compute)")
-    attn_implementation: str = opt("sdpa", "attention kernel passed to transformers", ("sdpa", "eager", "flash_attention_2"))
+    compute_dtype: str = opt(
+        "auto", "backbone compute (and NF4 storage) dtype; auto = bf16 on GPUs, fp32 on CPU", ("auto", "bf16", "fp32")
+    )
+    activation_checkpointing: bool = opt(
+        False, "recompute backbone activations in backward (saves memory, ~1.5x compute)"
+    )
+    attn_implementation: str = opt(
+        "sdpa", "attention kernel passed to transformers", ("sdpa", "eager", "flash_attention_2")
+    )
 
 
 @dataclass
 class AdapterConfig:
     method: str = opt("adept", "adapter: adept, dept (baseline) or pt (prompt tuning)", METHODS)
     prompt_length: int | None = opt(None, "soft prompt tokens m; default 60 (adept, dept) or 100 (pt)")
-    rank: int | None = opt(None, "bottleneck r; default: matched to the budget of 100-token prompt tuning")
-    prompt_init: str = opt("text", "soft prompt init: text, vocab (random vocabulary rows) or normal", ("text", "vocab", "normal"))
-    prompt_init_text: str = opt("Read the input and answer with the correct label.", "text whose token embeddings init the prompt")
+    offset_rank: int | None = opt(
+        None,
+        "bottleneck r of the offset (ADePT FFN, DePT low-rank); default: matched to the budget of 100-token prompt tuning",
+    )
+    prompt_init: str = opt(
+        "text", "soft prompt init: text, vocab (random vocabulary rows) or normal", ("text", "vocab", "normal")
+    )
+    prompt_init_text: str = opt(
+        "Read the input and answer with the correct label.", "text whose token embeddings init the prompt"
+    )
     dropout: float = opt(0.1, "dropout on the ADePT FFN hidden layer")
 
 
@@ -59,9 +73,13 @@ class DataConfig:
 
 @dataclass
 class OptimConfig:
-    max_steps: int | None = opt(None, "optimizer steps; default 30000 (reference small-task budget), 300 for the built-in task")
+    max_steps: int | None = opt(
+        None, "optimizer steps; default 30000 (reference small-task budget), 300 for the built-in task"
+    )
     lr_prompt: float = opt(0.3, "learning rate of the soft prompt")
-    lr_ffn: float | None = opt(None, "learning rate of the offset (ADePT A, a, B, b; DePT A, B); default 1e-4, 1e-3 on the built-in task")
+    lr_ffn: float | None = opt(
+        None, "learning rate of the offset (ADePT A, a, B, b; DePT A, B); default 1e-4, 1e-3 on the built-in task"
+    )
     warmup_steps: int | None = opt(None, "linear warmup steps; default min(500, max_steps // 10)")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     adam_eps: float = opt(1e-6, "AdamW epsilon")
@@ -96,7 +114,6 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
-
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -231,7 +248,7 @@ def validate(cfg: Config) -> None:
         a.prompt_length = 100 if a.method == "pt" else 60
     positive = {
         "prompt_length": a.prompt_length,
-        "rank": a.rank,
+        "offset_rank": a.offset_rank,
         "max_length": d.max_length,
         "micro_batch_size": d.micro_batch_size,
         "grad_accum": d.grad_accum,

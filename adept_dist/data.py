@@ -42,7 +42,9 @@ def read_rows(path: str) -> list[dict]:
             reader = csv.DictReader(f)
             missing = {"input", "target"} - set(reader.fieldnames or [])
             if missing:
-                raise DataError(f"{path}: CSV header lacks column(s) {', '.join(sorted(missing))}; need 'input' and 'target'")
+                raise DataError(
+                    f"{path}: CSV header lacks column(s) {', '.join(sorted(missing))}; need 'input' and 'target'"
+                )
             rows = [dict(r) for r in reader]
     elif p.suffix in (".jsonl", ".json"):
         with open(p, encoding="utf-8") as f:
@@ -52,7 +54,9 @@ def read_rows(path: str) -> list[dict]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object") from None
+                    raise DataError(
+                        f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object"
+                    ) from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{lineno}: expected a JSON object with 'input' and 'target'")
                 row["_line"] = lineno
@@ -73,7 +77,9 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
-def encode(rows: list[dict], tokenizer, max_length: int, separator: str, path: str = "data") -> tuple[list[Example], int]:
+def encode(
+    rows: list[dict], tokenizer, max_length: int, separator: str, path: str = "data"
+) -> tuple[list[Example], int]:
     """Tokenize rows; return the examples and the number of rows whose input was truncated."""
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     eos = tokenizer.eos_token_id
@@ -100,7 +106,9 @@ def encode(rows: list[dict], tokenizer, max_length: int, separator: str, path: s
     return out, truncated
 
 
-def collate(examples: list[Example], pad_id: int, pad_to: int | None = None, left: bool = False) -> dict[str, torch.Tensor]:
+def collate(
+    examples: list[Example], pad_id: int, pad_to: int | None = None, left: bool = False
+) -> dict[str, torch.Tensor]:
     """Pad to the longest example (or to pad_to, for DePT's fixed positions); right padding for
     training, left padding for generation. Labels are -100 except on the target tokens."""
     length = pad_to or max(len(e.input_ids) for e in examples)

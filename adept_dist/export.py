@@ -45,8 +45,11 @@ def save_adapter(out_dir: str | Path, state: dict[str, torch.Tensor], config: di
     out = Path(out_dir)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
-    save_file({k: v.detach().float().contiguous().cpu() for k, v in state.items()}, str(tmp / WEIGHTS),
-              metadata={"format": FORMAT})
+    save_file(
+        {k: v.detach().float().contiguous().cpu() for k, v in state.items()},
+        str(tmp / WEIGHTS),
+        metadata={"format": FORMAT},
+    )
     (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
     if out.exists():
         old = out.with_name(f".{out.name}-old")
@@ -62,11 +65,15 @@ def save_adapter(out_dir: str | Path, state: dict[str, torch.Tensor], config: di
 def read_adapter_config(adapter_dir: str | Path) -> dict:
     path = Path(adapter_dir) / CONFIG
     if not path.is_file():
-        raise AdapterFileError(f"{path} not found: point at a folder written by adept-dist (it holds {CONFIG} and {WEIGHTS})")
+        raise AdapterFileError(
+            f"{path} not found: point at a folder written by adept-dist (it holds {CONFIG} and {WEIGHTS})"
+        )
     try:
         cfg = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise AdapterFileError(f"{path} is not valid JSON ({exc.msg}): the export is corrupt, export it again") from None
+        raise AdapterFileError(
+            f"{path} is not valid JSON ({exc.msg}): the export is corrupt, export it again"
+        ) from None
     if cfg.get("format") != FORMAT or cfg.get("format_version") != FORMAT_VERSION:
         raise AdapterFileError(
             f"{path}: format {cfg.get('format')!r} version {cfg.get('format_version')!r} is not "
@@ -81,8 +88,9 @@ def load_adapter(adapter_dir: str | Path) -> tuple[PromptAdapter, dict]:
     from safetensors.torch import load_file
 
     cfg = read_adapter_config(adapter_dir)
-    adapter = build_adapter(cfg["method"], cfg["m"], cfg["d"], cfg.get("r"), cfg.get("max_length", 256),
-                            cfg.get("dropout", 0.1))
+    adapter = build_adapter(
+        cfg["method"], cfg["m"], cfg["d"], cfg.get("r"), cfg.get("max_length", 256), cfg.get("dropout", 0.1)
+    )
     path = Path(adapter_dir) / WEIGHTS
     if not path.is_file():
         raise AdapterFileError(f"{path} not found: the export is incomplete, export it again")
@@ -93,6 +101,8 @@ def load_adapter(adapter_dir: str | Path) -> tuple[PromptAdapter, dict]:
     expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
     got = {k: tuple(v.shape) for k, v in state.items()}
     if expected != got:
-        raise AdapterFileError(f"{path}: tensors {got} do not match the {cfg['method']} adapter of its config {expected}")
+        raise AdapterFileError(
+            f"{path}: tensors {got} do not match the {cfg['method']} adapter of its config {expected}"
+        )
     adapter.load_state_dict(state)
     return adapter, cfg

@@ -68,7 +68,10 @@ class AdeptLM(nn.Module):
             e, _, _ = self.adapter(e, positions=token_pos, prepend=False)  # the offset, as in training
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             out = decoder(
-                inputs_embeds=e, attention_mask=mask, position_ids=positions_of(mask)[:, -1:],
-                past_key_values=out.past_key_values, use_cache=True,
+                inputs_embeds=e,
+                attention_mask=mask,
+                position_ids=positions_of(mask)[:, -1:],
+                past_key_values=out.past_key_values,
+                use_cache=True,
             )
         return torch.stack(generated, dim=1)

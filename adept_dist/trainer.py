@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from . import builtin
 from .adapters import PromptAdapter, build_adapter
-from .backbone import COMPUTE_DTYPE, load_backbone, load_config, load_tokenizer
+from .backbone import DTYPES, load_backbone, load_config, load_tokenizer
 from .config import Config, ConfigError
 from .data import Example, SampleStream, collate, encode, read_rows, step_batches
 from .dist import Dist, all_reduce_sum, build_engine, full_fp32_state, gathered, resolve_ds_config
@@ -145,6 +145,8 @@ class Run:
 
 
 def build(cfg: Config, d: Dist) -> Run:
+    if cfg.model.compute_dtype == "auto":  # CPUs without bf16 units run bf16 matmuls ~18x slower than fp32
+        cfg.model.compute_dtype = "fp32" if d.device.type == "cpu" else "bf16"
     out = Path(cfg.run.output_dir)
     check_output_dir(out, cfg.run.resume)
     dist.barrier()  # every rank has looked before the main one writes
@@ -163,6 +165,10 @@ def build(cfg: Config, d: Dist) -> Run:
             train_file, eval_file = str(root / "train.jsonl"), str(root / "dev.jsonl")
 
     load_config(model_name)  # refuse a missing or non-decoder model before reading any data
+    if not d.main:  # one progress bar per job, not per rank
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     tokenizer = load_tokenizer(model_name)
     dc = cfg.data
     train_rows = read_rows(train_file)
@@ -175,20 +181,39 @@ def build(cfg: Config, d: Dist) -> Run:
         targets = [r["target"].strip() for r in rows]
         log0(d, f"eval: {len(evals)} rows from {eval_file}, {n_trunc} inputs truncated")
 
-    backbone = load_backbone(model_name, cfg.model.quant, d.device, cfg.model.attn_implementation,
-                             cfg.model.activation_checkpointing)
+    backbone = load_backbone(
+        model_name,
+        cfg.model.quant,
+        d.device,
+        cfg.model.attn_implementation,
+        cfg.model.activation_checkpointing,
+        DTYPES[cfg.model.compute_dtype],
+    )
     a = cfg.adapter
     hidden = backbone.config.hidden_size
     torch.manual_seed(cfg.optim.seed)  # identical adapter init on every rank
-    adapter = build_adapter(a.method, a.prompt_length, hidden, a.rank, dc.max_length, a.dropout)
+    adapter = build_adapter(a.method, a.prompt_length, hidden, a.offset_rank, dc.max_length, a.dropout)
     adapter.init_prompt(prompt_init_rows(cfg, backbone.get_input_embeddings(), tokenizer, a.prompt_length))
     adapter.to(d.device)
     model = AdeptLM(backbone, adapter)
     check_trainable(model)
-    log0(d, f"{a.method}: m={adapter.m} r={getattr(adapter, 'r', '-')} d={hidden}, "
-            f"{sum(p.numel() for p in adapter.parameters()):,} trainable parameters; backbone {cfg.model.quant}, frozen")
-    return Run(cfg, d, out, tokenizer, train, evals, targets, model, base_model=cfg.model.model or "builtin",
-               stream=SampleStream(len(train), cfg.optim.seed))
+    log0(
+        d,
+        f"{a.method}: m={adapter.m} r={getattr(adapter, 'r', '-')} d={hidden}, "
+        f"{sum(p.numel() for p in adapter.parameters()):,} trainable parameters; backbone {cfg.model.quant}, frozen",
+    )
+    return Run(
+        cfg,
+        d,
+        out,
+        tokenizer,
+        train,
+        evals,
+        targets,
+        model,
+        base_model=cfg.model.model or "builtin",
+        stream=SampleStream(len(train), cfg.optim.seed),
+    )
 
 
 def setup_engine(run: Run) -> None:
@@ -216,17 +241,25 @@ def resume_state(run: Run) -> None:
     try:
         meta = json.loads(meta_path.read_text())
     except (OSError, json.JSONDecodeError):
-        raise TrainError(f"checkpoint {root / tag} is incomplete ({META} missing or unreadable): delete that folder to resume from an earlier one") from None
+        raise TrainError(
+            f"checkpoint {root / tag} is incomplete ({META} missing or unreadable): delete that folder to resume from an earlier one"
+        ) from None
     if meta["world"] != run.d.world:
-        raise TrainError(f"checkpoint {root / tag} was written by {meta['world']} ranks and this run has {run.d.world}: "
-                         f"resume with {meta['world']} ranks")
+        raise TrainError(
+            f"checkpoint {root / tag} was written by {meta['world']} ranks and this run has {run.d.world}: "
+            f"resume with {meta['world']} ranks"
+        )
     try:
         path, _ = run.engine.load_checkpoint(str(root), tag=tag, load_module_strict=False)
     except Exception as exc:  # noqa: BLE001 - torch/DeepSpeed raise many kinds for a damaged file
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise TrainError(f"checkpoint {root / tag} is corrupt ({first}): delete that folder to resume from an earlier one") from None
+        raise TrainError(
+            f"checkpoint {root / tag} is corrupt ({first}): delete that folder to resume from an earlier one"
+        ) from None
     if path is None:
-        raise TrainError(f"checkpoint {root / tag} could not be loaded: delete that folder to resume from an earlier one")
+        raise TrainError(
+            f"checkpoint {root / tag} could not be loaded: delete that folder to resume from an earlier one"
+        )
     run.step, run.position = meta["step"], meta["position"]
     log0(run.d, f"resumed from {tag}: step {run.step}, {run.position} samples seen")
 
@@ -249,8 +282,12 @@ def forward_backward(run: Run) -> dict:
         if k < len(mine) - 1:
             engine.step()  # not a boundary: DeepSpeed only accumulates
     loss_mean = all_reduce_sum(loss_sum).item() / n_target
-    return {"loss": loss_mean, "target_tokens": n_target, "samples": len(global_idx),
-            "input_tokens": sum(len(run.train[i].input_ids) for i in global_idx)}
+    return {
+        "loss": loss_mean,
+        "target_tokens": n_target,
+        "samples": len(global_idx),
+        "input_tokens": sum(len(run.train[i].input_ids) for i in global_idx),
+    }
 
 
 def train_step(run: Run) -> dict:
@@ -258,14 +295,22 @@ def train_step(run: Run) -> dict:
     rec = forward_backward(run)
     if not math.isfinite(rec["loss"]):
         first = run.position
-        raise TrainError(f"non-finite loss {rec['loss']} at step {run.step + 1} (samples {first}..{first + rec['samples'] - 1} of the data stream)")
+        raise TrainError(
+            f"non-finite loss {rec['loss']} at step {run.step + 1} (samples {first}..{first + rec['samples'] - 1} of the data stream)"
+        )
     lrs = run.engine.get_lr()
     run.engine.step()
     run.position += rec.pop("samples")
     run.step += 1
     grad_norm = run.engine.get_global_grad_norm()
-    return {"loss": rec["loss"], "lr": lrs[0], "lr_offset": lrs[-1], "grad_norm": None if grad_norm is None else float(grad_norm),
-            "target_tokens": rec["target_tokens"], "input_tokens": rec["input_tokens"]}
+    return {
+        "loss": rec["loss"],
+        "lr": lrs[0],
+        "lr_offset": lrs[-1],
+        "grad_norm": None if grad_norm is None else float(grad_norm),
+        "target_tokens": rec["target_tokens"],
+        "input_tokens": rec["input_tokens"],
+    }
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -293,7 +338,9 @@ def evaluate(run: Run) -> dict:
         loss, ntok = model(**{k: v.to(d.device) for k, v in batch.items()})
         sources = [Example(run.eval[i].input_ids[: run.eval[i].source_len], 0, run.eval[i].source_len) for i in idx]
         src = collate(sources, tok.pad_token_id, None, left=True)
-        gen = model.generate(src["input_ids"].to(d.device), src["attention_mask"].to(d.device), max_new, tok.eos_token_id)
+        gen = model.generate(
+            src["input_ids"].to(d.device), src["attention_mask"].to(d.device), max_new, tok.eos_token_id
+        )
         for i, ok, ids in zip(idx, w, gen.tolist()):
             if not ok:
                 continue
@@ -313,7 +360,11 @@ def evaluate(run: Run) -> dict:
             for i, text in rows:
                 f.write(json.dumps({"index": i, "prediction": text, "target": run.eval_targets[i]}) + "\n")
     model.train(was_training)
-    return {"eval_loss": (sums[0] / sums[1]).item(), "eval_exact_match": (sums[2] / sums[3]).item(), "eval_examples": int(sums[3])}
+    return {
+        "eval_loss": (sums[0] / sums[1]).item(),
+        "eval_exact_match": (sums[2] / sums[3]).item(),
+        "eval_examples": int(sums[3]),
+    }
 
 
 # ----------------------------------------------------------------------------- save
@@ -334,9 +385,15 @@ def export_adapter(run: Run, out_dir: Path) -> None:
     adapter = run.model.adapter
     state = full_fp32_state(adapter.named_parameters())  # collective
     if run.d.main:
-        extra = {"base_model": run.base_model, "compute_dtype": str(COMPUTE_DTYPE).replace("torch.", ""),
-                 "quant": run.cfg.model.quant, "vocab_size": run.model.backbone.config.vocab_size,
-                 "separator": run.cfg.data.separator, "max_length": run.cfg.data.max_length, "step": run.step}
+        extra = {
+            "base_model": run.base_model,
+            "compute_dtype": run.cfg.model.compute_dtype,
+            "quant": run.cfg.model.quant,
+            "vocab_size": run.model.backbone.config.vocab_size,
+            "separator": run.cfg.data.separator,
+            "max_length": run.cfg.data.max_length,
+            "step": run.step,
+        }
         cfg = adapter_config(adapter, **extra)
         cfg["parameter_count"] = sum(v.numel() for v in state.values())  # ZeRO-3 local numel is 0
         save_adapter(out_dir, state, cfg)

@@ -2,11 +2,11 @@
 
 Builds a run through the real code path (adept_dist.trainer.build / setup_engine) with an NF4
 backbone under ZeRO-3, and BEFORE DeepSpeed touches it computes a single-process reference on
-each rank: the same global batch (every micro-batch of every rank), the adapter cast to bf16
-exactly as DeepSpeed's bf16 module holds it, loss summed over target tokens / N, fp32 gradient
+each rank: the same global batch (every micro-batch of every rank), the adapter cast to the compute
+dtype exactly as DeepSpeed's module holds it, loss summed over target tokens / N, fp32 gradient
 accumulation. Then one distributed forward/backward; rank 0 writes what both gave to a JSON file.
 
-    deepspeed --num_gpus 2 tests/dist_check.py MODEL_DIR TRAIN_JSONL DS_JSON OUT_DIR RESULT_JSON
+    deepspeed --num_gpus 2 tests/dist_check.py MODEL_DIR TRAIN_JSONL DS_JSON OUT_DIR RESULT_JSON {bf16,fp32}
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ import torch
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds it
-    model_dir, train_file, ds_json, out_dir, result_path = args
+    model_dir, train_file, ds_json, out_dir, result_path, dtype = args
     from deepspeed.utils import safe_get_full_grad
 
-    from adept_dist.backbone import load_backbone
+    from adept_dist.backbone import DTYPES, load_backbone
     from adept_dist.config import make_config
     from adept_dist.data import collate, step_batches
     from adept_dist.dist import init_distributed
@@ -31,8 +31,20 @@ def main() -> None:
     from adept_dist.trainer import build, forward_backward, setup_engine
 
     d = init_distributed()
-    cfg = make_config({"model": model_dir, "train_file": train_file, "ds_config": ds_json, "output_dir": out_dir,
-                       "dropout": 0.0, "micro_batch_size": 3, "grad_accum": 2, "max_steps": 10, "warmup_steps": 1})
+    cfg = make_config(
+        {
+            "model": model_dir,
+            "train_file": train_file,
+            "ds_config": ds_json,
+            "output_dir": out_dir,
+            "dropout": 0.0,
+            "compute_dtype": dtype,
+            "micro_batch_size": 3,
+            "grad_accum": 2,
+            "max_steps": 10,
+            "warmup_steps": 1,
+        }
+    )
     run = build(cfg, d)
     with torch.no_grad():  # at init B = b = 0 and A, a get no gradient: move off init so all five are tested
         g = torch.Generator().manual_seed(1)
@@ -40,7 +52,8 @@ def main() -> None:
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
     # ---- single-process reference, no DeepSpeed, no communication
-    ref = AdeptLM(load_backbone(model_dir, "nf4", d.device), copy.deepcopy(run.model.adapter).to(torch.bfloat16))
+    backbone = load_backbone(model_dir, "nf4", d.device, dtype=DTYPES[dtype])
+    ref = AdeptLM(backbone, copy.deepcopy(run.model.adapter).to(DTYPES[dtype]))
     grads = {n: torch.zeros(p.shape) for n, p in ref.adapter.named_parameters()}
     loss_sum, n_target = 0.0, 0
     for r in range(d.world):
@@ -75,12 +88,24 @@ def main() -> None:
     held = [None] * d.world
     torch.distributed.all_gather_object(held, {"rank": d.rank, "local_bytes": local, "full_bytes": full})
     frozen = all(not p.requires_grad for p in run.model.backbone.parameters())
-    opt_numel = sum(int(getattr(p, "ds_numel", p.numel())) for g in engine.optimizer.param_groups for p in g["params"]) \
-        if zero_stage < 3 else None
+    opt_numel = (
+        sum(int(getattr(p, "ds_numel", p.numel())) for g in engine.optimizer.param_groups for p in g["params"])
+        if zero_stage < 3
+        else None
+    )
     if d.main:
-        result = {"world": d.world, "zero_stage": zero_stage, "loss": rec["loss"], "ref_loss": ref_loss,
-                  "grad_rel_err": errors, "ref_grad_norm": {n: g.norm().item() for n, g in grads.items()}, "held": held, "backbone_frozen": frozen, "opt_numel": opt_numel,
-                  "adapter_numel": sum(v.numel() for v in grads.values())}
+        result = {
+            "world": d.world,
+            "zero_stage": zero_stage,
+            "loss": rec["loss"],
+            "ref_loss": ref_loss,
+            "grad_rel_err": errors,
+            "ref_grad_norm": {n: g.norm().item() for n, g in grads.items()},
+            "held": held,
+            "backbone_frozen": frozen,
+            "opt_numel": opt_numel,
+            "adapter_numel": sum(v.numel() for v in grads.values()),
+        }
         with open(result_path, "w") as f:
             json.dump(result, f, indent=2)
     torch.distributed.barrier()

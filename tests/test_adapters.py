@@ -9,7 +9,16 @@ import sys
 import pytest
 import torch
 
-from adept_dist.adapters import IGNORE_INDEX, ADePT, DePT, PromptAdapter, adept_rank, build_adapter, count_parameters, dept_rank
+from adept_dist.adapters import (
+    IGNORE_INDEX,
+    ADePT,
+    DePT,
+    PromptAdapter,
+    adept_rank,
+    build_adapter,
+    count_parameters,
+    dept_rank,
+)
 
 
 @pytest.mark.parametrize("m,r", [(60, 19), (40, 29), (80, 9)])
@@ -140,7 +149,9 @@ def test_unknown_method_and_impossible_budget():
 
 
 def test_adapters_module_imports_no_heavy_libraries():
-    code = ("import sys, adept_dist.adapters, adept_dist.model; "
-            "bad = [m for m in ('deepspeed', 'bitsandbytes', 'transformers') if m in sys.modules]; "
-            "assert not bad, bad")
+    code = (
+        "import sys, adept_dist.adapters, adept_dist.model; "
+        "bad = [m for m in ('deepspeed', 'bitsandbytes', 'transformers') if m in sys.modules]; "
+        "assert not bad, bad"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)

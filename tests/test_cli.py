@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from adept_dist.cli import main
-from tests.conftest import REPO, deepspeed_cmd, run_cmd, write_jsonl
+from tests.conftest import deepspeed_cmd, run_cmd, write_jsonl
 
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 
@@ -89,8 +89,22 @@ def test_builtin_training_lowers_the_loss(tmp_path):
 
     Measured on the 2-core CI machine: mean loss of steps 1-5 ~9.3, of steps 56-60 ~0.3-0.6."""
     out = tmp_path / "run"
-    proc = run_cmd([sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero2.json", "--output_dir", str(out),
-                    "--max_steps", "60", "--log_every", "1", "--max_eval_samples", "64"])
+    proc = run_cmd(
+        [
+            sys.executable,
+            "launch/train.py",
+            "--ds_config",
+            "ds_configs/zero2.json",
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "60",
+            "--log_every",
+            "1",
+            "--max_eval_samples",
+            "64",
+        ]
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     losses = [m["loss"] for m in read_metrics(out) if "loss" in m]
     assert len(losses) == 60
@@ -107,7 +121,9 @@ def test_world2_zero3_run_export_resume(tmp_path):
     train = ["launch/train.py", "--ds_config", "ds_configs/zero3.json", "--output_dir", str(out)]
     proc = run_cmd(deepspeed_cmd(*train, "--max_steps", "20"))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "adapter" / "adapter_config.json").is_file()
+    assert (out / "adapter" / "adapter_model.safetensors").is_file() and (
+        out / "adapter" / "adapter_config.json"
+    ).is_file()
     metrics = read_metrics(out)
     steps = [m for m in metrics if "loss" in m]
     assert [m["step"] for m in steps] == [10, 20]
@@ -115,7 +131,14 @@ def test_world2_zero3_run_export_resume(tmp_path):
     final_eval = [m for m in metrics if "eval_loss" in m][-1]
     assert final_eval["step"] == 20 and final_eval["eval_examples"] == 400
     cfg = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    assert (cfg["method"], cfg["m"], cfg["r"], cfg["d"], cfg["base_model"], cfg["dtype"]) == ("adept", 60, 19, 128, "builtin", "float32")
+    assert (cfg["method"], cfg["m"], cfg["r"], cfg["d"], cfg["base_model"], cfg["dtype"]) == (
+        "adept",
+        60,
+        19,
+        128,
+        "builtin",
+        "float32",
+    )
     ckpt = out / "checkpoints" / "step00000020"
     assert (ckpt / "adept_meta.json").is_file()
     ckpt_bytes = sum(f.stat().st_size for f in ckpt.rglob("*") if f.is_file())
@@ -136,7 +159,11 @@ def test_world2_zero3_run_export_resume(tmp_path):
         f.write_bytes(f.read_bytes()[:100])
     broken = run_cmd(deepspeed_cmd(*train, "--max_steps", "40", "--resume"))
     assert broken.returncode != 0
-    assert "checkpoint" in broken.stderr and "step00000030 is corrupt" in broken.stderr and "delete that folder" in broken.stderr
+    assert (
+        "checkpoint" in broken.stderr
+        and "step00000030 is corrupt" in broken.stderr
+        and "delete that folder" in broken.stderr
+    )
 
 
 def _check_export_reproduces_eval(out, eval_loss):

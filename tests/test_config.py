@@ -31,16 +31,19 @@ def test_config_file_then_flags(tmp_path):
     assert cfg.adapter.method == "dept" and cfg.data.max_length == 64
 
 
-@pytest.mark.parametrize("values,match", [
-    ({"learning_rate": 1.0}, "unknown option 'learning_rate'"),
-    ({"max_steps": "ten"}, "max_steps must be a int"),
-    ({"activation_checkpointing": 1}, "must be a bool"),
-    ({"method": "lora"}, "method='lora' is not one of"),
-    ({"quant": "int8"}, "int8 is not supported"),
-    ({"micro_batch_size": 0}, "micro_batch_size must be >= 1"),
-    ({"train_file": "x.jsonl"}, "--train_file needs --model"),
-    ({"max_steps": 10, "warmup_steps": 10}, "warmup_steps=10 must be in"),
-])
+@pytest.mark.parametrize(
+    "values,match",
+    [
+        ({"learning_rate": 1.0}, "unknown option 'learning_rate'"),
+        ({"max_steps": "ten"}, "max_steps must be a int"),
+        ({"activation_checkpointing": 1}, "must be a bool"),
+        ({"method": "lora"}, "method='lora' is not one of"),
+        ({"quant": "int8"}, "int8 is not supported"),
+        ({"micro_batch_size": 0}, "micro_batch_size must be >= 1"),
+        ({"train_file": "x.jsonl"}, "--train_file needs --model"),
+        ({"max_steps": 10, "warmup_steps": 10}, "warmup_steps=10 must be in"),
+    ],
+)
 def test_bad_options(values, match):
     with pytest.raises(ConfigError, match=match):
         make_config(values)
@@ -68,7 +71,7 @@ def test_bad_config_file(tmp_path):
 
 @pytest.mark.parametrize("name", ["zero3.json", "zero3_offload.json", "zero2.json"])
 def test_ds_configs_autos_filled_in_one_place(name):
-    cfg = make_config({"micro_batch_size": 4, "grad_accum": 3, "grad_clip": 0.5})
+    cfg = make_config({"micro_batch_size": 4, "grad_accum": 3, "grad_clip": 0.5, "compute_dtype": "bf16"})
     raw = json.loads((REPO / "ds_configs" / name).read_text())
     ds = resolve_ds_config(str(REPO / "ds_configs" / name), cfg, world=2)
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 3
@@ -78,7 +81,7 @@ def test_ds_configs_autos_filled_in_one_place(name):
 
 
 def test_ds_config_conflicts_are_errors(tmp_path):
-    cfg = make_config({"micro_batch_size": 4})
+    cfg = make_config({"micro_batch_size": 4, "compute_dtype": "fp32"})
     path = tmp_path / "ds.json"
     for body, match in [
         ({"train_micro_batch_size_per_gpu": 8}, "train_micro_batch_size_per_gpu=8 but the run asks for 4"),

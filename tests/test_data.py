@@ -16,8 +16,13 @@ def ids(tok, text):
 def test_decoder_only_format_and_target_only_labels(tokenizer, tmp_path):
     rows = read_rows(str(write_jsonl(tmp_path / "d.jsonl", [{"input": "the food was great", "target": "positive"}])))
     (ex,), n_trunc = encode(rows, tokenizer, 64, " Label : ")
-    expected = [tokenizer.bos_token_id] + ids(tokenizer, "the food was great") + ids(tokenizer, " Label : ") \
-        + ids(tokenizer, "positive") + [tokenizer.eos_token_id]
+    expected = (
+        [tokenizer.bos_token_id]
+        + ids(tokenizer, "the food was great")
+        + ids(tokenizer, " Label : ")
+        + ids(tokenizer, "positive")
+        + [tokenizer.eos_token_id]
+    )
     assert ex.input_ids == expected and n_trunc == 0
     assert ex.n_target == 2 and ex.source_len == len(expected) - 2
     batch = collate([ex], tokenizer.pad_token_id)
@@ -27,8 +32,10 @@ def test_decoder_only_format_and_target_only_labels(tokenizer, tmp_path):
 
 
 def test_truncation_from_source_side_and_count(tokenizer):
-    rows = [{"input": "the food was great and the room was dirty", "target": "negative"},
-            {"input": "the food", "target": "positive"}]
+    rows = [
+        {"input": "the food was great and the room was dirty", "target": "negative"},
+        {"input": "the food", "target": "positive"},
+    ]
     exs, n_trunc = encode(rows, tokenizer, 10, " Label : ")
     assert n_trunc == 1
     long = exs[0]
@@ -40,20 +47,25 @@ def test_truncation_from_source_side_and_count(tokenizer):
 
 
 def test_target_that_cannot_fit_names_the_row(tokenizer, tmp_path):
-    path = write_jsonl(tmp_path / "t.jsonl", [{"input": "a", "target": "positive"},
-                                               {"input": "a", "target": "the food was great and lovely"}])
+    path = write_jsonl(
+        tmp_path / "t.jsonl",
+        [{"input": "a", "target": "positive"}, {"input": "a", "target": "the food was great and lovely"}],
+    )
     with pytest.raises(DataError, match=r"t\.jsonl:2: target needs 7 tokens .* max_length=8"):
         encode(read_rows(str(path)), tokenizer, 8, " Label : ", str(path))
 
 
-@pytest.mark.parametrize("content,match", [
-    ('{"input": "a", "target": "b"}\n{"input": "a", "target": \n', r"bad\.jsonl:2: not valid JSON"),
-    ('{"input": "a"}\n', r"bad\.jsonl:1: row has no 'target' field"),
-    ('{"input": 3, "target": "b"}\n', r"'input' must be a string"),
-    ('{"input": "a", "target": "  "}\n', "empty 'target'"),
-    ('["a", "b"]\n', "expected a JSON object"),
-    ("\n\n", "holds no rows"),
-])
+@pytest.mark.parametrize(
+    "content,match",
+    [
+        ('{"input": "a", "target": "b"}\n{"input": "a", "target": \n', r"bad\.jsonl:2: not valid JSON"),
+        ('{"input": "a"}\n', r"bad\.jsonl:1: row has no 'target' field"),
+        ('{"input": 3, "target": "b"}\n', r"'input' must be a string"),
+        ('{"input": "a", "target": "  "}\n', "empty 'target'"),
+        ('["a", "b"]\n', "expected a JSON object"),
+        ("\n\n", "holds no rows"),
+    ],
+)
 def test_bad_jsonl(tmp_path, content, match):
     path = tmp_path / "bad.jsonl"
     path.write_text(content)

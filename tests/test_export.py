@@ -25,8 +25,11 @@ def test_export_reload_gives_same_outputs(tiny_model_dir, tmp_path, method):
         for p in adapter.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     model = AdeptLM(load_backbone(str(tiny_model_dir), "nf4", torch.device("cpu")), adapter).eval()
-    out = save_adapter(tmp_path / "adapter", {k: v for k, v in adapter.named_parameters()},
-                       adapter_config(adapter, base_model=str(tiny_model_dir)))
+    out = save_adapter(
+        tmp_path / "adapter",
+        {k: v for k, v in adapter.named_parameters()},
+        adapter_config(adapter, base_model=str(tiny_model_dir)),
+    )
     with safe_open(str(out / WEIGHTS), "pt") as f:
         names = set(f.keys())
         assert all(f.get_tensor(k).dtype == torch.float32 for k in names)

@@ -48,7 +48,9 @@ def test_trainable_set_is_exactly_the_adapter(nf4_backbone):
     assert {n for n, p in model.named_parameters() if p.requires_grad} == ADAPTER_NAMES
     groups = trainable_groups(model.adapter, 0.3, 1e-4)
     assert [(g["name"], g["lr"], len(g["params"])) for g in groups] == [("prompt", 0.3, 1), ("offset", 1e-4, 4)]
-    assert [(g["name"], len(g["params"])) for g in trainable_groups(build_adapter("pt", 4, 64), 0.3, 1e-4)] == [("prompt", 1)]
+    assert [(g["name"], len(g["params"])) for g in trainable_groups(build_adapter("pt", 4, 64), 0.3, 1e-4)] == [
+        ("prompt", 1)
+    ]
     nf4_backbone.get_input_embeddings().weight.requires_grad_(True)
     try:
         with pytest.raises(TrainError, match="embed_tokens"):
@@ -109,8 +111,10 @@ def test_unknown_model_path_and_non_decoder_models(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelError, match="has no config.json"):
         load_config(str(tmp_path / "empty"))
-    for cfg, kind in ((dict(model_type="bert", hidden_size=64, num_attention_heads=4), "bert"),
-                      (dict(model_type="t5", d_model=64, is_encoder_decoder=True), "t5")):
+    for cfg, kind in (
+        (dict(model_type="bert", hidden_size=64, num_attention_heads=4), "bert"),
+        (dict(model_type="t5", d_model=64, is_encoder_decoder=True), "t5"),
+    ):
         folder = tmp_path / kind
         folder.mkdir()
         (folder / "config.json").write_text(json.dumps(cfg))
@@ -135,15 +139,33 @@ def test_sentencepiece_tokenizer_folder(tmp_path, tiny_model_dir):
 
     text = tmp_path / "corpus.txt"
     text.write_text("\n".join(corpus(300, 0)))
-    spm.SentencePieceTrainer.train(input=str(text), model_prefix=str(tmp_path / "sp"), vocab_size=90, model_type="bpe",
-                                   bos_id=1, eos_id=2, unk_id=0, pad_id=-1, minloglevel=2)
+    spm.SentencePieceTrainer.train(
+        input=str(text),
+        model_prefix=str(tmp_path / "sp"),
+        vocab_size=90,
+        model_type="bpe",
+        bos_id=1,
+        eos_id=2,
+        unk_id=0,
+        pad_id=-1,
+        minloglevel=2,
+    )
     folder = tmp_path / "sp_model"
     shutil.copytree(tiny_model_dir, folder)
     for f in folder.glob("tokenizer*"):
         f.unlink()
     shutil.copy(tmp_path / "sp.model", folder / "tokenizer.model")
-    (folder / "tokenizer_config.json").write_text(json.dumps(
-        {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "legacy": False}))
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "LlamaTokenizer",
+                "bos_token": "<s>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+                "legacy": False,
+            }
+        )
+    )
     tok = load_tokenizer(str(folder))
     ids = tok("the food was great", add_special_tokens=False).input_ids
     assert len(tok) == 90 and ids and max(ids) < 90
