@@ -171,3 +171,47 @@ def test_sentencepiece_tokenizer_folder(tmp_path, tiny_model_dir):
     assert len(tok) == 90 and ids and max(ids) < 90
     assert tok.decode(ids) == "the food was great"
     assert tok.eos_token_id == 2 and tok.pad_token_id is not None  # LLaMA has no pad: we set one
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients(tiny_model_dir):
+    """Recompute in backward (non-reentrant: the gradient flows in through inputs_embeds, the
+    weights are frozen) must not change the maths, only the memory."""
+    batch = collate([Example([1, 10, 11, 12, 13, 2], 3, 3), Example([1, 20, 21, 2], 2, 2)], pad_id=3)
+    results = []
+    for recompute in (False, True):
+        backbone = load_backbone(str(tiny_model_dir), "nf4", torch.device("cpu"), activation_checkpointing=recompute)
+        model = AdeptLM(backbone, perturbed_adept(64)).train()  # checkpointing is active in training mode only
+        assert backbone.is_gradient_checkpointing == recompute
+        loss, _ = model(**batch)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.adapter.named_parameters()}))
+    (loss0, grads0), (loss1, grads1) = results
+    torch.testing.assert_close(loss1, loss0, rtol=0, atol=0)
+    for name in grads0:
+        torch.testing.assert_close(grads1[name], grads0[name], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("family", ["mistral", "qwen2"])
+def test_llama_layout_families_train_in_nf4(tmp_path, family):
+    """Mistral and Qwen2 share LLaMA's layout: they load in NF4, freeze, and pass gradient to the adapter."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
+
+    cls, cfg_cls = {"mistral": (MistralForCausalLM, MistralConfig), "qwen2": (Qwen2ForCausalLM, Qwen2Config)}[family]
+    cfg = cfg_cls(
+        vocab_size=96,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+    )
+    torch.manual_seed(0)
+    cls(cfg).save_pretrained(tmp_path / family)
+    backbone = load_backbone(str(tmp_path / family), "nf4", torch.device("cpu"))
+    assert backbone.config.model_type == family and all(not p.requires_grad for p in backbone.parameters())
+    model = AdeptLM(backbone, perturbed_adept(64)).train()
+    loss, n = model(**collate([Example([1, 10, 11, 12, 13, 2], 3, 3)], pad_id=3))
+    loss.backward()
+    assert n.item() == 3 and torch.isfinite(loss)
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter.parameters())
