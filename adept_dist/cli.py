@@ -7,15 +7,18 @@ import os
 import sys
 import warnings
 
+EXIT_STOPPED = 3  # stopped by SIGUSR1/SIGTERM after saving a checkpoint: rerun with --resume
+
 
 def _user_errors() -> tuple[type[Exception], ...]:
     from .backbone import ModelError
+    from .checkpoint import CheckpointError
     from .config import ConfigError
     from .data import DataError
     from .export import AdapterFileError
     from .trainer import TrainError
 
-    return (ConfigError, DataError, ModelError, AdapterFileError, TrainError)
+    return (ConfigError, DataError, ModelError, AdapterFileError, TrainError, CheckpointError)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,11 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run = build(cfg, d)
         setup_engine(run)
-        train(run)
+        result = train(run)
     except _user_errors() as exc:
         print(f"error (rank {d.rank}): {exc}", file=sys.stderr)
         return 2
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return 0
+    return EXIT_STOPPED if result.get("stopped") else 0

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
+import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +23,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from . import builtin
+from . import builtin, checkpoint
 from .adapters import PromptAdapter, build_adapter
 from .backbone import DTYPES, load_backbone, load_config, load_tokenizer
 from .config import Config, ConfigError
@@ -31,9 +31,6 @@ from .data import Example, SampleStream, collate, encode, read_rows, step_batche
 from .dist import Dist, all_reduce_sum, build_engine, full_fp32_state, gathered, resolve_ds_config
 from .export import adapter_config, save_adapter
 from .model import AdeptLM
-
-CKPT_DIR = "checkpoints"
-META = "adept_meta.json"
 
 
 class TrainError(RuntimeError):
@@ -54,11 +51,6 @@ def check_output_dir(out: Path, resume: bool) -> None:
         raise ConfigError(
             f"--output_dir {out} is not empty: pass --resume to continue that run, or choose a new --output_dir"
         )
-
-
-def latest_checkpoint(out: Path) -> str | None:
-    marker = out / CKPT_DIR / "latest"
-    return marker.read_text().strip() if marker.is_file() else None
 
 
 def lr_lambda(warmup: int, total: int):
@@ -231,43 +223,43 @@ def setup_engine(run: Run) -> None:
 
 
 def resume_state(run: Run) -> None:
-    """Load the latest resume checkpoint of the output folder, if there is one."""
-    root = run.out / CKPT_DIR
-    tag = latest_checkpoint(run.out)
-    if tag is None:
+    """Load the newest usable checkpoint of the output folder, if there is one."""
+    root = run.out / checkpoint.CKPT_DIR
+    meta = checkpoint.resume(run.engine, root, run.d.world, lambda m: log0(run.d, m))
+    if meta is None:
         log0(run.d, f"--resume: no checkpoint in {root} yet, starting from step 0")
         return
-    meta_path = root / tag / META
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError):
-        raise TrainError(
-            f"checkpoint {root / tag} is incomplete ({META} missing or unreadable): delete that folder to resume from an earlier one"
-        ) from None
-    if meta["world"] != run.d.world:
-        raise TrainError(
-            f"checkpoint {root / tag} was written by {meta['world']} ranks and this run has {run.d.world}: "
-            f"resume with {meta['world']} ranks"
-        )
-    try:
-        path, _ = run.engine.load_checkpoint(str(root), tag=tag, load_module_strict=False)
-    except Exception as exc:  # noqa: BLE001 - torch/DeepSpeed raise many kinds for a damaged file
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
-        raise TrainError(
-            f"checkpoint {root / tag} is corrupt ({first}): delete that folder to resume from an earlier one"
-        ) from None
-    if path is None:
-        raise TrainError(
-            f"checkpoint {root / tag} could not be loaded: delete that folder to resume from an earlier one"
-        )
     run.step, run.position = meta["step"], meta["position"]
-    log0(run.d, f"resumed from {tag}: step {run.step}, {run.position} samples seen")
+    log0(run.d, f"resumed from {checkpoint.tag_of(run.step)}: step {run.step}, {run.position} samples seen")
 
 
 # ----------------------------------------------------------------------------- train step
-def forward_backward(run: Run) -> dict:
+class StopRequest:
+    """SIGUSR1 (SLURM's warning before a time limit or preemption) or SIGTERM asks the run to
+    finish the current step, save and exit. Ranks agree through the step's loss all-reduce, so a
+    signal that reached one rank only stops all of them at the same step."""
+
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum = 0
+        for s in self.SIGNALS:
+            signal.signal(s, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        self.signum = signum
+
+
+def step_seed(seed: int, step: int, rank: int) -> int:
+    """RNG seed of one step on one rank: dropout masks depend on (seed, step, rank) only, so a
+    resumed run draws exactly what an uninterrupted one would have."""
+    return ((seed * 1_000_003 + step) * 4099 + rank) % (2**63)
+
+
+def forward_backward(run: Run, stop: int = 0) -> dict:
     """Forward and backward of every micro-batch of the next optimizer step (micro_batch *
-    grad_accum * world examples); gradients are reduced, the optimizer has not stepped yet."""
+    grad_accum * world examples); gradients are reduced, the optimizer has not stepped yet.
+    `stop` (a signal number or 0) is summed over ranks with the loss: rec["stop"] tells all ranks."""
     cfg, d, engine = run.cfg, run.d, run.engine
     dc = cfg.data
     pad_to = dc.max_length if cfg.adapter.method == "dept" else None
@@ -281,18 +273,19 @@ def forward_backward(run: Run) -> dict:
         loss_sum += loss.detach().double().cpu()
         if k < len(mine) - 1:
             engine.step()  # not a boundary: DeepSpeed only accumulates
-    loss_mean = all_reduce_sum(loss_sum).item() / n_target
+    totals = all_reduce_sum(torch.stack([loss_sum, torch.tensor(float(stop), dtype=torch.float64)]))
     return {
-        "loss": loss_mean,
+        "loss": totals[0].item() / n_target,
+        "stop": totals[1].item() > 0,
         "target_tokens": n_target,
         "samples": len(global_idx),
         "input_tokens": sum(len(run.train[i].input_ids) for i in global_idx),
     }
 
 
-def train_step(run: Run) -> dict:
+def train_step(run: Run, stop: int = 0) -> dict:
     """One optimizer step; a non-finite loss is caught before the optimizer sees it."""
-    rec = forward_backward(run)
+    rec = forward_backward(run, stop)
     if not math.isfinite(rec["loss"]):
         first = run.position
         raise TrainError(
@@ -310,6 +303,7 @@ def train_step(run: Run) -> dict:
         "grad_norm": None if grad_norm is None else float(grad_norm),
         "target_tokens": rec["target_tokens"],
         "input_tokens": rec["input_tokens"],
+        "stop": rec["stop"],
     }
 
 
@@ -369,16 +363,8 @@ def evaluate(run: Run) -> dict:
 
 # ----------------------------------------------------------------------------- save
 def save_checkpoint(run: Run) -> None:
-    root = run.out / CKPT_DIR
-    tag = f"step{run.step:08d}"
     meta = {"step": run.step, "position": run.position, "world": run.d.world}
-    run.engine.save_checkpoint(str(root), tag=tag, client_state=meta, exclude_frozen_parameters=True)
-    dist.barrier()
-    if run.d.main:
-        (root / tag / META).write_text(json.dumps(meta) + "\n")  # written last: its presence marks a complete save
-        tags = sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith("step"))
-        for old in tags[: -run.cfg.run.keep_checkpoints]:
-            shutil.rmtree(old, ignore_errors=True)
+    checkpoint.save(run.engine, run.out / checkpoint.CKPT_DIR, meta, run.cfg.run.keep_checkpoints, run.d.main)
 
 
 def export_adapter(run: Run, out_dir: Path) -> None:
@@ -405,13 +391,15 @@ def train(run: Run) -> dict:
     cfg, d = run.cfg, run.d
     rc = cfg.run
     total = cfg.optim.max_steps
-    torch.manual_seed(cfg.optim.seed * 1000 + d.rank + run.step)  # dropout: differs per rank, resumable
+    stop = StopRequest()
     run.engine.train()
     bar = tqdm(total=total, initial=run.step, disable=not d.main, desc="train", dynamic_ncols=True)
     window_tokens, window_start = 0, time.perf_counter()
     last: dict = {}
     while run.step < total:
-        rec = train_step(run)
+        torch.manual_seed(step_seed(cfg.optim.seed, run.step, d.rank))
+        rec = train_step(run, stop.signum)
+        stopping = rec.pop("stop")
         window_tokens += rec["input_tokens"]
         bar.update(1)
         bar.set_postfix(loss=f"{rec['loss']:.4f}")
@@ -424,6 +412,11 @@ def train(run: Run) -> dict:
             res = {"step": run.step, **evaluate(run)}
             run.metrics.write(res)
             log0(d, f"step {run.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.items() if isinstance(v, float)))
+        if stopping:
+            save_checkpoint(run)
+            bar.close()
+            log0(d, f"stopped by a signal after step {run.step}: checkpoint saved, continue with --resume")
+            return {"stopped": True, "step": run.step}
         if run.step % rc.save_every == 0 and run.step != total:
             save_checkpoint(run)
     bar.close()

@@ -1,0 +1,82 @@
+"""Preemption and exact resume at world size 2 (ZeRO-3, CPU, gloo, the deepspeed launcher)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tests.conftest import REPO, deepspeed_cmd, run_cmd
+
+pytestmark = [pytest.mark.dist, pytest.mark.slow]
+
+COMMON = [
+    "launch/train.py",
+    "--ds_config",
+    "ds_configs/zero3.json",
+    "--max_steps",
+    "30",
+    "--log_every",
+    "1",
+    "--max_eval_samples",
+    "32",
+    "--save_every",
+    "1000",
+]
+
+
+def losses(out):
+    return [json.loads(ln)["loss"] for ln in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in ln]
+
+
+def last_step(out) -> int:
+    path = out / "metrics.jsonl"
+    return len(losses(out)) if path.is_file() else 0
+
+
+def test_signal_to_one_rank_stops_all_and_resume_is_exact(tmp_path):
+    """SIGUSR1 reaches rank 1 only (mid-run): both ranks finish the step, save and exit 3; --resume
+    then reproduces the uninterrupted run bitwise (losses of every step and the final adapter), with
+    dropout on, because each step's RNG is seeded from (seed, step, rank) and the data position is saved."""
+    ref, cut = tmp_path / "uninterrupted", tmp_path / "preempted"
+    proc = run_cmd(deepspeed_cmd(*COMMON, "--output_dir", str(ref)))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    log = open(tmp_path / "preempted.log", "w")
+    launcher = subprocess.Popen(
+        deepspeed_cmd(*COMMON, "--output_dir", str(cut)), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+    )
+    deadline = time.time() + 300
+    while last_step(cut) < 3 and launcher.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    ranks = [
+        p for p in psutil.Process(launcher.pid).children(recursive=True) if "--local_rank=1" in " ".join(p.cmdline())
+    ]
+    assert len(ranks) == 1, "rank 1 not found"
+    ranks[0].send_signal(signal.SIGUSR1)
+    code = launcher.wait(timeout=300)
+    log.close()
+    text = (tmp_path / "preempted.log").read_text()
+    assert code != 0 and "stopped by a signal after step" in text, text[-3000:]
+    stopped_at = len(losses(cut))
+    assert 3 <= stopped_at < 30  # it stopped mid-run, at a step boundary
+    assert (cut / "checkpoints" / f"step{stopped_at:08d}" / "adept_meta.json").is_file()
+    assert not (cut / "adapter").exists()
+
+    resumed = run_cmd(deepspeed_cmd(*COMMON, "--output_dir", str(cut), "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resumed from step{stopped_at:08d}" in resumed.stdout + resumed.stderr
+    assert losses(cut) == losses(ref)  # bitwise, every step
+    a, b = (
+        load_file(str(ref / "adapter" / "adapter_model.safetensors")),
+        load_file(str(cut / "adapter" / "adapter_model.safetensors")),
+    )
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
