@@ -250,10 +250,12 @@ class StopRequest:
         self.signum = signum
 
 
-def step_seed(seed: int, step: int, rank: int) -> int:
-    """RNG seed of one step on one rank: dropout masks depend on (seed, step, rank) only, so a
-    resumed run draws exactly what an uninterrupted one would have."""
-    return ((seed * 1_000_003 + step) * 4099 + rank) % (2**63)
+def slot_seed(seed: int, step: int, slot: int) -> int:
+    """RNG seed of one micro-batch: dropout masks depend on (seed, step, slot) only, where slot is
+    the micro-batch's place in the global batch (k * world + rank). A resumed run draws exactly what
+    an uninterrupted one would have, and so does a run that splits the same global batch over
+    another number of ranks."""
+    return ((seed * 1_000_003 + step) * 4099 + slot) % (2**63)
 
 
 def forward_backward(run: Run, stop: int = 0) -> dict:
@@ -267,6 +269,7 @@ def forward_backward(run: Run, stop: int = 0) -> dict:
     n_target = sum(run.train[i].n_target for i in global_idx)  # N of the step, identical on every rank
     loss_sum = torch.zeros((), dtype=torch.float64)
     for k, idx in enumerate(mine):
+        torch.manual_seed(slot_seed(cfg.optim.seed, run.step, k * d.world + d.rank))
         batch = collate([run.train[i] for i in idx], run.tokenizer.pad_token_id, pad_to)
         loss, _ = engine(**{key: v.to(d.device) for key, v in batch.items()})
         engine.backward(loss * (d.world / n_target), scale_wrt_gas=False)
@@ -397,7 +400,6 @@ def train(run: Run) -> dict:
     window_tokens, window_start = 0, time.perf_counter()
     last: dict = {}
     while run.step < total:
-        torch.manual_seed(step_seed(cfg.optim.seed, run.step, d.rank))
         rec = train_step(run, stop.signum)
         stopping = rec.pop("stop")
         window_tokens += rec["input_tokens"]

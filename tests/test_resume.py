@@ -44,7 +44,7 @@ def last_step(out) -> int:
 def test_signal_to_one_rank_stops_all_and_resume_is_exact(tmp_path):
     """SIGUSR1 reaches rank 1 only (mid-run): both ranks finish the step, save and exit 3; --resume
     then reproduces the uninterrupted run bitwise (losses of every step and the final adapter), with
-    dropout on, because each step's RNG is seeded from (seed, step, rank) and the data position is saved."""
+    dropout on, because each micro-batch's RNG is seeded from (seed, step, slot) and the data position is saved."""
     ref, cut = tmp_path / "uninterrupted", tmp_path / "preempted"
     proc = run_cmd(deepspeed_cmd(*COMMON, "--output_dir", str(ref)))
     assert proc.returncode == 0, proc.stderr[-3000:]
