@@ -6,6 +6,10 @@ adds ``adept_meta.json`` (step, data position, world size), renames the folder t
 ``stepNNNNNNNN`` and only then points ``latest`` at it. A folder without the meta file is
 incomplete and never loaded. On resume the newest complete checkpoint is tried first; if any rank
 fails to load it, all ranks fall back to the one before, and the skipped one is reported.
+
+Each checkpoint also holds ``trainable_state.safetensors``: the whole fp32 adapter and its Adam
+moments (tiny), with the Adam step and the scheduler state in the meta file. A run with another
+number of ranks resumes from that instead of DeepSpeed's per-rank partitions.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .dist import all_reduce_sum
+from .dist import adam_step_count, all_reduce_sum, consolidated_state, restore_consolidated_state
 
 CKPT_DIR = "checkpoints"
 META = "adept_meta.json"
 PREFIX = "step"
+CONSOLIDATED = "trainable_state.safetensors"
 
 
 class CheckpointError(RuntimeError):
@@ -40,8 +45,10 @@ def complete_checkpoints(root: Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if p.is_dir() and p.name.startswith(PREFIX) and (p / META).is_file())
 
 
-def save(engine, root: Path, meta: dict, keep: int, main: bool) -> Path:
+def save(engine, named_params, root: Path, meta: dict, keep: int, main: bool) -> Path:
     """Collective: every rank calls it. Returns the final folder."""
+    whole = consolidated_state(named_params)  # collective
+    meta = {**meta, "adam_step": adam_step_count(engine), "scheduler": scheduler_state(engine)}
     tag = tag_of(meta["step"])
     tmp_tag = f".tmp-{tag}"
     if main:
@@ -51,6 +58,9 @@ def save(engine, root: Path, meta: dict, keep: int, main: bool) -> Path:
     dist.barrier()  # every rank's files are on disk
     final = root / tag
     if main:
+        from safetensors.torch import save_file
+
+        save_file(whole, str(root / tmp_tag / CONSOLIDATED))
         (root / tmp_tag / META).write_text(json.dumps(meta) + "\n")
         if final.exists():  # the same step saved again (a resumed run): replace it whole
             shutil.rmtree(final)
@@ -67,7 +77,24 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
-def resume(engine, root: Path, world: int, log) -> dict | None:
+def scheduler_state(engine) -> dict:
+    state = engine.lr_scheduler.state_dict()
+    state.pop("lr_lambdas", None)  # functions, rebuilt from the run config
+    return state
+
+
+def load_consolidated(engine, named_params, folder: Path, meta: dict) -> None:
+    """Resume from the whole-state copy (another world size): weights, Adam moments and step, schedule."""
+    from safetensors.torch import load_file
+
+    restore_consolidated_state(engine, named_params, load_file(str(folder / CONSOLIDATED)), meta["adam_step"])
+    sched = engine.lr_scheduler
+    sched.load_state_dict({**meta["scheduler"], "lr_lambdas": [None] * len(sched.lr_lambdas)})
+    for group, lr in zip(engine.optimizer.param_groups, sched.get_last_lr()):
+        group["lr"] = lr  # the rate of the next step, as an uninterrupted run would use
+
+
+def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
     """Load the newest checkpoint that every rank can load; return its meta (None: no checkpoint)."""
     candidates = complete_checkpoints(root)
     if not candidates:
@@ -75,16 +102,17 @@ def resume(engine, root: Path, world: int, log) -> dict | None:
     skipped: list[str] = []
     for folder in reversed(candidates):
         meta = json.loads((folder / META).read_text())
-        if meta["world"] != world:
-            raise CheckpointError(
-                f"checkpoint {folder} was written by {meta['world']} ranks and this run has {world}: "
-                f"resume with {meta['world']} ranks"
-            )
         error = ""
         try:
-            path, _ = engine.load_checkpoint(str(root), tag=folder.name, load_module_strict=False)
-            if path is None:
-                error = "DeepSpeed found nothing to load"
+            if meta["world"] == world:
+                path, _ = engine.load_checkpoint(str(root), tag=folder.name, load_module_strict=False)
+                if path is None:
+                    error = "DeepSpeed found nothing to load"
+            else:
+                log(
+                    f"{folder.name} was written by {meta['world']} ranks, this run has {world}: loading its whole-state copy"
+                )
+                load_consolidated(engine, named_params, folder, meta)
         except Exception as exc:  # noqa: BLE001 - torch/DeepSpeed raise many kinds for a damaged file
             error = _first_line(exc)
         failed = all_reduce_sum(torch.tensor([1.0 if error else 0.0])).item()

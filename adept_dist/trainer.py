@@ -225,11 +225,21 @@ def setup_engine(run: Run) -> None:
 def resume_state(run: Run) -> None:
     """Load the newest usable checkpoint of the output folder, if there is one."""
     root = run.out / checkpoint.CKPT_DIR
-    meta = checkpoint.resume(run.engine, root, run.d.world, lambda m: log0(run.d, m))
+    meta = checkpoint.resume(
+        run.engine, list(run.model.adapter.named_parameters()), root, run.d.world, lambda m: log0(run.d, m)
+    )
     if meta is None:
         log0(run.d, f"--resume: no checkpoint in {root} yet, starting from step 0")
         return
     run.step, run.position = meta["step"], meta["position"]
+    dc = run.cfg.data
+    global_batch = dc.micro_batch_size * dc.grad_accum * run.d.world
+    if meta.get("global_batch", global_batch) != global_batch:
+        log0(
+            run.d,
+            f"warning: the global batch changes from {meta['global_batch']} to {global_batch} examples per step; "
+            f"set --grad_accum (or --micro_batch_size) to keep it and continue the same optimisation",
+        )
     log0(run.d, f"resumed from {checkpoint.tag_of(run.step)}: step {run.step}, {run.position} samples seen")
 
 
@@ -366,8 +376,17 @@ def evaluate(run: Run) -> dict:
 
 # ----------------------------------------------------------------------------- save
 def save_checkpoint(run: Run) -> None:
-    meta = {"step": run.step, "position": run.position, "world": run.d.world}
-    checkpoint.save(run.engine, run.out / checkpoint.CKPT_DIR, meta, run.cfg.run.keep_checkpoints, run.d.main)
+    dc = run.cfg.data
+    meta = {
+        "step": run.step,
+        "position": run.position,
+        "world": run.d.world,
+        "global_batch": dc.micro_batch_size * dc.grad_accum * run.d.world,
+    }
+    root = run.out / checkpoint.CKPT_DIR
+    checkpoint.save(
+        run.engine, list(run.model.adapter.named_parameters()), root, meta, run.cfg.run.keep_checkpoints, run.d.main
+    )
 
 
 def export_adapter(run: Run, out_dir: Path) -> None:
