@@ -96,6 +96,11 @@ class RunConfig:
     eval_every: int | None = opt(None, "steps between evaluations; default: only at the end")
     save_every: int = opt(500, "steps between resume checkpoints (one is always written at the end)")
     keep_checkpoints: int = opt(2, "resume checkpoints kept (older ones are deleted)")
+    nonfinite: str = opt(
+        "stop",
+        "a NaN/inf loss: stop (error naming the step and samples) or skip (discard that update)",
+        ("stop", "skip"),
+    )
 
 
 SECTIONS: dict[str, type] = {

@@ -196,7 +196,7 @@ def consolidated_state(named_params) -> dict[str, torch.Tensor]:
 
 
 def restore_consolidated_state(engine, named_params, state: dict[str, torch.Tensor], adam_step: int) -> None:
-    """Load a consolidated state into a freshly built engine of any world size (collective).
+    """Load a consolidated state into an engine of any world size (collective).
 
     DeepSpeed creates Adam's state lazily at the first step, so the entries of this rank's fp32
     flat partitions are created here before DeepSpeed's own mapping fills them."""
@@ -220,7 +220,8 @@ def restore_consolidated_state(engine, named_params, state: dict[str, torch.Tens
     for name, p in named_params:
         safe_set_full_fp32_param(p, state[f"param.{name}"].to(p.device))  # the fp32 masters
         for key in ADAM_KEYS:
-            safe_set_full_optimizer_state(p, state[f"{key}.{name}"].to(p.device), key)
+            if f"{key}.{name}" in state:  # absent before the first step: zeros are Adam's fresh state
+                safe_set_full_optimizer_state(p, state[f"{key}.{name}"].to(p.device), key)
 
 
 def adam_step_count(engine) -> int:

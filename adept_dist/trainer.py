@@ -28,7 +28,17 @@ from .adapters import PromptAdapter, build_adapter
 from .backbone import DTYPES, load_backbone, load_config, load_tokenizer
 from .config import Config, ConfigError
 from .data import Example, SampleStream, collate, encode, read_rows, step_batches
-from .dist import Dist, all_reduce_sum, build_engine, full_fp32_state, gathered, resolve_ds_config
+from .dist import (
+    Dist,
+    adam_step_count,
+    all_reduce_sum,
+    build_engine,
+    consolidated_state,
+    full_fp32_state,
+    gathered,
+    resolve_ds_config,
+    restore_consolidated_state,
+)
 from .export import adapter_config, save_adapter
 from .model import AdeptLM
 
@@ -299,13 +309,23 @@ def forward_backward(run: Run, stop: int = 0) -> dict:
 def train_step(run: Run, stop: int = 0) -> dict:
     """One optimizer step; a non-finite loss is caught before the optimizer sees it."""
     rec = forward_backward(run, stop)
-    if not math.isfinite(rec["loss"]):
-        first = run.position
-        raise TrainError(
-            f"non-finite loss {rec['loss']} at step {run.step + 1} (samples {first}..{first + rec['samples'] - 1} of the data stream)"
-        )
     lrs = run.engine.get_lr()
-    run.engine.step()
+    skipped = not math.isfinite(rec["loss"])
+    if skipped:
+        first = run.position
+        where = f"step {run.step + 1} (samples {first}..{first + rec['samples'] - 1} of the data stream)"
+        if run.cfg.run.nonfinite == "stop":
+            raise TrainError(
+                f"non-finite loss {rec['loss']} at {where}: fix the data or lower the learning rates, "
+                f"or pass --nonfinite skip"
+            )
+        log0(run.d, f"warning: non-finite loss {rec['loss']} at {where}: its update is discarded")
+        named = list(run.model.adapter.named_parameters())
+        before, adam_step = consolidated_state(named), adam_step_count(run.engine)  # collective
+        run.engine.step()  # keeps DeepSpeed's bookkeeping (and the schedule) moving
+        restore_consolidated_state(run.engine, named, before, adam_step)
+    else:
+        run.engine.step()
     run.position += rec.pop("samples")
     run.step += 1
     grad_norm = run.engine.get_global_grad_norm()
@@ -317,6 +337,7 @@ def train_step(run: Run, stop: int = 0) -> dict:
         "target_tokens": rec["target_tokens"],
         "input_tokens": rec["input_tokens"],
         "stop": rec["stop"],
+        **({"skipped": True} if skipped else {}),
     }
 
 

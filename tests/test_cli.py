@@ -227,3 +227,68 @@ def test_ds_configs_train_the_same(tmp_path):
     assert len(losses["zero2"]) == 8 and losses["zero2"][-1] < losses["zero2"][0]
     for name in ("zero3", "zero3_offload"):
         assert losses[name] == pytest.approx(losses["zero2"], rel=1e-4), name
+
+
+@pytest.fixture
+def poisoned_model(tmp_path, tiny_model_dir):
+    """The tiny model with a NaN embedding row for the word 'awful': any example holding it has a NaN loss."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from adept_dist.backbone import load_tokenizer
+
+    folder = tmp_path / "poisoned"
+    shutil.copytree(tiny_model_dir, folder)
+    weights = load_file(str(folder / "model.safetensors"))
+    awful = load_tokenizer(str(folder))("awful", add_special_tokens=False).input_ids[0]
+    weights["model.embed_tokens.weight"][awful] = float("nan")
+    save_file(
+        {k: v.contiguous() for k, v in weights.items()}, str(folder / "model.safetensors"), metadata={"format": "pt"}
+    )
+    rows = [{"input": "review : the food was great", "target": "positive"}] * 7 + [
+        {"input": "review : the food was awful", "target": "negative"}
+    ]
+    return folder, write_jsonl(tmp_path / "train.jsonl", rows)
+
+
+def test_nonfinite_loss_stop_and_skip(tmp_path, poisoned_model):
+    """8 rows, one of them NaN, micro batch 2: some steps hold it. 'stop' ends the run naming the step
+    and samples; 'skip' discards exactly those updates and finishes with a finite adapter."""
+    import math
+
+    from safetensors.torch import load_file
+
+    model, train = poisoned_model
+    base = [
+        sys.executable,
+        "launch/train.py",
+        "--model",
+        str(model),
+        "--train_file",
+        str(train),
+        "--micro_batch_size",
+        "2",
+        "--max_steps",
+        "8",
+        "--log_every",
+        "1",
+        "--ds_config",
+        "ds_configs/zero3.json",
+    ]
+    stop = run_cmd([*base, "--output_dir", str(tmp_path / "stop")])
+    err = stop.stderr
+    assert (
+        stop.returncode == 2
+        and "non-finite loss nan at step" in err
+        and "(samples " in err
+        and "--nonfinite skip" in err
+    )
+    skip = run_cmd([*base, "--output_dir", str(tmp_path / "skip"), "--nonfinite", "skip"])
+    assert skip.returncode == 0, skip.stderr[-2000:]
+    steps = read_metrics(tmp_path / "skip")
+    skipped = [m["step"] for m in steps if m.get("skipped")]
+    assert 1 <= len(skipped) < 8 and all(math.isnan(m["loss"]) for m in steps if m.get("skipped"))
+    assert all(math.isfinite(m["loss"]) for m in steps if not m.get("skipped"))
+    adapter = load_file(str(tmp_path / "skip" / "adapter" / "adapter_model.safetensors"))
+    assert all(bool(v.isfinite().all()) for v in adapter.values())
