@@ -94,21 +94,23 @@ def check_trainable(model: AdeptLM) -> None:
 
 @torch.no_grad()
 def prompt_init_rows(cfg: Config, embedding: torch.nn.Embedding, tokenizer, m: int) -> torch.Tensor:
-    """(m, d) rows for the soft prompt: text init (repeated/truncated), random vocab rows, or normal."""
+    """(m, d) rows for the soft prompt: text init (repeated/truncated), random vocab rows, or normal.
+    Only the m rows needed leave the table (a 128k x 8k vocabulary is 4 GB in fp32)."""
     a = cfg.adapter
     g = torch.Generator().manual_seed(cfg.optim.seed)
-    with gathered([embedding.weight]):
-        table = embedding.weight.detach().float().cpu()  # (V, d)
-    if a.prompt_init == "normal":
-        return torch.randn(m, table.shape[1], generator=g) * table.std()
+    vocab = min(embedding.num_embeddings, len(tokenizer))
     if a.prompt_init == "vocab":
-        ids = torch.randint(0, min(table.shape[0], len(tokenizer)), (m,), generator=g)
-    else:
+        ids = torch.randint(0, vocab, (m,), generator=g)
+    elif a.prompt_init == "text":
         text_ids = tokenizer(a.prompt_init_text, add_special_tokens=False).input_ids
         if not text_ids:
             raise ConfigError("--prompt_init_text tokenizes to nothing: give some text or use --prompt_init vocab")
         ids = torch.tensor((text_ids * (m // len(text_ids) + 1))[:m])
-    return table[ids].clone()
+    with gathered([embedding.weight]):
+        weight = embedding.weight.detach()  # (V, d)
+        if a.prompt_init == "normal":
+            return torch.randn(m, weight.shape[1], generator=g) * weight.float().std().cpu()
+        return weight[ids.to(weight.device)].float().cpu().clone()
 
 
 class MetricsLog:

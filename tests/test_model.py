@@ -215,3 +215,22 @@ def test_llama_layout_families_train_in_nf4(tmp_path, family):
     loss.backward()
     assert n.item() == 3 and torch.isfinite(loss)
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.adapter.parameters())
+
+
+def test_prompt_init_text_vocab_normal(tokenizer):
+    """METHOD.md: text init copies E at the init text's ids, repeated/truncated to m; vocab init
+    copies random vocabulary rows; normal init draws at the table's scale."""
+    from adept_dist.config import make_config
+    from adept_dist.trainer import prompt_init_rows
+
+    torch.manual_seed(0)
+    emb = torch.nn.Embedding(len(tokenizer), 32)
+    text = "the food was great"
+    ids = tokenizer(text, add_special_tokens=False).input_ids  # 4 ids
+    rows = prompt_init_rows(make_config({"prompt_init_text": text}), emb, tokenizer, 10)
+    expected = emb.weight[(ids * 3)[:10]]  # 4 + 4 + 2
+    torch.testing.assert_close(rows, expected.detach(), rtol=0, atol=0)
+    vocab_rows = prompt_init_rows(make_config({"prompt_init": "vocab"}), emb, tokenizer, 10)
+    assert all(any(torch.equal(r, e) for e in emb.weight.detach()) for r in vocab_rows)
+    normal = prompt_init_rows(make_config({"prompt_init": "normal"}), emb, tokenizer, 200)
+    assert normal.std().item() == pytest.approx(emb.weight.std().item(), rel=0.1)
