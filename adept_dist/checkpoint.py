@@ -47,7 +47,7 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 def save(engine, named_params, root: Path, meta: dict, keep: int, main: bool) -> Path:
     """Collective: every rank calls it. Returns the final folder."""
-    whole = consolidated_state(named_params)  # collective
+    whole = consolidated_state(engine, named_params)  # collective
     meta = {**meta, "adam_step": adam_step_count(engine), "scheduler": scheduler_state(engine)}
     tag = tag_of(meta["step"])
     tmp_tag = f".tmp-{tag}"

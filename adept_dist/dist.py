@@ -180,11 +180,26 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
 ADAM_KEYS = ("exp_avg", "exp_avg_sq")
 
 
-def consolidated_state(named_params) -> dict[str, torch.Tensor]:
+def _link_adam_state(zero_opt) -> None:
+    """ZeRO-1/2 map each parameter to its slice of Adam's state once, after the first parameter
+    group's first step, when the other groups have no state yet (DeepSpeed 0.19.8): with two groups
+    the offset's moments then stay unreachable. Link every group whose state exists, again."""
+    from deepspeed.utils import lazy_init_hp_params_optimizer_state
+
+    groups, flats = getattr(zero_opt, "bit16_groups", None), getattr(zero_opt, "single_partition_of_fp32_groups", None)
+    if groups is None or flats is None:
+        return  # ZeRO-3 keeps its own mapping
+    for params, flat in zip(groups, flats):
+        if zero_opt.optimizer.state.get(flat):
+            lazy_init_hp_params_optimizer_state(params, flat, zero_opt.optimizer.state)
+
+
+def consolidated_state(engine, named_params) -> dict[str, torch.Tensor]:
     """Whole fp32 weights and Adam moments of the trainable parameters, whatever the ZeRO
     partitioning (collective: every rank must call). Tiny for an adapter (3 x 0.4M floats at 7B)."""
     from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
 
+    _link_adam_state(engine.optimizer)
     out = {}
     for name, p in named_params:
         out[f"param.{name}"] = safe_get_full_fp32_param(p).float().cpu().clone()
@@ -213,6 +228,7 @@ def restore_consolidated_state(engine, named_params, state: dict[str, torch.Tens
             "step": torch.tensor(float(adam_step)),
             **{key: torch.zeros_like(flat) for key in ADAM_KEYS},
         }
+    _link_adam_state(zero_opt)
     named_params = list(named_params)
     with gathered([p for _, p in named_params], modifier_rank=0):  # the working (compute-dtype) copies
         for name, p in named_params:

@@ -323,7 +323,7 @@ def train_step(run: Run, stop: int = 0) -> dict:
             )
         log0(run.d, f"warning: non-finite loss {rec['loss']} at {where}: its update is discarded")
         named = list(run.model.adapter.named_parameters())
-        before, adam_step = consolidated_state(named), adam_step_count(run.engine)  # collective
+        before, adam_step = consolidated_state(run.engine, named), adam_step_count(run.engine)  # collective
         run.engine.step()  # keeps DeepSpeed's bookkeeping (and the schedule) moving
         restore_consolidated_state(run.engine, named, before, adam_step)
     else:

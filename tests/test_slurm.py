@@ -135,3 +135,20 @@ def test_killed_rank_ends_the_job_then_requeue_resumes(cluster, reference, tmp_p
     assert cluster.wait(job, timeout=600) == "COMPLETED", cluster.diagnostics(job)
     assert losses(out) == losses(reference)
     assert same_adapter(out, reference)
+
+
+def test_external_scontrol_requeue_resumes_exactly(cluster, reference, tmp_path):
+    """An admin's `scontrol requeue JOB` mid-run: SLURM sends TERM to the batch shell and the tasks,
+    the ranks save on TERM and exit 3, SLURM requeues the job, and it resumes to the same losses
+    and adapter as the uninterrupted job."""
+    import subprocess
+
+    job, out = submit(cluster, tmp_path, "requeued")
+    wait_for_step(cluster, job, out, 3)
+    subprocess.run(["scontrol", "requeue", str(job)], env=cluster.env, check=True)
+    cluster.wait_restarted(job, restarts=1, timeout=300)
+    assert cluster.wait(job, timeout=600) == "COMPLETED", cluster.diagnostics(job)
+    log = next(tmp_path.glob("requeued-*.log")).read_text(errors="replace")
+    assert "stopped by a signal after step" in log and "resumed from step" in log
+    assert losses(out) == losses(reference)
+    assert same_adapter(out, reference)
