@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import sys
 import warnings
+from pathlib import Path
 
 EXIT_STOPPED = 3  # stopped by SIGUSR1/SIGTERM after saving a checkpoint: rerun with --resume
 
@@ -44,6 +45,9 @@ def main(argv: list[str] | None = None) -> int:
         run = build(cfg, d)
         setup_engine(run)
         result = train(run)
+        stop_file = os.environ.get("ADEPT_STOP_FILE")
+        if result.get("stopped") and stop_file and d.main:  # survives exit codes lost in a launcher's teardown
+            Path(stop_file).write_text(f"{result['step']}\n")
     except _user_errors() as exc:
         print(f"error (rank {d.rank}): {exc}", file=sys.stderr)
         return 2

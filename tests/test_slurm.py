@@ -20,6 +20,14 @@ from tests.slurm_harness import LocalSlurm, ensure_slurm_installed
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 STEPS = 40
+# partition "high" preempts "low" by requeue, with a grace time: SLURM then sends TERM to the tasks
+# only, and would end the job COMPLETED without requeueing it unless the batch script does.
+PREEMPTION = """
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
+PartitionName=low Nodes=localnode1,localnode2 PriorityTier=1 GraceTime=20 PreemptMode=REQUEUE MaxTime=UNLIMITED State=UP
+PartitionName=high Nodes=localnode1,localnode2 PriorityTier=10 PreemptMode=OFF MaxTime=UNLIMITED State=UP
+"""
 
 
 @pytest.fixture(scope="module")
@@ -28,7 +36,7 @@ def cluster(tmp_path_factory):
     if reason:
         print(f"SLURM tests skipped: {reason}")
         pytest.skip(f"SLURM cannot be installed here: {reason}")
-    with LocalSlurm(tmp_path_factory.mktemp("slurm")) as c:
+    with LocalSlurm(tmp_path_factory.mktemp("slurm"), extra_conf=PREEMPTION) as c:
         c.env.update(
             ADEPT_DIR=str(REPO),
             ADEPT_PYTHON=sys.executable,
@@ -39,7 +47,7 @@ def cluster(tmp_path_factory):
         yield c
 
 
-def submit(cluster, tmp_path, name: str, **extra) -> tuple[int, object]:
+def submit(cluster, tmp_path, name: str, sbatch_args: tuple = (), **extra) -> tuple[int, object]:
     out = tmp_path / name
     config = tmp_path / f"{name}.yaml"
     options = {"output_dir": str(out), "max_steps": STEPS, "log_every": 1, "max_eval_samples": 32, **extra}
@@ -49,6 +57,7 @@ def submit(cluster, tmp_path, name: str, **extra) -> tuple[int, object]:
             "--nodes=2",
             "--ntasks-per-node=1",
             f"--output={tmp_path}/{name}-%j.log",
+            *sbatch_args,
             str(REPO / "launch" / "slurm" / "train.sbatch"),
             str(config),
         ],
@@ -150,5 +159,26 @@ def test_external_scontrol_requeue_resumes_exactly(cluster, reference, tmp_path)
     assert cluster.wait(job, timeout=600) == "COMPLETED", cluster.diagnostics(job)
     log = next(tmp_path.glob("requeued-*.log")).read_text(errors="replace")
     assert "stopped by a signal after step" in log and "resumed from step" in log
+    assert losses(out) == losses(reference)
+    assert same_adapter(out, reference)
+
+
+def test_gracetime_preemption_requeues_and_resumes_exactly(cluster, reference, tmp_path):
+    """A job of a higher-priority partition needs the CPUs: SLURM preempts ours with a grace time
+    (TERM to the tasks only). The ranks save and exit 3, the batch script requeues the job itself,
+    and after the other job it resumes to the same losses and adapter as the uninterrupted job."""
+    job, out = submit(cluster, tmp_path, "graced", sbatch_args=("--partition=low",))
+    wait_for_step(cluster, job, out, 3)
+    hog = tmp_path / "hog.sh"
+    hog.write_text("#!/bin/bash\nsleep 3\n")
+    other = cluster.sbatch(
+        ["--partition=high", "--nodes=2", "--ntasks-per-node=2", f"--output={tmp_path}/hog-%j.log", str(hog)],
+        cwd=tmp_path,
+    )
+    cluster.wait_restarted(job, restarts=1, timeout=300)
+    assert cluster.wait(other, timeout=120) == "COMPLETED", cluster.diagnostics(other)
+    assert cluster.wait(job, timeout=600) == "COMPLETED", cluster.diagnostics(job)
+    log = next(tmp_path.glob("graced-*.log")).read_text(errors="replace")
+    assert "stopped by a signal after step" in log and "requeueing job" in log and "resumed from step" in log
     assert losses(out) == losses(reference)
     assert same_adapter(out, reference)
