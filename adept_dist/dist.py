@@ -197,12 +197,12 @@ def _link_adam_state(zero_opt) -> None:
 def consolidated_state(engine, named_params) -> dict[str, torch.Tensor]:
     """Whole fp32 weights and Adam moments of the trainable parameters, whatever the ZeRO
     partitioning (collective: every rank must call). Tiny for an adapter (3 x 0.4M floats at 7B)."""
-    from deepspeed.utils import safe_get_full_fp32_param, safe_get_full_optimizer_state
+    from deepspeed.utils import safe_get_full_optimizer_state
 
+    named_params = list(named_params)
     _link_adam_state(engine.optimizer)
-    out = {}
+    out = {f"param.{name}": value for name, value in full_fp32_state(named_params).items()}
     for name, p in named_params:
-        out[f"param.{name}"] = safe_get_full_fp32_param(p).float().cpu().clone()
         for key in ADAM_KEYS:
             value = safe_get_full_optimizer_state(p, key)
             if value is not None:  # None before the first optimizer step
