@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-VERSION = "v1"
+VERSION = "v2"
 SUBJECTS = [
     "food",
     "service",
@@ -113,6 +113,27 @@ EXTRA = [
     "it",
     "is",
 ]
+# digits and the field names of the paper's task formats, so `--task` runs on the demo model too
+# (their words are unknown to it, but labels and fields are real tokens)
+TASK_WORDS = [str(i) for i in range(10)] + [
+    "sentence",
+    "sentence1",
+    "sentence2",
+    "premise",
+    "hypothesis",
+    "question",
+    "question1",
+    "question2",
+    "passage",
+    "paragraph",
+    "context",
+    "text",
+    "word",
+    "query",
+    "entities",
+    "option0",
+    "option1",
+]
 
 
 def _words_of(lines: list[str]) -> set[str]:
@@ -120,7 +141,7 @@ def _words_of(lines: list[str]) -> set[str]:
 
 
 def vocabulary() -> list[str]:
-    words = set(SUBJECTS + POSITIVE + NEGATIVE + ADVERBS + EXTRA + list(LABELS.values()))
+    words = set(SUBJECTS + POSITIVE + NEGATIVE + ADVERBS + EXTRA + TASK_WORDS + list(LABELS.values()))
     words |= _words_of(POS_TAILS + NEG_TAILS)
     return SPECIALS + sorted(words)
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters import METHODS
+from .tasks import TASKS
 
 
 class ConfigError(ValueError):
@@ -60,21 +61,29 @@ class AdapterConfig:
 
 @dataclass
 class DataConfig:
+    task: str | None = opt(None, "a task of the paper (loads, splits, scores it as the paper does)", tuple(TASKS))
+    data_dir: str | None = opt(None, "local copy of the task's dataset in the hub's schema; none = the hub")
     train_file: str | None = opt(None, "JSONL or CSV with 'input' and 'target' columns; none = built-in task")
-    eval_file: str | None = opt(None, "evaluation JSONL or CSV, same columns")
+    eval_file: str | None = opt(None, "validation JSONL or CSV, same columns (selects the best checkpoint)")
+    test_file: str | None = opt(None, "test JSONL or CSV, same columns (scored once, with the best checkpoint)")
+    k_shot: int | None = opt(None, "few-shot: k training examples per class, class balanced, drawn with --seed")
+    split_seed: int = opt(42, "seed of the validation/test split of the task (the reference's is 42)")
+    validation_size: int | None = opt(None, "large tasks: training rows held out as validation (default 1000)")
+    cache_dir: str | None = opt(None, "tokenised-data cache; default $ADEPT_DIST_HOME/tokenized")
     max_length: int = opt(256, "max tokens per example (input + separator + target + EOS), prompt excluded")
     separator: str = opt(" Label : ", "text between input and target")
     micro_batch_size: int = opt(8, "examples per rank per forward/backward")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     eval_batch_size: int = opt(16, "examples per rank per evaluation batch")
-    max_new_tokens: int = opt(16, "tokens generated per example at evaluation")
-    max_eval_samples: int | None = opt(None, "evaluate on at most this many examples")
+    max_new_tokens: int | None = opt(None, "tokens generated per example at evaluation; default: the task's")
+    max_eval_samples: int | None = opt(None, "evaluate on at most this many examples per split")
+    allow_code_execution: bool = opt(False, "let MBPP's pass@1 run the generated programs (resource-limited)")
 
 
 @dataclass
 class OptimConfig:
     max_steps: int | None = opt(
-        None, "optimizer steps; default 30000 (reference small-task budget), 300 for the built-in task"
+        None, "optimizer steps (0: evaluate only); default: the task's reference budget, 30000, 300 built-in"
     )
     lr_prompt: float = opt(0.3, "learning rate of the soft prompt")
     lr_ffn: float | None = opt(
@@ -93,7 +102,10 @@ class RunConfig:
     ds_config: str = opt("ds_configs/zero3.json", "DeepSpeed JSON ('auto' values are filled from this config)")
     resume: bool = opt(False, "continue from the latest checkpoint in output_dir")
     log_every: int = opt(10, "steps between metrics.jsonl lines")
-    eval_every: int | None = opt(None, "steps between evaluations; default: only at the end")
+    eval_every: int | None = opt(
+        None, "steps between validation evaluations (best checkpoint kept); default 1000 for tasks, else at the end"
+    )
+    init_adapter: str | None = opt(None, "start from an exported adapter folder (with --max_steps 0: evaluate it)")
     save_every: int = opt(500, "steps between resume checkpoints (one is always written at the end)")
     keep_checkpoints: int = opt(2, "resume checkpoints kept (older ones are deleted)")
     nonfinite: str = opt(
@@ -260,7 +272,8 @@ def validate(cfg: Config) -> None:
         "eval_batch_size": d.eval_batch_size,
         "max_new_tokens": d.max_new_tokens,
         "max_eval_samples": d.max_eval_samples,
-        "max_steps": o.max_steps,
+        "k_shot": d.k_shot,
+        "validation_size": d.validation_size,
         "log_every": r.log_every,
         "eval_every": r.eval_every,
         "save_every": r.save_every,
@@ -271,8 +284,11 @@ def validate(cfg: Config) -> None:
             raise ConfigError(f"option {name} must be >= 1, got {value}")
     if not 0.0 <= a.dropout < 1.0:
         raise ConfigError(f"option dropout must be in [0, 1), got {a.dropout}")
+    if o.max_steps is not None and o.max_steps < 0:
+        raise ConfigError(f"option max_steps must be >= 0, got {o.max_steps}")
+    builtin_task = d.train_file is None and d.task is None
     if o.lr_ffn is None:  # both values are in the reference's grid (1e-4, 5e-4, 1e-3, 5e-3)
-        o.lr_ffn = 1e-3 if d.train_file is None else 1e-4
+        o.lr_ffn = 1e-3 if builtin_task else 1e-4
     for name in ("lr_prompt", "lr_ffn", "adam_eps"):
         if getattr(o, name) <= 0:
             raise ConfigError(f"option {name} must be > 0, got {getattr(o, name)}")
@@ -280,11 +296,24 @@ def validate(cfg: Config) -> None:
         raise ConfigError("options grad_clip and weight_decay must be >= 0")
     if d.train_file is not None and cfg.model.model is None:
         raise ConfigError("--train_file needs --model: the built-in tiny model only knows the built-in task's words")
-    if d.eval_file is not None and d.train_file is None:
-        raise ConfigError("--eval_file needs --train_file (the built-in task brings its own evaluation set)")
+    if (d.eval_file is not None or d.test_file is not None) and d.train_file is None:
+        raise ConfigError("--eval_file/--test_file need --train_file (a task or the built-in task brings its own)")
+    if d.task is not None and d.train_file is not None:
+        raise ConfigError("--task and --train_file exclude each other: a task brings its own data (see --data_dir)")
+    if d.data_dir is not None and d.task is None:
+        raise ConfigError("--data_dir needs --task: it is a local copy of that task's dataset")
+    if d.task is None and d.k_shot is not None:
+        raise ConfigError("--k_shot needs --task (classes come from the task's labels)")
+    if d.task is not None and "pass@1" in TASKS[d.task].metrics and not d.allow_code_execution:
+        raise ConfigError(
+            f"task {d.task} is scored by running the generated programs: pass --allow_code_execution "
+            f"(in a container or VM) to accept that"
+        )
     if o.max_steps is None:
-        o.max_steps = 300 if d.train_file is None else 30000
+        o.max_steps = TASKS[d.task].max_steps if d.task else 300 if builtin_task else 30000
+    if r.eval_every is None and d.task is not None and o.max_steps > 1000:
+        r.eval_every = 1000  # the reference evaluates every 1000 steps
     if o.warmup_steps is None:
         o.warmup_steps = min(500, o.max_steps // 10)
-    if o.warmup_steps < 0 or (o.warmup_steps >= o.max_steps and o.max_steps > 1):
+    if o.warmup_steps < 0 or (o.warmup_steps >= o.max_steps and o.max_steps > 1 and o.warmup_steps > 0):
         raise ConfigError(f"warmup_steps={o.warmup_steps} must be in [0, max_steps={o.max_steps})")

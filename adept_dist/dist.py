@@ -243,3 +243,46 @@ def restore_consolidated_state(engine, named_params, state: dict[str, torch.Tens
 def adam_step_count(engine) -> int:
     steps = [int(s["step"]) for s in engine.optimizer.optimizer.state.values() if "step" in s]
     return steps[0] if steps else 0
+
+
+def broadcast_packed(tensors: dict[str, torch.Tensor] | None, meta: str | None, device: torch.device):
+    """Send rank 0's named tensors and a text from rank 0 to every rank (collective). NCCL moves
+    device tensors only, so they travel through `device` and come back to the CPU."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return tensors, meta
+    if dist.get_rank() == 0:
+        header = json.dumps({"meta": meta, "tensors": [[k, str(v.dtype), list(v.shape)] for k, v in tensors.items()]})
+        raw = torch.frombuffer(bytearray(header.encode()), dtype=torch.uint8)
+        size = torch.tensor([raw.numel()], dtype=torch.int64)
+    else:
+        size = torch.zeros(1, dtype=torch.int64)
+    size = size.to(device)
+    dist.broadcast(size, 0)
+    buf = raw.to(device) if dist.get_rank() == 0 else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(buf, 0)
+    header = json.loads(buf.cpu().numpy().tobytes().decode())
+    out = {}
+    for name, dtype, shape in header["tensors"]:
+        dt = getattr(torch, dtype.removeprefix("torch."))
+        t = tensors[name].to(device) if dist.get_rank() == 0 else torch.empty(shape, dtype=dt, device=device)
+        dist.broadcast(t, 0)
+        out[name] = t.cpu()
+    return out, header["meta"]
+
+
+def set_full_weights(named_params, state: dict[str, torch.Tensor]) -> None:
+    """Overwrite the working (compute-dtype) copies of parameters with whole tensors, for evaluation
+    (collective). The optimizer's fp32 masters are left as they are."""
+    named_params = list(named_params)
+    with gathered([p for _, p in named_params], modifier_rank=0):
+        for name, p in named_params:
+            p.data.copy_(state[name].to(p.device, p.dtype))
+
+
+def broadcast_object(obj, src: int = 0):
+    """A small picklable object from `src` to every rank (collective)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

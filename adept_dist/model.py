@@ -44,11 +44,14 @@ class AdeptLM(nn.Module):
         return loss_sum, keep.sum()
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, max_new_tokens: int, eos_id: int) -> torch.Tensor:
-        """Greedy decoding of a LEFT-padded batch; returns (B, max_new_tokens) ids, EOS-filled after EOS.
+    def generate(self, input_ids, attention_mask, max_new_tokens: int, eos_id: int, finished=None) -> torch.Tensor:
+        """Greedy decoding of a LEFT-padded batch; returns (B, n <= max_new_tokens) ids, EOS-filled after EOS.
 
-        Always runs exactly max_new_tokens steps, so ZeRO-3 ranks stay in step.
+        `finished(done)` decides, after each step, whether to stop early given the (B,) done flags;
+        default: once every sequence has ended. ZeRO-3 ranks must stop together (each forward is
+        collective), so distributed callers pass a function that agrees across ranks.
         """
+        finished = finished or (lambda done: bool(done.all()))
         decoder = self.backbone.get_decoder()
         head = self.backbone.get_output_embeddings()
         embeds, mask, _ = self._inputs(input_ids, attention_mask)
@@ -61,7 +64,7 @@ class AdeptLM(nn.Module):
             nxt = nxt.masked_fill(done, eos_id)
             generated.append(nxt)
             done |= nxt == eos_id
-            if step == max_new_tokens - 1:
+            if step == max_new_tokens - 1 or finished(done):
                 break
             token_pos = token_pos + 1
             e = self.backbone.get_input_embeddings()(nxt[:, None])  # (B, 1, d)

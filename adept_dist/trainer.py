@@ -23,24 +23,28 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from . import builtin, checkpoint
+from . import builtin, checkpoint, metrics, taskdata
 from .adapters import PromptAdapter, build_adapter
 from .backbone import DTYPES, load_backbone, load_config, load_tokenizer
 from .config import Config, ConfigError
-from .data import Example, SampleStream, collate, encode, read_rows, step_batches
+from .data import DataError, Example, SampleStream, collate, step_batches
 from .dist import (
     Dist,
     adam_step_count,
     all_reduce_sum,
+    broadcast_object,
+    broadcast_packed,
     build_engine,
     consolidated_state,
     full_fp32_state,
     gathered,
     resolve_ds_config,
     restore_consolidated_state,
+    set_full_weights,
 )
-from .export import adapter_config, save_adapter
+from .export import WEIGHTS, adapter_config, load_adapter, save_adapter
 from .model import AdeptLM
+from .tasks import TASKS
 
 
 class TrainError(RuntimeError):
@@ -136,9 +140,7 @@ class Run:
     d: Dist
     out: Path
     tokenizer: object
-    train: list[Example]
-    eval: list[Example] | None
-    eval_targets: list[str] | None
+    data: taskdata.TaskData
     model: AdeptLM
     engine: object = None
     base_model: str = ""
@@ -146,6 +148,12 @@ class Run:
     position: int = 0
     stream: SampleStream | None = None
     metrics: MetricsLog | None = None
+    best: dict | None = None  # validation scores of the best step so far (written to best.json)
+    best_state: dict | None = None  # that step's adapter weights (fp32, whole), on every rank
+
+    @property
+    def train(self) -> list[Example]:
+        return self.data.train
 
 
 def build(cfg: Config, d: Dist) -> Run:
@@ -158,15 +166,20 @@ def build(cfg: Config, d: Dist) -> Run:
         out.mkdir(parents=True, exist_ok=True)
         (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
-    model_name, train_file, eval_file = cfg.model.model, cfg.data.train_file, cfg.data.eval_file
-    if model_name is None or train_file is None:
+    dc = cfg.data
+    model_name, files = cfg.model.model, {"train_file": dc.train_file, "eval_file": dc.eval_file}
+    files["test_file"] = dc.test_file
+    if model_name is None or (dc.train_file is None and dc.task is None):
         if d.local_rank == 0:
             root = builtin.ensure_builtin(log=lambda s: log0(d, s) if d.main else None)
         dist.barrier()
         root = builtin.builtin_dir()
         model_name = model_name or str(root / "model")
-        if train_file is None:
-            train_file, eval_file = str(root / "train.jsonl"), str(root / "dev.jsonl")
+        if dc.train_file is None and dc.task is None:
+            files = {"train_file": str(root / "train.jsonl"), "eval_file": str(root / "dev.jsonl")}
+    if cfg.model.model is None and dc.task is not None:
+        log0(d, f"warning: --task {dc.task} without --model runs the built-in tiny demo model, which knows only "
+                f"the demo's words: its scores mean nothing; pass --model for real results")  # fmt: skip
 
     load_config(model_name)  # refuse a missing or non-decoder model before reading any data
     if not d.main:  # one progress bar per job, not per rank
@@ -174,16 +187,7 @@ def build(cfg: Config, d: Dist) -> Run:
 
         hf_logging.disable_progress_bar()
     tokenizer = load_tokenizer(model_name)
-    dc = cfg.data
-    train_rows = read_rows(train_file)
-    train, n_trunc = encode(train_rows, tokenizer, dc.max_length, dc.separator, train_file)
-    log0(d, f"train: {len(train)} rows from {train_file}, {n_trunc} inputs truncated to fit max_length={dc.max_length}")
-    evals, targets = None, None
-    if eval_file is not None:
-        rows = read_rows(eval_file)[: dc.max_eval_samples]
-        evals, n_trunc = encode(rows, tokenizer, dc.max_length, dc.separator, eval_file)
-        targets = [r["target"].strip() for r in rows]
-        log0(d, f"eval: {len(evals)} rows from {eval_file}, {n_trunc} inputs truncated")
+    data = load_data(cfg, d, tokenizer, files)
 
     backbone = load_backbone(
         model_name,
@@ -198,6 +202,8 @@ def build(cfg: Config, d: Dist) -> Run:
     torch.manual_seed(cfg.optim.seed)  # identical adapter init on every rank
     adapter = build_adapter(a.method, a.prompt_length, hidden, a.offset_rank, dc.max_length, a.dropout)
     adapter.init_prompt(prompt_init_rows(cfg, backbone.get_input_embeddings(), tokenizer, a.prompt_length))
+    if cfg.run.init_adapter:
+        init_from_adapter(adapter, cfg.run.init_adapter, backbone.config.vocab_size)
     adapter.to(d.device)
     model = AdeptLM(backbone, adapter)
     check_trainable(model)
@@ -211,13 +217,66 @@ def build(cfg: Config, d: Dist) -> Run:
         d,
         out,
         tokenizer,
-        train,
-        evals,
-        targets,
+        data,
         model,
         base_model=cfg.model.model or "builtin",
-        stream=SampleStream(len(train), cfg.optim.seed),
+        stream=SampleStream(len(data.train), cfg.optim.seed),
     )
+
+
+def load_data(cfg: Config, d: Dist, tokenizer, files: dict) -> taskdata.TaskData:
+    """The main process loads, splits, formats and tokenises (or reads its cache); the other ranks
+    receive the token ids instead of redoing the work. An error on the main process reaches all."""
+    dc = cfg.data
+    opts = {
+        **files,
+        "data_dir": dc.data_dir,
+        "max_length": dc.max_length,
+        "separator": dc.separator,
+        "split_seed": dc.split_seed,
+        "validation_size": dc.validation_size,
+        "k_shot": dc.k_shot,
+        "seed": cfg.optim.seed,
+    }
+    task = TASKS[dc.task] if dc.task else None
+    tensors, meta, data, failure = None, None, None, None
+    if d.main:
+        try:
+            cache = Path(dc.cache_dir) if dc.cache_dir else builtin.home() / "tokenized"
+            data = taskdata.prepare_main(task, tokenizer, opts, cache, log=lambda m: log0(d, m))
+            tensors, meta = taskdata.pack(data) if d.world > 1 else ({}, "")
+        except Exception as exc:
+            failure = exc
+            tensors, meta = {}, json.dumps({"error": str(exc), "user": isinstance(exc, DataError)})
+    tensors, meta = broadcast_packed(tensors, meta, d.device)
+    if failure is not None:
+        raise failure
+    if meta and (err := json.loads(meta).get("error")) is not None:
+        raise (DataError if json.loads(meta)["user"] else RuntimeError)(f"{err} (reported by rank 0)")
+    if data is None:
+        data = taskdata.unpack(tensors, meta)
+    if dc.max_eval_samples:
+        for es in data.evals.values():
+            es.examples, es.refs = es.examples[: dc.max_eval_samples], es.refs[: dc.max_eval_samples]
+    sizes = ", ".join([f"train {len(data.train)}"] + [f"{k} {len(v.examples)}" for k, v in data.evals.items()])
+    trunc = sum(v for k, v in data.info.items() if k.endswith("_truncated"))
+    log0(d, f"data ({data.name}): {sizes} examples; {trunc} inputs truncated to max_length={dc.max_length}")
+    return data
+
+
+def init_from_adapter(adapter: PromptAdapter, path: str, vocab_size: int) -> None:
+    """Start from an exported adapter (same method and shapes), e.g. to evaluate it with --max_steps 0."""
+    loaded, cfg = load_adapter(path)
+    mine = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in loaded.state_dict().items()}
+    if type(loaded) is not type(adapter) or mine != theirs:
+        raise ConfigError(
+            f"--init_adapter {path} is a {cfg['method']} adapter with tensors {theirs}, this run builds {mine}: "
+            f"use the same --method, --prompt_length and --offset_rank, on a model of the same hidden size"
+        )
+    if cfg.get("vocab_size") not in (None, vocab_size):
+        raise ConfigError(f"--init_adapter {path} was trained on a vocabulary of {cfg['vocab_size']}, not {vocab_size}")
+    adapter.load_state_dict(loaded.state_dict())
 
 
 def setup_engine(run: Run) -> None:
@@ -253,6 +312,22 @@ def resume_state(run: Run) -> None:
             f"set --grad_accum (or --micro_batch_size) to keep it and continue the same optimisation",
         )
     log0(run.d, f"resumed from {checkpoint.tag_of(run.step)}: step {run.step}, {run.position} samples seen")
+    restore_best(run)
+
+
+def restore_best(run: Run) -> None:
+    """The best validation result up to the resumed step, and its adapter (a best found after the
+    checkpoint is ignored: the resumed run finds it again, identically)."""
+    best_path, adapter_dir = run.out / "best.json", run.out / "adapter"
+    if not best_path.is_file() or not (adapter_dir / WEIGHTS).is_file():
+        return
+    from safetensors.torch import load_file
+
+    best = json.loads(best_path.read_text())
+    saved_step = json.loads((adapter_dir / "adapter_config.json").read_text()).get("step")
+    if best.get("step", math.inf) <= run.step and saved_step == best["step"]:
+        run.best, run.best_state = best, load_file(str(adapter_dir / WEIGHTS))
+        log0(run.d, f"best so far: step {best['step']}, validation {best['metric']} {best['value']:.4g}")
 
 
 # ----------------------------------------------------------------------------- train step
@@ -344,57 +419,141 @@ def train_step(run: Run, stop: int = 0) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
+def eval_batches(es: taskdata.EvalSet, batch_size: int, world: int, rank: int) -> tuple[list[list[int]], int]:
+    """This rank's batches of an eval set and the number of rounds every rank runs. Batches are cut
+    from the examples sorted by length (less padding) and dealt round-robin, so each batch, and so
+    each prediction, is the same whatever the world size."""
+    order = sorted(range(len(es.examples)), key=lambda i: (len(es.examples[i].input_ids), i))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    return batches[rank::world], math.ceil(len(batches) / world)
+
+
 @torch.no_grad()
-def evaluate(run: Run) -> dict:
-    """Teacher-forced loss and greedy exact match on the eval set; every rank takes a shard and
-    runs the same number of batches (ZeRO-3 forwards are collective), results are summed."""
-    d, dc = run.d, run.cfg.data
+def evaluate(run: Run, split: str) -> dict:
+    """Teacher-forced loss and the task's metrics of greedy predictions on one split. ZeRO-3
+    forwards are collective: every rank runs the same number of batches (a rank out of work runs a
+    dummy one) and generation stops when every rank's batch has ended. Predictions are gathered and
+    scored on the main process; every rank gets the scores."""
+    d, dc, data = run.d, run.cfg.data, run.data
+    es = data.evals[split]
     model, tok = run.model, run.tokenizer
-    n = len(run.eval)
-    per_rank = math.ceil(n / d.world)
-    mine = list(range(d.rank, n, d.world))
-    valid = [1] * len(mine) + [0] * (per_rank - len(mine))
-    mine += [mine[-1] if mine else 0] * (per_rank - len(mine))
-    max_new = min(dc.max_new_tokens, max(e.n_target for e in run.eval))
+    mine, rounds = eval_batches(es, dc.eval_batch_size, d.world, d.rank)
+    task = TASKS.get(data.name)
+    max_new = dc.max_new_tokens or (task and task.max_new_tokens) or max(e.n_target for e in es.examples)
+
+    def finished(done: torch.Tensor, real: bool) -> bool:  # all ranks' batches ended
+        flag = torch.tensor([0.0 if (done.all() or not real) else 1.0], dtype=torch.float64)
+        return all_reduce_sum(flag).item() == 0
+
     was_training = model.training
     model.eval()
-    sums = torch.zeros(4, dtype=torch.float64)  # loss, target tokens, correct, examples
+    sums = torch.zeros(2, dtype=torch.float64)  # loss, target tokens
     preds: list[tuple[int, str]] = []
-    for s in range(0, per_rank, dc.eval_batch_size):
-        idx, w = mine[s : s + dc.eval_batch_size], valid[s : s + dc.eval_batch_size]
-        batch = collate([run.eval[i] for i in idx], tok.pad_token_id, None)
-        wt = torch.tensor(w, dtype=torch.bool)
-        batch["labels"][~wt] = -100
+    bar = tqdm(total=rounds, disable=not d.main, desc=f"eval {split}", leave=False, dynamic_ncols=True)
+    for r in range(rounds):
+        real = r < len(mine)
+        idx = mine[r] if real else [0]
+        batch = collate([es.examples[i] for i in idx], tok.pad_token_id, None)
+        if not real:
+            batch["labels"].fill_(-100)
         loss, ntok = model(**{k: v.to(d.device) for k, v in batch.items()})
-        sources = [Example(run.eval[i].input_ids[: run.eval[i].source_len], 0, run.eval[i].source_len) for i in idx]
+        sources = [Example(es.examples[i].input_ids[: es.examples[i].source_len], 0, 0) for i in idx]
         src = collate(sources, tok.pad_token_id, None, left=True)
         gen = model.generate(
-            src["input_ids"].to(d.device), src["attention_mask"].to(d.device), max_new, tok.eos_token_id
+            src["input_ids"].to(d.device),
+            src["attention_mask"].to(d.device),
+            max_new,
+            tok.eos_token_id,
+            finished=lambda done, real=real: finished(done, real),
         )
-        for i, ok, ids in zip(idx, w, gen.tolist()):
-            if not ok:
-                continue
-            ids = ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
-            text = tok.decode(ids, skip_special_tokens=True).strip()
-            preds.append((i, text))
-            sums[2] += float(text == run.eval_targets[i])
-        sums[0] += loss.double().cpu()
-        sums[1] += ntok.double().cpu()
-        sums[3] += sum(w)
+        if real:
+            for i, ids in zip(idx, gen.tolist()):
+                ids = ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
+                preds.append((i, tok.decode(ids, skip_special_tokens=True).strip()))
+            sums[0] += loss.double().cpu()
+            sums[1] += ntok.double().cpu()
+        bar.update(1)
+    bar.close()
     all_reduce_sum(sums)
-    gathered_preds: list = [None] * d.world
-    dist.all_gather_object(gathered_preds, preds)
+    parts: list = [None] * d.world
+    dist.all_gather_object(parts, preds)
+    scores = None
     if d.main:
-        rows = sorted(p for part in gathered_preds for p in part)
-        with open(run.out / "eval_predictions.jsonl", "w") as f:
-            for i, text in rows:
-                f.write(json.dumps({"index": i, "prediction": text, "target": run.eval_targets[i]}) + "\n")
+        texts = dict(p for part in parts for p in part)
+        ordered = [texts[i] for i in range(len(es.examples))]
+        scores = metrics.compute(
+            data.metrics, ordered, es.refs, data.labels, allow_code_execution=dc.allow_code_execution
+        )
+        pred_dir = run.out / "predictions"
+        pred_dir.mkdir(exist_ok=True)
+        with open(pred_dir / f"{split}.jsonl", "w") as f:
+            for i, (text, ref) in enumerate(zip(ordered, es.refs)):
+                f.write(json.dumps({"index": i, "prediction": text, **ref}) + "\n")
+    scores = broadcast_object(scores)
     model.train(was_training)
+    prefix = "eval" if split == "validation" else split
     return {
-        "eval_loss": (sums[0] / sums[1]).item(),
-        "eval_exact_match": (sums[2] / sums[3]).item(),
-        "eval_examples": int(sums[3]),
+        "split": split,
+        f"{prefix}_loss": (sums[0] / sums[1]).item(),
+        f"{prefix}_examples": len(es.examples),
+        **{f"{prefix}_{k}": v for k, v in scores.items()},
     }
+
+
+def keep_if_best(run: Run, res: dict) -> bool:
+    """Model selection: the adapter with the best validation score of the task's first metric so
+    far becomes OUT/adapter (and its scores OUT/best.json). Ties keep the earlier step."""
+    metric = run.data.metrics[0]
+    value = res[f"eval_{metric}"]
+    if run.best is not None and value <= run.best["value"]:
+        return False
+    run.best = {"step": run.step, "metric": metric, "value": value, "validation": res}
+    run.best_state = full_fp32_state(run.model.adapter.named_parameters())  # collective
+    export_adapter(run, run.out / "adapter", run.best_state, selected={k: run.best[k] for k in ("metric", "value")})
+    if run.d.main:
+        write_json(run.out / "best.json", run.best)
+    return True
+
+
+def write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def write_results(run: Run, test: dict | None) -> dict:
+    """results.json and results.md: the selected step's validation scores and its test scores."""
+    cfg, data = run.cfg, run.data
+
+    def strip(res: dict, p: str) -> dict:
+        return {k[len(p) + 1 :]: v for k, v in res.items() if k.startswith(p + "_") and k != f"{p}_metric"}
+
+    results = {
+        "task": data.name if data.name != "files" else cfg.data.train_file or "builtin",
+        "method": cfg.adapter.method,
+        "seed": cfg.optim.seed,
+        "model": run.base_model,
+        "k_shot": cfg.data.k_shot,
+        "max_steps": cfg.optim.max_steps,
+        "trainable_parameters": sum(v.numel() for v in (run.best_state or {}).values()),
+        "metrics": list(data.metrics),
+        "selection": {"metric": data.metrics[0], "step": run.best["step"]} if run.best else None,
+        "validation": strip(run.best["validation"], "eval") if run.best else None,
+        "test": strip(test, "test") if test else None,
+        "data": data.info,
+    }
+    if run.d.main:
+        write_json(run.out / "results.json", results)
+        head = ["task", "method", "seed", "best step"]
+        row = [str(results["task"]), results["method"], str(results["seed"]), str(run.best and run.best["step"])]
+        for split in ("validation", "test"):
+            for m in data.metrics:
+                if results[split] is not None:
+                    head.append(f"{split} {m}")
+                    row.append(f"{results[split][m]:.2f}")
+        table = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n| " + " | ".join(row) + " |\n"
+        (run.out / "results.md").write_text(table)
+    return results
 
 
 # ----------------------------------------------------------------------------- save
@@ -412,9 +571,10 @@ def save_checkpoint(run: Run) -> None:
     )
 
 
-def export_adapter(run: Run, out_dir: Path) -> None:
+def export_adapter(run: Run, out_dir: Path, state: dict | None = None, **more) -> None:
+    """Write the adapter (the current weights, or `state`); collective when `state` is None."""
     adapter = run.model.adapter
-    state = full_fp32_state(adapter.named_parameters())  # collective
+    state = state if state is not None else full_fp32_state(adapter.named_parameters())
     if run.d.main:
         extra = {
             "base_model": run.base_model,
@@ -424,6 +584,7 @@ def export_adapter(run: Run, out_dir: Path) -> None:
             "separator": run.cfg.data.separator,
             "max_length": run.cfg.data.max_length,
             "step": run.step,
+            **more,
         }
         cfg = adapter_config(adapter, **extra)
         cfg["parameter_count"] = sum(v.numel() for v in state.values())  # ZeRO-3 local numel is 0
@@ -441,6 +602,7 @@ def train(run: Run) -> dict:
     bar = tqdm(total=total, initial=run.step, disable=not d.main, desc="train", dynamic_ncols=True)
     window_tokens, window_start = 0, time.perf_counter()
     last: dict = {}
+    has_val = "validation" in run.data.evals
     while run.step < total:
         rec = train_step(run, stop.signum)
         stopping = rec.pop("stop")
@@ -452,10 +614,8 @@ def train(run: Run) -> dict:
             last = {"step": run.step, **rec, "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
             run.metrics.write(last)
             window_tokens, window_start = 0, time.perf_counter()
-        if run.eval is not None and rc.eval_every and run.step % rc.eval_every == 0 and run.step != total:
-            res = {"step": run.step, **evaluate(run)}
-            run.metrics.write(res)
-            log0(d, f"step {run.step}: " + ", ".join(f"{k}={v:.4f}" for k, v in res.items() if isinstance(v, float)))
+        if has_val and rc.eval_every and run.step % rc.eval_every == 0 and run.step != total:
+            validate(run)
         if stopping:
             save_checkpoint(run)
             bar.close()
@@ -465,12 +625,40 @@ def train(run: Run) -> dict:
             save_checkpoint(run)
     bar.close()
     final = dict(last)
-    if run.eval is not None:
-        res = {"step": run.step, **evaluate(run)}
-        run.metrics.write(res)
-        final.update(res)
-        log0(d, f"final eval: exact match {res['eval_exact_match']:.3f}, loss {res['eval_loss']:.4f}")
+    if has_val:
+        final.update(validate(run))
     save_checkpoint(run)
-    export_adapter(run, run.out / "adapter")
-    log0(d, f"adapter written to {run.out / 'adapter'}")
+    if not has_val:  # nothing to select by: the adapter is the last one
+        export_adapter(run, run.out / "adapter")
+    log0(d, f"adapter written to {run.out / 'adapter'}" + (f" (step {run.best['step']})" if run.best else ""))
+    test = None
+    if "test" in run.data.evals:
+        if run.best_state is not None:
+            set_full_weights(run.model.adapter.named_parameters(), run.best_state)  # collective
+        test = {"step": run.best["step"] if run.best else run.step, **evaluate(run, "test")}
+        run.metrics.write(test)
+        log0(d, "test (selected adapter): " + describe(test, "test"))
+        final.update(test)
+    if has_val or test:
+        results = write_results(run, test)
+        log0(d, f"results written to {run.out / 'results.json'} and results.md")
+        final["results"] = results
     return final
+
+
+def describe(res: dict, prefix: str) -> str:
+    return ", ".join(
+        f"{k[len(prefix) + 1 :]} {v:.4g}"
+        for k, v in res.items()
+        if k.startswith(prefix + "_") and not isinstance(v, str)
+    )
+
+
+def validate(run: Run) -> dict:
+    """Evaluate on the validation split, log it, and keep the adapter if it is the best so far."""
+    res = {"step": run.step, **evaluate(run, "validation")}
+    res["eval_metric"] = run.data.metrics[0]
+    run.metrics.write(res)
+    best = keep_if_best(run, res)
+    log0(run.d, f"step {run.step} validation: {describe(res, 'eval')}" + (" (best so far)" if best else ""))
+    return res

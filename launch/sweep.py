@@ -1,0 +1,91 @@
+"""Run the paper's comparison: tasks x methods x seeds, one run folder each, through the same
+training path, then collect the table.
+
+    # on a SLURM cluster: one job per run (launch/slurm/train.sbatch, requeued on preemption)
+    python launch/sweep.py --config run.yaml --tasks rte,cb,mrpc --methods adept,dept,pt --seeds 42,43,44 \\
+        --runs_dir runs/sweep --slurm "--nodes=1 --ntasks-per-node=8 --gpus-per-node=8"
+    # on one machine: the runs one after another under the deepspeed launcher
+    python launch/sweep.py --config run.yaml --tasks rte --methods adept,pt --seeds 42 --local --num_gpus 8
+    # then
+    python launch/collect_results.py runs/sweep
+
+--dry_run prints the commands instead. Flags after "--" go to every run (e.g. -- --max_steps 3000).
+A run whose folder already holds results.json is skipped, so the sweep can be re-submitted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from adept_dist.adapters import METHODS  # noqa: E402
+from adept_dist.tasks import TASKS  # noqa: E402
+
+
+def parse_list(text: str, known=None, what: str = "") -> list[str]:
+    items = [x.strip() for x in text.split(",") if x.strip()]
+    if known is not None:
+        bad = [x for x in items if x not in known]
+        if bad:
+            raise SystemExit(f"error: unknown {what} {', '.join(bad)}; known: {', '.join(known)}")
+    return items
+
+
+def commands(args, extra: list[str]) -> list[tuple[Path, list[str]]]:
+    runs = []
+    for task in parse_list(args.tasks, TASKS, "task(s)"):
+        for method in parse_list(args.methods, METHODS, "method(s)"):
+            for seed in parse_list(args.seeds):
+                out = Path(args.runs_dir) / f"{task}-{method}-s{seed}"
+                flags = ["--task", task, "--method", method, "--seed", seed, "--output_dir", str(out), *extra]
+                if args.local:
+                    cmd = ["deepspeed", "--num_gpus", str(args.num_gpus), "launch/train.py"]
+                    cmd += (["--config", args.config] if args.config else []) + flags
+                    cmd += ["--resume"]
+                else:
+                    if not args.config:
+                        raise SystemExit("error: --config is required with SLURM (launch/slurm/train.sbatch takes it)")
+                    cmd = ["sbatch", f"--job-name=adept-{task}-{method}-s{seed}", *shlex.split(args.slurm)]
+                    cmd += ["launch/slurm/train.sbatch", args.config, *flags]
+                runs.append((out, cmd))
+    return runs
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    argv = argv[: argv.index("--")] if "--" in argv else argv
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--config", help="run options (model, ds_config, ...) shared by every run")
+    p.add_argument("--tasks", required=True, help="comma-separated task names")
+    p.add_argument("--methods", default="adept,dept,pt")
+    p.add_argument("--seeds", default="42")
+    p.add_argument("--runs_dir", default="runs/sweep")
+    p.add_argument("--local", action="store_true", help="run here, one after another, instead of sbatch")
+    p.add_argument("--num_gpus", type=int, default=1, help="with --local: ranks of each run")
+    p.add_argument("--slurm", default="", help="extra sbatch options, e.g. '--nodes=2 --gpus-per-node=8'")
+    p.add_argument("--dry_run", action="store_true", help="print the commands only")
+    args = p.parse_args(argv)
+    failed = 0
+    for out, cmd in commands(args, extra):
+        if (out / "results.json").is_file():
+            print(f"# {out}: done, skipped")
+            continue
+        print(shlex.join(cmd), flush=True)
+        if not args.dry_run:
+            if not args.local:
+                Path("logs").mkdir(exist_ok=True)  # train.sbatch writes logs/%x-%j.out
+            rc = subprocess.run(cmd, cwd=REPO).returncode
+            if rc != 0:
+                print(f"# {out}: exit code {rc}", file=sys.stderr)
+                failed += 1
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
