@@ -627,7 +627,8 @@ def train(run: Run) -> dict:
     final = dict(last)
     if has_val:
         final.update(validate(run))
-    save_checkpoint(run)
+    if run.step > 0:  # --max_steps 0 only evaluates: nothing to resume
+        save_checkpoint(run)
     if not has_val:  # nothing to select by: the adapter is the last one
         export_adapter(run, run.out / "adapter")
     log0(d, f"adapter written to {run.out / 'adapter'}" + (f" (step {run.best['step']})" if run.best else ""))
