@@ -481,15 +481,20 @@ def evaluate(run: Run, split: str) -> dict:
     if d.main:
         texts = dict(p for part in parts for p in part)
         ordered = [texts[i] for i in range(len(es.examples))]
-        scores = metrics.compute(
-            data.metrics, ordered, es.refs, data.labels, allow_code_execution=dc.allow_code_execution
-        )
+        try:
+            scores = metrics.compute(
+                data.metrics, ordered, es.refs, data.labels, allow_code_execution=dc.allow_code_execution
+            )
+        except metrics.MetricError as exc:  # every rank must hear of it, or the others wait forever
+            scores = {"error": str(exc)}
         pred_dir = run.out / "predictions"
         pred_dir.mkdir(exist_ok=True)
         with open(pred_dir / f"{split}.jsonl", "w") as f:
             for i, (text, ref) in enumerate(zip(ordered, es.refs)):
                 f.write(json.dumps({"index": i, "prediction": text, **ref}) + "\n")
     scores = broadcast_object(scores)
+    if "error" in scores:
+        raise TrainError(f"scoring the {split} split: {scores['error']}")
     model.train(was_training)
     prefix = "eval" if split == "validation" else split
     return {

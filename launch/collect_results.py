@@ -79,7 +79,10 @@ def render(table: dict, results: list[dict], split: str) -> str:
             row.append(cell(vals) + (f" (n={len(vals)})" if vals and len(vals) > 1 else "") if vals else "-")
         for f in fams:
             means = [statistics.fmean(tasks[t][first[t]]) for t in order if family.get(t, "other") == f and t in tasks]
-            total = sum(1 for t in order if family.get(t, "other") == f)
+            total = sum(1 for t in TASK_LIST if t.family == f) or len(means)  # the family's tasks in the paper
+            if not means:
+                row.append("-")
+                continue
             row.append(f"{statistics.fmean(means):.1f}" + (f" ({len(means)}/{total})" if len(means) < total else ""))
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "all metrics", "", "| task | method | metric | seeds | mean | std |", "|---|---|---|---|---|---|"]

@@ -45,11 +45,12 @@ def main() -> None:
         for ax, key, title in panels:
             ax.plot([r["step"] for r in train], [r[key] for r in train], label=run.name)
             ax.set_title(title)
-        if evals:
+        if evals:  # the task's selecting metric (e.g. accuracy), in percent
+            metric = evals[-1].get("eval_metric", "accuracy")
             axes[1, 1].plot(
-                [r["step"] for r in evals], [r["eval_exact_match"] for r in evals], marker="o", label=run.name
+                [r["step"] for r in evals], [r.get(f"eval_{metric}") for r in evals], marker="o", label=run.name
             )
-        axes[1, 1].set_title("eval exact match")
+            axes[1, 1].set_title(f"validation {metric} (%)")
     for ax in axes.flat:
         ax.set_xlabel("step")
         ax.legend()
