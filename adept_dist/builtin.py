@@ -250,7 +250,7 @@ def builtin_dir() -> Path:
     return home() / f"builtin-{VERSION}"
 
 
-def ensure_builtin(pretrain_steps: int = 400, seed: int = 0, log=print) -> Path:
+def ensure_builtin(pretrain_steps: int = 600, seed: int = 0, log=print) -> Path:
     """Build (once) and return the folder holding model/, train.jsonl and dev.jsonl."""
     root = builtin_dir()
     if (root / "COMPLETE").is_file():
