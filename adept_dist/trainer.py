@@ -540,7 +540,7 @@ def write_results(run: Run, test: dict | None) -> dict:
         "model": run.base_model,
         "k_shot": cfg.data.k_shot,
         "max_steps": cfg.optim.max_steps,
-        "trainable_parameters": sum(v.numel() for v in (run.best_state or {}).values()),
+        "trainable_parameters": sum(getattr(p, "ds_numel", p.numel()) for p in run.model.adapter.parameters()),
         "metrics": list(data.metrics),
         "selection": {"metric": data.metrics[0], "step": run.best["step"]} if run.best else None,
         "validation": strip(run.best["validation"], "eval") if run.best else None,

@@ -49,6 +49,8 @@ def test_task_run_selects_the_best_checkpoint_and_reports_its_test_score(rte_run
         ["accuracy"],
     )
     assert results["data"]["train_rows"] == 400 and results["validation"]["examples"] == 60
+    # ADePT on the built-in d=128, m=60, r=19: 60*128 + 128*19 + 19 + 19*128 + 128 = 12,691 (ZeRO-3 partitioned)
+    assert results["trainable_parameters"] == 12691
     assert results["test"]["examples"] == 60 and 0.0 <= results["test"]["accuracy"] <= 100.0
 
     evals = [m for m in read_jsonl(out / "metrics.jsonl") if m.get("split") == "validation"]
