@@ -31,8 +31,9 @@ class Example:
     source_len: int  # ids before the target: bos + input + separator
 
 
-def read_rows(path: str) -> list[dict]:
-    """Read a JSONL/JSON-lines or CSV file of rows with string 'input' and 'target'."""
+def read_records(path: str, columns: tuple[str, ...] = ("input", "target")) -> list[dict]:
+    """Parse a JSONL/JSON-lines or CSV file into row dicts (each with its line number in '_line');
+    malformed lines are errors naming the line. A CSV header must have `columns`."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"data file {path} not found: check the path")
@@ -40,12 +41,12 @@ def read_rows(path: str) -> list[dict]:
     if p.suffix == ".csv":
         with open(p, newline="", encoding="utf-8") as f:
             reader = csv.DictReader(f)
-            missing = {"input", "target"} - set(reader.fieldnames or [])
+            missing = set(columns) - set(reader.fieldnames or [])
             if missing:
                 raise DataError(
-                    f"{path}: CSV header lacks column(s) {', '.join(sorted(missing))}; need 'input' and 'target'"
+                    f"{path}: CSV header lacks column(s) {', '.join(sorted(missing))}; need {' and '.join(map(repr, columns))}"
                 )
-            rows = [dict(r) for r in reader]
+            rows = [{**r, "_line": i + 2} for i, r in enumerate(reader)]  # +2: the header, 1-based lines
     elif p.suffix in (".jsonl", ".json"):
         with open(p, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
@@ -58,15 +59,21 @@ def read_rows(path: str) -> list[dict]:
                         f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object"
                     ) from None
                 if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object with 'input' and 'target'")
+                    raise DataError(f"{path}:{lineno}: expected a JSON object, one per line")
                 row["_line"] = lineno
                 rows.append(row)
     else:
         raise DataError(f"data file {path}: unknown format {p.suffix!r}; use .jsonl or .csv")
+    return rows
+
+
+def read_rows(path: str) -> list[dict]:
+    """Read a JSONL/JSON-lines or CSV file of rows with string 'input' and 'target'."""
+    rows = read_records(path)
     if not rows:
         raise DataError(f"data file {path} holds no rows")
-    for i, row in enumerate(rows):
-        where = f"{path}:{row.get('_line', i + 2)}"  # CSV: +2 for the header and 1-based lines
+    for row in rows:
+        where = f"{path}:{row['_line']}"
         for key in ("input", "target"):
             if key not in row or row[key] is None:
                 raise DataError(f"{where}: row has no '{key}' field; every row needs 'input' and 'target'")

@@ -1,10 +1,12 @@
-"""Backbone + adapter as one module: the loss of a batch, and greedy generation.
+"""Backbone + adapter as one module: the loss of a batch, and generation (greedy or sampled).
 
 The adapter acts on every token the model reads, in training and in generation alike (the
 reference code forgets the offset of generated tokens after the first step).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -44,12 +46,25 @@ class AdeptLM(nn.Module):
         return loss_sum, keep.sum()
 
     @torch.no_grad()
-    def generate(self, input_ids, attention_mask, max_new_tokens: int, eos_id: int, finished=None) -> torch.Tensor:
-        """Greedy decoding of a LEFT-padded batch; returns (B, n <= max_new_tokens) ids, EOS-filled after EOS.
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        max_new_tokens: int,
+        eos_id: int,
+        finished=None,
+        sampling: Sampling | None = None,
+        generator: torch.Generator | None = None,
+        return_logits: bool = False,
+    ):
+        """Decode a LEFT-padded batch: (B, n <= max_new_tokens) ids, EOS-filled after EOS (and, with
+        return_logits, the (B, n, V) fp32 logits each pick was made from).
 
-        `finished(done)` decides, after each step, whether to stop early given the (B,) done flags;
-        default: once every sequence has ended. ZeRO-3 ranks must stop together (each forward is
-        collective), so distributed callers pass a function that agrees across ranks.
+        Greedy unless `sampling.do_sample` (then drawn with `generator`, a CPU generator, so a batch's
+        draws do not depend on the device or on other batches). `finished(done)` decides, after each
+        step, whether to stop early given the (B,) done flags; default: once every sequence has
+        ended. ZeRO-3 ranks must stop together (each forward is collective), so distributed callers
+        pass a function that agrees across ranks.
         """
         finished = finished or (lambda done: bool(done.all()))
         decoder = self.backbone.get_decoder()
@@ -58,10 +73,12 @@ class AdeptLM(nn.Module):
         out = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_of(mask), use_cache=True)
         token_pos = positions_of(attention_mask)[:, -1:]  # position of the last input token
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
-        generated = []
+        generated, all_logits = [], []
         for step in range(max_new_tokens):
-            nxt = head(out.last_hidden_state[:, -1]).float().argmax(-1)  # (B,)
-            nxt = nxt.masked_fill(done, eos_id)
+            logits = head(out.last_hidden_state[:, -1]).float()  # (B, V)
+            if return_logits:
+                all_logits.append(logits)
+            nxt = pick(logits, sampling, generator).masked_fill(done, eos_id)  # (B,)
             generated.append(nxt)
             done |= nxt == eos_id
             if step == max_new_tokens - 1 or finished(done):
@@ -77,4 +94,38 @@ class AdeptLM(nn.Module):
                 past_key_values=out.past_key_values,
                 use_cache=True,
             )
-        return torch.stack(generated, dim=1)
+        ids = torch.stack(generated, dim=1)
+        return (ids, torch.stack(all_logits, dim=1)) if return_logits else ids
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampled decoding: temperature, then top-k (0 = off), then nucleus top-p (1.0 = off)."""
+
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.temperature <= 0:
+            raise ValueError(f"temperature {self.temperature} must be > 0 (for greedy decoding drop --do_sample)")
+        if self.top_k < 0 or not 0 < self.top_p <= 1:
+            raise ValueError(f"top_k {self.top_k} must be >= 0 and top_p {self.top_p} in (0, 1]")
+
+
+def pick(logits: torch.Tensor, sampling: Sampling | None, generator: torch.Generator | None) -> torch.Tensor:
+    """Next token ids from (B, V) logits: the argmax, or a draw under `sampling`."""
+    if sampling is None or not sampling.do_sample:
+        return logits.argmax(-1)
+    x = logits.float() / sampling.temperature
+    if sampling.top_k:
+        kth = x.topk(min(sampling.top_k, x.shape[-1]), dim=-1).values[:, -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if sampling.top_p < 1.0:
+        sorted_x, order = x.sort(dim=-1, descending=True)
+        probs = sorted_x.softmax(-1)
+        drop = probs.cumsum(-1) - probs >= sampling.top_p  # mass before this token already reaches p
+        x = x.scatter(-1, order, sorted_x.masked_fill(drop, float("-inf")))
+    probs = x.softmax(-1).cpu()
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1).to(logits.device)

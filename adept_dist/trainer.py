@@ -43,6 +43,7 @@ from .dist import (
     set_full_weights,
 )
 from .export import WEIGHTS, adapter_config, load_adapter, save_adapter
+from .infer import decode_examples, gather_to_main
 from .model import AdeptLM
 from .tasks import TASKS
 
@@ -203,7 +204,7 @@ def build(cfg: Config, d: Dist) -> Run:
     adapter = build_adapter(a.method, a.prompt_length, hidden, a.offset_rank, dc.max_length, a.dropout)
     adapter.init_prompt(prompt_init_rows(cfg, backbone.get_input_embeddings(), tokenizer, a.prompt_length))
     if cfg.run.init_adapter:
-        init_from_adapter(adapter, cfg.run.init_adapter, backbone.config.vocab_size)
+        init_from_adapter(adapter, cfg.run.init_adapter, backbone.config, model_name)
     adapter.to(d.device)
     model = AdeptLM(backbone, adapter)
     check_trainable(model)
@@ -264,9 +265,9 @@ def load_data(cfg: Config, d: Dist, tokenizer, files: dict) -> taskdata.TaskData
     return data
 
 
-def init_from_adapter(adapter: PromptAdapter, path: str, vocab_size: int) -> None:
+def init_from_adapter(adapter: PromptAdapter, path: str, model_config, model_name: str) -> None:
     """Start from an exported adapter (same method and shapes), e.g. to evaluate it with --max_steps 0."""
-    loaded, cfg = load_adapter(path)
+    loaded, cfg = load_adapter(path, model_config, model_name)
     mine = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
     theirs = {k: tuple(v.shape) for k, v in loaded.state_dict().items()}
     if type(loaded) is not type(adapter) or mine != theirs:
@@ -274,8 +275,6 @@ def init_from_adapter(adapter: PromptAdapter, path: str, vocab_size: int) -> Non
             f"--init_adapter {path} is a {cfg['method']} adapter with tensors {theirs}, this run builds {mine}: "
             f"use the same --method, --prompt_length and --offset_rank, on a model of the same hidden size"
         )
-    if cfg.get("vocab_size") not in (None, vocab_size):
-        raise ConfigError(f"--init_adapter {path} was trained on a vocabulary of {cfg['vocab_size']}, not {vocab_size}")
     adapter.load_state_dict(loaded.state_dict())
 
 
@@ -419,68 +418,24 @@ def train_step(run: Run, stop: int = 0) -> dict:
 
 
 # ----------------------------------------------------------------------------- evaluation
-def eval_batches(es: taskdata.EvalSet, batch_size: int, world: int, rank: int) -> tuple[list[list[int]], int]:
-    """This rank's batches of an eval set and the number of rounds every rank runs. Batches are cut
-    from the examples sorted by length (less padding) and dealt round-robin, so each batch, and so
-    each prediction, is the same whatever the world size."""
-    order = sorted(range(len(es.examples)), key=lambda i: (len(es.examples[i].input_ids), i))
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    return batches[rank::world], math.ceil(len(batches) / world)
-
-
 @torch.no_grad()
 def evaluate(run: Run, split: str) -> dict:
-    """Teacher-forced loss and the task's metrics of greedy predictions on one split. ZeRO-3
-    forwards are collective: every rank runs the same number of batches (a rank out of work runs a
-    dummy one) and generation stops when every rank's batch has ended. Predictions are gathered and
-    scored on the main process; every rank gets the scores."""
+    """Teacher-forced loss and the task's metrics of greedy predictions on one split, every rank
+    decoding its share of the batches (infer.decode_examples). Predictions are gathered and scored
+    on the main process; every rank gets the scores."""
     d, dc, data = run.d, run.cfg.data, run.data
     es = data.evals[split]
-    model, tok = run.model, run.tokenizer
-    mine, rounds = eval_batches(es, dc.eval_batch_size, d.world, d.rank)
+    tok = run.tokenizer
     task = TASKS.get(data.name)
     max_new = dc.max_new_tokens or (task and task.max_new_tokens) or max(e.n_target for e in es.examples)
-
-    def finished(done: torch.Tensor, real: bool) -> bool:  # all ranks' batches ended
-        flag = torch.tensor([0.0 if (done.all() or not real) else 1.0], dtype=torch.float64)
-        return all_reduce_sum(flag).item() == 0
-
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(2, dtype=torch.float64)  # loss, target tokens
-    preds: list[tuple[int, str]] = []
-    bar = tqdm(total=rounds, disable=not d.main, desc=f"eval {split}", leave=False, dynamic_ncols=True)
-    for r in range(rounds):
-        real = r < len(mine)
-        idx = mine[r] if real else [0]
-        batch = collate([es.examples[i] for i in idx], tok.pad_token_id, None)
-        if not real:
-            batch["labels"].fill_(-100)
-        loss, ntok = model(**{k: v.to(d.device) for k, v in batch.items()})
-        sources = [Example(es.examples[i].input_ids[: es.examples[i].source_len], 0, 0) for i in idx]
-        src = collate(sources, tok.pad_token_id, None, left=True)
-        gen = model.generate(
-            src["input_ids"].to(d.device),
-            src["attention_mask"].to(d.device),
-            max_new,
-            tok.eos_token_id,
-            finished=lambda done, real=real: finished(done, real),
-        )
-        if real:
-            for i, ids in zip(idx, gen.tolist()):
-                ids = ids[: ids.index(tok.eos_token_id)] if tok.eos_token_id in ids else ids
-                preds.append((i, tok.decode(ids, skip_special_tokens=True).strip()))
-            sums[0] += loss.double().cpu()
-            sums[1] += ntok.double().cpu()
-        bar.update(1)
-    bar.close()
-    all_reduce_sum(sums)
-    parts: list = [None] * d.world
-    dist.all_gather_object(parts, preds)
+    mine, sums = decode_examples(
+        run.model, es.examples, tok.pad_token_id, tok.eos_token_id, d, dc.eval_batch_size, max_new,
+        with_loss=True, desc=f"eval {split}",
+    )  # fmt: skip
+    ordered = gather_to_main(d, [(i, tok.decode(ids, skip_special_tokens=True).strip()) for i, ids in mine],
+                             len(es.examples))  # fmt: skip
     scores = None
     if d.main:
-        texts = dict(p for part in parts for p in part)
-        ordered = [texts[i] for i in range(len(es.examples))]
         try:
             scores = metrics.compute(
                 data.metrics, ordered, es.refs, data.labels, allow_code_execution=dc.allow_code_execution
@@ -495,7 +450,6 @@ def evaluate(run: Run, split: str) -> dict:
     scores = broadcast_object(scores)
     if "error" in scores:
         raise TrainError(f"scoring the {split} split: {scores['error']}")
-    model.train(was_training)
     prefix = "eval" if split == "validation" else split
     return {
         "split": split,
@@ -576,13 +530,21 @@ def save_checkpoint(run: Run) -> None:
     )
 
 
+def portable_model_name(name: str) -> str:
+    """A local model folder as an absolute path (the adapter is used from other folders); a hub id
+    and "builtin" as they are."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if name != "builtin" and path.exists() else name
+
+
 def export_adapter(run: Run, out_dir: Path, state: dict | None = None, **more) -> None:
     """Write the adapter (the current weights, or `state`); collective when `state` is None."""
     adapter = run.model.adapter
     state = state if state is not None else full_fp32_state(adapter.named_parameters())
     if run.d.main:
         extra = {
-            "base_model": run.base_model,
+            "base_model": portable_model_name(run.base_model),
+            "task": run.cfg.data.task,
             "compute_dtype": run.cfg.model.compute_dtype,
             "quant": run.cfg.model.quant,
             "vocab_size": run.model.backbone.config.vocab_size,

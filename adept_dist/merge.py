@@ -1,0 +1,241 @@
+"""Merged export: fold the ADePT token offset into the embedding table.
+
+The offset depends only on the token id, so ``E' = E + FFN(E)`` is a new embedding table and a
+merged model with the soft prompt in front costs exactly what m-token prompt tuning costs. The
+export is a standalone Hugging Face model folder (same weights as the base model except the
+embedding table, and an untied output head where the base model tied it) plus
+``soft_prompt.safetensors`` (tensor ``prompt``, (m, d), fp32) and ``adept_merge.json``.
+
+The base model's checkpoint is streamed shard by shard: only the shard that holds the embedding
+table is read into memory, every other shard is copied byte for byte, so merging a 70B model
+needs about one shard of RAM, not the model. Nothing is unpickled: the base model must have
+safetensors weights.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from .adapters import PromptAdapter
+from .backbone import ModelError, load_config, resolve_source
+from .export import MERGE_INFO, AdapterFileError, load_adapter, make_readable, read_adapter_config, read_tensors
+
+MERGE_FORMAT = "adept-dist-merged"
+MERGE_VERSION = 1
+PROMPT_FILE = "soft_prompt.safetensors"
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
+
+
+def resolve_base_model(name: str) -> str:
+    """The base model named in an adapter config: "builtin" is the built-in demo model."""
+    if name == "builtin":
+        from . import builtin
+
+        return str(builtin.ensure_builtin() / "model")
+    return name
+
+
+def model_folder(name: str) -> Path:
+    """A local folder with the model's files: the folder itself, or a hub snapshot (cache first)."""
+    source = resolve_source(name)
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:  # noqa: BLE001 - any hub failure is one message
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelError(f"cannot fetch the files of {name!r} ({first}): give --model a local model folder") from None
+
+
+def weight_names(config) -> tuple[str, str, bool]:
+    """Parameter names of the input embedding and the output head, and whether they are tied,
+    read from the architecture built on the meta device (no memory)."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    names = {module: name for name, module in model.named_modules()}
+    emb, head = model.get_input_embeddings(), model.get_output_embeddings()
+    tied = head.weight is emb.weight or bool(getattr(config, "tie_word_embeddings", False))
+    return f"{names[emb]}.weight", f"{names[head]}.weight", tied
+
+
+def shard_map(folder: Path) -> tuple[dict[str, str], dict | None]:
+    """tensor name -> shard file name, and the index (None for a single-file checkpoint)."""
+    from safetensors import safe_open
+
+    if (folder / INDEX).is_file():
+        index = json.loads((folder / INDEX).read_text())
+        return dict(index["weight_map"]), index
+    if (folder / SINGLE).is_file():
+        with safe_open(str(folder / SINGLE), "pt") as f:
+            return {k: SINGLE for k in f.keys()}, None
+    found = sorted(p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    raise ModelError(
+        f"{folder} has no {SINGLE} or {INDEX} (found: {', '.join(found) or 'no weight files'}): merging reads "
+        f"safetensors only; re-save the model with save_pretrained(..., safe_serialization=True)"
+    )
+
+
+def find_key(keys, name: str) -> str | None:
+    """The checkpoint key of a parameter (exact, or saved without/with a wrapper prefix)."""
+    if name in keys:
+        return name
+    tail = name.split(".", 1)[-1]
+    hits = [k for k in keys if k == tail or k.endswith("." + tail)]
+    return hits[0] if len(hits) == 1 else None
+
+
+@torch.no_grad()
+def merged_table(table: torch.Tensor, adapter: PromptAdapter, chunk: int = 8192) -> torch.Tensor:
+    """E + offset(E), row block by row block, in the table's dtype: the very operation the
+    unmerged model applies to each token's embedding (adapter maths in fp32, added in E's dtype)."""
+    adapter = adapter.eval()
+    out = torch.empty_like(table)
+    for s in range(0, table.shape[0], chunk):
+        out[s : s + chunk] = adapter.offset(table[s : s + chunk].unsqueeze(0))[0]
+    return out
+
+
+def merge(adapter_dir: str, out_dir: str, model: str | None = None, log=print) -> Path:
+    """Write the merged export of an ADePT (or PT) adapter to out_dir (a new folder)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AdapterFileError(f"--output {out} exists and is not empty: choose a new folder (nothing was written)")
+    name = model or resolve_base_model(read_adapter_config(adapter_dir).get("base_model") or "")
+    if not name:
+        raise AdapterFileError(f"{adapter_dir}: its config names no base_model: pass --model")
+    config = load_config(name)
+    adapter, cfg = load_adapter(adapter_dir, config, name)
+    if cfg["method"] == "dept":
+        raise AdapterFileError(
+            f"{adapter_dir} is a DePT adapter: its offset depends on the position, not the token, so it cannot be "
+            f"folded into the embedding table; use launch/predict.py with the adapter itself"
+        )
+    folder = model_folder(name)
+    emb_name, head_name, tied = weight_names(config)
+    where, index = shard_map(folder)
+    emb_key = find_key(where, emb_name)
+    if emb_key is None:
+        raise ModelError(f"{folder}: no tensor {emb_name} in the checkpoint: is it a {config.model_type} model?")
+    head_key = find_key(where, head_name)
+    untie = tied or head_key is None  # the head is the original table: it must stay so
+    head_key = head_key or head_name
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        for p in folder.iterdir():  # tokenizer, generation config, license...: everything but weights
+            if p.is_file() and p.suffix not in WEIGHT_SUFFIXES and p.name not in (INDEX, "config.json"):
+                shutil.copyfile(p, tmp / p.name)
+        emb_shard = where[emb_key]
+        for shard in sorted(set(where.values()) - {emb_shard}):
+            log(f"copying {shard}")
+            shutil.copyfile(folder / shard, tmp / shard)
+        log(f"merging the token offset into {emb_key} ({emb_shard})")
+        with safe_open(str(folder / emb_shard), "pt") as f:
+            meta = f.metadata() or {"format": "pt"}
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        table = tensors[emb_key]
+        if tuple(table.shape) != (config.vocab_size, config.hidden_size):
+            raise ModelError(f"{folder}: {emb_key} has shape {tuple(table.shape)}, the config says "
+                             f"{(config.vocab_size, config.hidden_size)}: the model folder is inconsistent")  # fmt: skip
+        if untie:
+            tensors[head_key] = table.clone()
+            where[head_key] = emb_shard
+        tensors[emb_key] = merged_table(table, adapter)
+        save_file(tensors, str(tmp / emb_shard), metadata=meta)
+        if index is not None:
+            index["weight_map"] = dict(sorted(where.items()))
+            if untie and "total_size" in index.get("metadata", {}):
+                index["metadata"]["total_size"] += table.numel() * table.element_size()
+            (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+        config.tie_word_embeddings = False
+        if untie and hasattr(config, "get_text_config"):
+            config.get_text_config().tie_word_embeddings = False
+        config.save_pretrained(tmp)
+        save_file({"prompt": adapter.prompt.detach().float().contiguous()}, str(tmp / PROMPT_FILE),
+                  metadata={"format": MERGE_FORMAT})  # fmt: skip
+        info = {
+            "format": MERGE_FORMAT,
+            "format_version": MERGE_VERSION,
+            "prompt_file": PROMPT_FILE,
+            "m": adapter.m,
+            "d": adapter.d,
+            "embedding": emb_key,
+            "untied_head": head_key if untie else None,
+            "separator": cfg.get("separator", " Label : "),
+            "max_length": cfg.get("max_length", 256),
+            "task": cfg.get("task"),
+            "base_model": name,
+            "adapter": cfg,
+        }
+        (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        make_readable(tmp)
+        if out.exists():  # an empty folder
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log(f"merged model written to {out} (soft prompt: {out / PROMPT_FILE})")
+    return out
+
+
+def read_merge_info(folder: str | Path) -> dict:
+    path = Path(folder) / MERGE_INFO
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise AdapterFileError(f"{path} is unreadable ({exc}): the merged export is corrupt, export it again") from None
+    if not isinstance(info, dict) or info.get("format") != MERGE_FORMAT or info.get("format_version") != MERGE_VERSION:
+        raise AdapterFileError(
+            f"{path}: not an {MERGE_FORMAT!r} version {MERGE_VERSION} file: upgrade adept-dist or export it again"
+        )
+    return info
+
+
+def load_merged_prompt(folder: str | Path, info: dict, hidden: int) -> PromptAdapter:
+    """The soft prompt of a merged export as a prompt-only adapter (the offset is in the table)."""
+    state = read_tensors(Path(folder) / info["prompt_file"], "the merged export is incomplete, export it again")
+    prompt = state.get("prompt")
+    if prompt is None or tuple(prompt.shape) != (info["m"], hidden):
+        got = None if prompt is None else tuple(prompt.shape)
+        raise AdapterFileError(f"{folder}: soft prompt of shape {got}, expected {(info['m'], hidden)}: export it again")
+    adapter = PromptAdapter(info["m"], hidden)
+    adapter.init_prompt(prompt)
+    return adapter
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    p = argparse.ArgumentParser(prog="export.py", description="Merged export of an ADePT (or PT) adapter.")
+    p.add_argument("--adapter", required=True, help="adapter folder (OUT/adapter of a run)")
+    p.add_argument("--output", required=True, help="new folder for the merged model")
+    p.add_argument("--merge", action="store_true", help="fold the token offset into the embedding table")
+    p.add_argument("--model", default=None, help="base model (hub id or folder); default: the adapter config's")
+    args = p.parse_args(argv)
+    if not args.merge:
+        print("error: nothing to do: the adapter folder is already the unmerged export; pass --merge", file=sys.stderr)
+        return 2
+    try:
+        merge(args.adapter, args.output, args.model)
+    except (AdapterFileError, ModelError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

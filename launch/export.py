@@ -1,0 +1,21 @@
+"""Export a trained adapter.
+
+    python launch/export.py --adapter runs/rte/adapter --merge --output runs/rte/merged
+
+--merge folds ADePT's token offset into the embedding table (E + FFN(E)) and writes a standalone
+Hugging Face model folder (output head untied where the base model tied it) plus the soft prompt
+as soft_prompt.safetensors: serving it costs what m-token prompt tuning costs, in any runtime that
+accepts input embeddings. The base model is the one in the adapter's config, or --model.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from adept_dist.merge import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+"""Predictions from a trained adapter (or a merged export): one output row per input row.
+
+    python launch/predict.py --adapter runs/rte/adapter --input rows.jsonl --output preds.jsonl
+    deepspeed --num_gpus 8 launch/predict.py --adapter runs/rte/adapter --input rows.jsonl --output preds.jsonl
+
+The base model named in the adapter's config is loaded (or --model), the adapter applied, and
+each row's prediction written next to the row. Greedy by default; --do_sample --temperature
+--top_k --top_p --seed for sampling; --max_new_tokens.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+
+from adept_dist.infer import main  # noqa: E402
+
+if __name__ == "__main__":
+    sys.exit(main())
