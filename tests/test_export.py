@@ -73,3 +73,61 @@ def test_save_replaces_an_export_atomically(tmp_path):
     reloaded, _ = load_adapter(tmp_path / "a")
     torch.testing.assert_close(reloaded.b, adapter.b.detach())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a"]  # no temp folders left behind
+
+
+def test_load_checks_name_the_problem(tmp_path, tiny_model_dir):
+    """An adapter for another base model, a damaged file or an unknown method version: one clear error."""
+    from adept_dist.backbone import load_config
+
+    model_cfg = load_config(str(tiny_model_dir))  # hidden 64, vocab of the built-in tokenizer
+    adapter = perturbed_adept(64)
+    good = adapter_config(adapter, base_model=str(tiny_model_dir), vocab_size=model_cfg.vocab_size)
+    out = save_adapter(tmp_path / "a", dict(adapter.named_parameters()), good)
+    load_adapter(out, model_cfg, "tiny")  # fits
+
+    def with_config(**changes):
+        (out / CONFIG).write_text(json.dumps({**good, **changes}))
+
+    with_config(d=128)
+    with pytest.raises(AdapterFileError, match="hidden size 128 but model tiny has 64.*trained on"):
+        load_adapter(out, model_cfg, "tiny")
+    with_config(vocab_size=32000)
+    with pytest.raises(AdapterFileError, match="vocabulary of 32000 tokens but model tiny has"):
+        load_adapter(out, model_cfg, "tiny")
+    with_config(method_version=2)
+    with pytest.raises(AdapterFileError, match="adept method version 2 is not the one"):
+        load_adapter(out)
+    with_config(method="lora")
+    with pytest.raises(AdapterFileError, match="unknown method 'lora'"):
+        load_adapter(out)
+    with_config(r="19")
+    with pytest.raises(AdapterFileError, match="r='19' must be a positive integer"):
+        load_adapter(out)
+    with_config(m=5)  # config and tensors disagree
+    with pytest.raises(AdapterFileError, match="do not match"):
+        load_adapter(out)
+    with_config()
+    (out / WEIGHTS).unlink()
+    with pytest.raises(AdapterFileError, match="adapter_model.safetensors not found"):
+        load_adapter(out)
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().clone() for k, v in adapter.named_parameters()}
+    state["B"][0, 0] = float("nan")
+    save_file(state, str(out / WEIGHTS))
+    with pytest.raises(AdapterFileError, match="B hold NaN or inf"):
+        load_adapter(out)
+    # a pickle in place of the safetensors file is refused, never unpickled
+    torch.save(state, out / WEIGHTS)
+    with pytest.raises(AdapterFileError, match="is corrupt"):
+        load_adapter(out)
+
+
+def test_exports_without_method_version_read_as_version_1(tmp_path):
+    """Adapters written before method_version existed (format 1) carry version-1 maths."""
+    adapter = perturbed_adept(16)
+    cfg = adapter_config(adapter)
+    del cfg["method_version"]
+    out = save_adapter(tmp_path / "a", dict(adapter.named_parameters()), cfg)
+    reloaded, _ = load_adapter(out)
+    torch.testing.assert_close(reloaded.B, adapter.B.detach())
