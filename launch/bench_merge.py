@@ -8,7 +8,8 @@ Both sides run in one process on the same weights, same batch and the same greed
 - merged: the same backbone with the merged table E + FFN(E) (adept_dist.merge.merged_table, what
   launch/export.py --merge writes) and only the soft prompt.
 Printed and written as JSON (--json): median prefill time, per-token decode time and generated
-tokens/s of each, the speedups, the time of the FFN alone, and whether both gave the same tokens.
+tokens/s of each, the speedups, the time of the FFN alone (what merging saves) and its share of
+the unmerged step, and whether both gave the same tokens.
 """
 
 from __future__ import annotations
@@ -68,11 +69,11 @@ def random_model(folder: Path, hidden: int, layers: int, vocab: int) -> str:
 
 
 def timed(fns: dict, repeats: int, sync) -> dict[str, float]:
-    """Median seconds of each function; the functions take turns (one warm-up round first), so a
-    drift of the machine's speed hits both sides alike."""
+    """Median seconds of each function; the functions take turns, in ABBA order (one warm-up round
+    first), so a drift of the machine's speed or an order effect hits both sides alike."""
     times: dict[str, list[float]] = {k: [] for k in fns}
     for i in range(repeats + 1):
-        for k, fn in fns.items():
+        for k, fn in list(fns.items())[:: 1 if i % 2 else -1]:
             sync()
             t0 = time.perf_counter()
             fn()
@@ -119,7 +120,9 @@ def main(argv=None) -> dict:
                      args.repeats, sync)  # fmt: skip
         tokens = {k: lm.generate(ids, mask, args.new_tokens, eos_id=-1) for k, lm in lms.items()}
         e = plain.get_input_embeddings()(ids)
-        ffn = timed({"ffn": lambda: adapter.offset(e)}, args.repeats, sync)["ffn"]
+        ffn = timed(
+            {"prefill": lambda: adapter.offset(e), "step": lambda: adapter.offset(e[:, :1])}, args.repeats, sync
+        )
     out = {
         k: {
             "prefill_ms": prefill[k] * 1e3,
@@ -146,7 +149,10 @@ def main(argv=None) -> dict:
         "speedup_prefill": u["prefill_ms"] / m["prefill_ms"],
         "speedup_decode": u["decode_ms_per_token"] / m["decode_ms_per_token"],
         "speedup_generate": u["generate_ms"] / m["generate_ms"],
-        "ffn_alone_prefill_ms": ffn * 1e3,
+        "ffn_alone_prefill_ms": ffn["prefill"] * 1e3,
+        "ffn_alone_decode_step_ms": ffn["step"] * 1e3,
+        "ffn_share_of_unmerged_prefill": ffn["prefill"] * 1e3 / u["prefill_ms"],
+        "ffn_share_of_unmerged_decode_step": ffn["step"] * 1e3 / u["decode_ms_per_token"],
         "same_tokens": bool(torch.equal(tokens["unmerged"], tokens["merged"])),
     }
     print(json.dumps(result, indent=2))

@@ -158,3 +158,21 @@ def test_merge_refusals(tmp_path, tiny_model_dir):
         rtol=0,
         atol=0,
     )
+
+
+def test_bench_merge_smoke(tmp_path):
+    """The speed benchmark runs and writes well-formed JSON (no timing is asserted)."""
+    import sys
+
+    from tests.conftest import run_cmd
+
+    out = tmp_path / "bench.json"
+    proc = run_cmd([sys.executable, "launch/bench_merge.py", "--hidden", "64", "--layers", "1", "--vocab", "300",
+                    "--batch", "2", "--source_len", "8", "--new_tokens", "3", "--repeats", "1", "--json", str(out)])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    for side in ("unmerged", "merged"):
+        assert set(res[side]) == {"prefill_ms", "decode_ms_per_token", "generate_ms", "generated_tokens_per_s"}
+        assert all(v > 0 for v in res[side].values())
+    assert res["same_tokens"] is True  # merged and unmerged decode the same tokens
+    assert res["r"] == 19 and res["m"] == 60
