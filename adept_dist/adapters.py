@@ -59,8 +59,10 @@ class PromptAdapter(nn.Module):
             raise ValueError(f"prompt init rows have shape {tuple(rows.shape)}, need {(self.m, self.d)}")
         self.prompt.copy_(rows.to(self.prompt.dtype))
 
-    def offset(self, e: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        """Offset the embeddings e (B, T, d) of tokens at `positions` (B, T); default 0..T-1."""
+    def offset(
+        self, e: torch.Tensor, positions: torch.Tensor | None = None, ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Offset the embeddings e (B, T, d) of tokens `ids` (B, T) at `positions` (B, T; default 0..T-1)."""
         return e
 
     def forward(
@@ -70,14 +72,16 @@ class PromptAdapter(nn.Module):
         labels: torch.Tensor | None = None,
         positions: torch.Tensor | None = None,
         prepend: bool = True,
+        ids: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """(B, T, d) embeddings -> (B, m + T, d) inputs_embeds, with mask and labels extended.
 
         prepend=False only offsets the tokens (generation steps after the first). Going through
         forward (not offset()) matters under ZeRO-3, whose hooks gather parameters per forward.
+        `ids`, the token ids of e, let ADePT compute its FFN once per distinct id.
         """
         bsz = e.shape[0]
-        e = self.offset(e, positions)
+        e = self.offset(e, positions, ids)
         if not prepend:
             return e, attention_mask, labels
         prompt = self.prompt.to(e.dtype).unsqueeze(0).expand(bsz, -1, -1)  # (B, m, d)
@@ -107,9 +111,33 @@ class ADePT(PromptAdapter):
         self.dropout = nn.Dropout(dropout)
         kaiming_uniform_fan_r(self.A)
 
-    def offset(self, e: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-        x = e.to(self.A.dtype)  # compute in the adapter's dtype, return in the backbone's
-        h = self.dropout(x @ self.A + self.a)  # (B, T, r)
+    def offset(
+        self, e: torch.Tensor, positions: torch.Tensor | None = None, ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """e + FFN(e), computed in the adapter's dtype and returned in the backbone's.
+
+        The FFN depends on the token id alone, so with `ids` the first layer (e A + a) runs once per
+        distinct id of the batch and is gathered back to the tokens. Dropout still draws one mask
+        per token (the same draws as without `ids`, so training is unchanged, bit for bit up to
+        summation order); without dropout (evaluation, generation, p=0) the whole FFN runs per
+        distinct id. Gradients are the same: a repeated id's rows sum their tokens' gradients.
+        """
+        d = e.shape[-1]
+        if ids is None:
+            h = e.to(self.A.dtype) @ self.A + self.a  # (B, T, r)
+        else:
+            flat = ids.reshape(-1)
+            uniq, inverse = torch.unique(flat, return_inverse=True)
+            first = torch.full_like(uniq, flat.numel()).scatter_reduce_(
+                0, inverse, torch.arange(flat.numel(), device=flat.device), "amin"
+            )  # a token position holding each distinct id
+            rows = e.reshape(-1, d)[first].to(self.A.dtype)  # (U, d)
+            h_rows = rows @ self.A + self.a  # (U, r)
+            if not (self.training and self.dropout.p > 0):
+                delta = torch.relu(h_rows) @ self.B + self.b  # (U, d): the whole FFN per distinct id
+                return e + delta[inverse].reshape(e.shape).to(e.dtype)
+            h = h_rows[inverse].reshape(*e.shape[:-1], -1)  # (B, T, r)
+        h = self.dropout(h)
         return e + (torch.relu(h) @ self.B + self.b).to(e.dtype)
 
     def extra_config(self) -> dict:
@@ -128,7 +156,9 @@ class DePT(PromptAdapter):
         self.B = nn.Parameter(torch.zeros(r, d))
         kaiming_uniform_fan_r(self.A)
 
-    def offset(self, e: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+    def offset(
+        self, e: torch.Tensor, positions: torch.Tensor | None = None, ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if positions is None:
             positions = torch.arange(e.shape[1], device=e.device).expand(e.shape[0], -1)
         inside = (positions < self.max_length).unsqueeze(-1)  # tokens past s get no offset

@@ -56,7 +56,23 @@ def init_distributed(local_rank: int | None = None) -> Dist:
     device = torch.device(acc.device_name(local_rank)) if acc.device_name() != "cpu" else torch.device("cpu")
     if device.type == "cpu":
         share_cpu_cores(dist.get_world_size())
+        unlink_shm_buffer()
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def unlink_shm_buffer() -> None:
+    """DeepSpeed's CPU shared-memory allreduce creates /dev/shm/deepspeed_allreduce_buffer_{uid}_
+    {addr}_{port}_{rank} (66 MB per rank) and never removes it: every CPU job left its buffers in
+    RAM (measured here: 20 GB of /dev/shm after a day of test runs). Each rank maps every peer's
+    buffer while the process group starts, so once all ranks are past that (the barrier), each can
+    unlink its own name; the mappings stay valid until the processes end."""
+    if dist.get_world_size() == 1:
+        return
+    dist.barrier()
+    port, rank = os.environ.get("MASTER_PORT", ""), dist.get_rank()
+    for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_{rank}"):
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def share_cpu_cores(world: int) -> None:

@@ -28,7 +28,7 @@ class AdeptLM(nn.Module):
 
     def _inputs(self, input_ids, attention_mask, labels=None):
         e = self.backbone.get_input_embeddings()(input_ids)  # (B, T, d)
-        return self.adapter(e, attention_mask, labels, positions_of(attention_mask))
+        return self.adapter(e, attention_mask, labels, positions_of(attention_mask), ids=input_ids)
 
     def forward(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
         """Summed next-token cross-entropy over target tokens, and the number of those tokens.
@@ -85,7 +85,7 @@ class AdeptLM(nn.Module):
                 break
             token_pos = token_pos + 1
             e = self.backbone.get_input_embeddings()(nxt[:, None])  # (B, 1, d)
-            e, _, _ = self.adapter(e, positions=token_pos, prepend=False)  # the offset, as in training
+            e, _, _ = self.adapter(e, positions=token_pos, prepend=False, ids=nxt[:, None])  # offset, as in training
             mask = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], dim=1)
             out = decoder(
                 inputs_embeds=e,

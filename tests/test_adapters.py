@@ -155,3 +155,34 @@ def test_adapters_module_imports_no_heavy_libraries():
         "assert not bad, bad"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("train_mode", [True, False], ids=["dropout", "eval"])
+def test_ffn_on_distinct_ids_gives_the_same_outputs_and_gradients(train_mode):
+    """The FFN computed once per distinct token id (ids given) equals the per-token FFN: the same
+    outputs and the same gradients of every adapter tensor, with dropout (same seed: the same
+    per-token masks) and without. Only summation order differs (fp32): measured max difference
+    3.8e-6 on A's gradient of magnitude up to 25 (1.5e-7 relative), hence rtol 1e-6, atol 1e-5."""
+    torch.manual_seed(0)
+    ad = build_adapter("adept", 4, 32, dropout=0.3)
+    with torch.no_grad():
+        ad.B.normal_(0, 0.5)
+        ad.b.normal_(0, 0.1)
+    ad.train(train_mode)
+    table = torch.randn(50, 32)
+    ids = torch.randint(0, 10, (3, 7))  # many repeats among 21 tokens
+    mask = torch.ones_like(ids)
+    results = []
+    for with_ids in (False, True):
+        ad.zero_grad()
+        torch.manual_seed(123)  # dropout draws
+        out, _, _ = ad(table[ids], mask, ids=ids if with_ids else None)
+        (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+        results.append((out.detach(), {n: p.grad.clone() for n, p in ad.named_parameters()}))
+    (dense, g_dense), (dedup, g_dedup) = results
+    torch.testing.assert_close(dedup, dense, rtol=0, atol=1e-6)
+    for name in g_dense:
+        torch.testing.assert_close(g_dedup[name], g_dense[name], rtol=1e-6, atol=1e-5, msg=name)
+    assert g_dense["A"].abs().sum() > 0 and g_dense["B"].abs().sum() > 0  # the gradients are not trivially 0
+    # and the offset is really per token: different ids get different offsets
+    assert not torch.allclose(dense[0, 4 + 0], dense[0, 4 + 1]) or ids[0, 0] == ids[0, 1]
