@@ -39,6 +39,8 @@ from pathlib import Path
 
 import torch
 
+from .data import padding_fraction
+
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("floor", "anchor", "ours", "ours_ckpt", "ours_w2_zero3", "ours_w2_zero2")
 PT_TOKENS = 100
@@ -58,10 +60,14 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--min_len", type=int, default=32, help="shortest example (tokens, incl. target and EOS)")
     p.add_argument("--max_len", type=int, default=160, help="longest example")
     p.add_argument("--examples", type=int, default=512)
+    p.add_argument("--group_window", type=int, default=64,
+                   help="ours and floor: length grouping window in global batches (0: random batches, as anchor)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=6, help="timed steps per mode (the median is reported)")
     p.add_argument("--modes", default=None, help=f"comma list of {', '.join(MODES)}; default: all that fit")
     p.add_argument("--json", default="bench.json", help="where the figures go")
+    p.add_argument("--dense_ffn", action="store_true",
+                   help="ablation: ours runs the ADePT FFN on every token instead of once per distinct id")  # fmt: skip
     p.add_argument("--keep", default=None, help="keep the model and data in this folder (reused if present)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
@@ -113,18 +119,12 @@ def load_examples(root: Path, tokenizer, max_len: int):
     return examples
 
 
-def random_batches(n_examples: int, batch: int, count: int, seed: int = 42) -> list[list[int]]:
-    """The examples of each step, as the trainer's sample stream deals them (no length grouping)."""
-    from .data import SampleStream
+def step_indices(lengths: list[int], batch: int, count: int, group_window: int, seed: int = 42) -> list[list[int]]:
+    """The examples of each step, as the trainer's stream deals them (its default seed)."""
+    from .data import make_stream
 
-    stream = SampleStream(n_examples, seed)
+    stream = make_stream(lengths, seed, batch, group_window)
     return [stream.take(i * batch, batch) for i in range(count)]
-
-
-def padding_fraction(batches: list[list[int]], examples) -> float:
-    real = sum(len(examples[i].input_ids) for b in batches for i in b)
-    padded = sum(len(b) * max(len(examples[i].input_ids) for i in b) for b in batches)
-    return 1 - real / padded
 
 
 # ----------------------------------------------------------------------------- measuring
@@ -179,7 +179,9 @@ def run_plain(mode: str, args, root: Path) -> dict:
     device, dtype = device_and_dtype()
     tok = load_tokenizer(str(root / "model"))
     examples = load_examples(root, tok, args.max_len)
-    batches = random_batches(len(examples), args.batch, args.warmup + args.steps)
+    lengths = [len(e.input_ids) for e in examples]
+    window = 0 if mode == "anchor" else args.group_window  # the floor sees ours' batches; PEFT random ones
+    batches = step_indices(lengths, args.batch, args.warmup + args.steps, window)
     meter = Meter(device)
     if mode == "floor":
         model = load_backbone(str(root / "model"), args.quant, device, dtype=dtype)
@@ -234,6 +236,14 @@ def run_ours(mode: str, args, root: Path) -> dict:
     from .trainer import build, setup_engine, train_step
 
     d = init_distributed(args.local_rank)
+    if args.dense_ffn:  # the ablation: the adapter gets no ids, so its FFN runs per token
+        from . import model as model_mod
+
+        def dense_inputs(self, input_ids, attention_mask, labels=None):
+            e = self.backbone.get_input_embeddings()(input_ids)
+            return self.adapter(e, attention_mask, labels, model_mod.positions_of(attention_mask))
+
+        model_mod.AdeptLM._inputs = dense_inputs
     ds = "ds_configs/zero2.json" if mode in ("ours", "ours_ckpt", "ours_w2_zero2") else "ds_configs/zero3.json"
     out = root / f"run_{mode}"
     if d.main:
@@ -245,6 +255,7 @@ def run_ours(mode: str, args, root: Path) -> dict:
         "max_length": args.max_len, "micro_batch_size": args.batch // d.world, "max_steps": total + 1,
         "output_dir": str(out), "ds_config": ds, "activation_checkpointing": mode == "ours_ckpt",
         "log_every": 10**6, "save_every": 10**6, "cache_dir": str(root / "cache"), "prompt_init": "vocab",
+        "group_window": args.group_window,
     })  # fmt: skip
     run = build(cfg, d)
     setup_engine(run)
@@ -289,7 +300,7 @@ def summary(mode, args, meter, batches, examples, world, prompt, n_params, pad_b
         "world": world,
         "step_s": step,
         "tokens_per_s": tokens / step,
-        "padding_fraction": padding_fraction(pad_batches or batches, examples),
+        "padding_fraction": padding_fraction(pad_batches or batches, [len(e.input_ids) for e in examples]),
         "prompt_tokens": prompt,
         **meter.memory(),
     }

@@ -74,6 +74,11 @@ class DataConfig:
     separator: str = opt(" Label : ", "text between input and target")
     micro_batch_size: int = opt(8, "examples per rank per forward/backward")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
+    group_window: int = opt(
+        64,
+        "length-grouped batching: sort each window of this many global batches by length and shuffle the "
+        "batches within it (less padding); 0 = plain random batches, as the reference",
+    )
     eval_batch_size: int = opt(16, "examples per rank per evaluation batch")
     max_new_tokens: int | None = opt(None, "tokens generated per example at evaluation; default: the task's")
     max_eval_samples: int | None = opt(None, "evaluate on at most this many examples per split")
@@ -282,6 +287,8 @@ def validate(cfg: Config) -> None:
     for name, value in positive.items():
         if value is not None and value < 1:
             raise ConfigError(f"option {name} must be >= 1, got {value}")
+    if d.group_window < 0:
+        raise ConfigError(f"option group_window must be >= 0 (0 turns length grouping off), got {d.group_window}")
     if not 0.0 <= a.dropout < 1.0:
         raise ConfigError(f"option dropout must be in [0, 1), got {a.dropout}")
     if o.max_steps is not None and o.max_steps < 0:

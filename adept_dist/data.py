@@ -150,6 +150,51 @@ class SampleStream:
         return [self.index(p) for p in range(start, start + count)]
 
 
+class LengthGroupedStream:
+    """A SampleStream's order with less padding: each window of `window` global batches of the
+    stream (window x batch consecutive samples) is sorted by length and cut into global batches,
+    and the order of those batches within the window is shuffled (seeded by window). Every sample
+    is still seen once per epoch, batches stay random draws of the epoch's permutation, and a
+    batch holds samples of similar length, so it pads little. Like SampleStream, the order is a
+    function of (seed, position) only, which keeps resume exact."""
+
+    def __init__(self, stream: SampleStream, lengths: list[int], batch: int, window: int) -> None:
+        self.stream, self.lengths, self.batch = stream, lengths, batch
+        self.n, self.span = stream.n, batch * window
+        self._w, self._order = -1, None
+
+    def _window(self, w: int) -> list[int]:
+        if w != self._w:
+            raw = self.stream.take(w * self.span, self.span)
+            ranked = sorted(raw, key=lambda i: -self.lengths[i])  # stable: ties keep the stream's order
+            chunks = [ranked[k : k + self.batch] for k in range(0, self.span, self.batch)]
+            g = torch.Generator().manual_seed((self.stream.seed * 1_000_003 + w) % (2**63))
+            self._order = [i for c in torch.randperm(len(chunks), generator=g).tolist() for i in chunks[c]]
+            self._w = w
+        return self._order
+
+    def index(self, position: int) -> int:
+        w, offset = divmod(position, self.span)
+        return self._window(w)[offset]
+
+    def take(self, start: int, count: int) -> list[int]:
+        return [self.index(p) for p in range(start, start + count)]
+
+
+def make_stream(lengths: list[int], seed: int, global_batch: int, group_window: int):
+    """The training order: length-grouped over windows of `group_window` global batches, or the
+    plain seeded permutation when group_window is 0."""
+    stream = SampleStream(len(lengths), seed)
+    return LengthGroupedStream(stream, lengths, global_batch, group_window) if group_window > 0 else stream
+
+
+def padding_fraction(batches: list[list[int]], lengths: list[int]) -> float:
+    """Share of padded positions when each batch is padded to its longest sample."""
+    real = sum(lengths[i] for b in batches for i in b)
+    padded = sum(len(b) * max(lengths[i] for i in b) for b in batches)
+    return 1 - real / padded if padded else 0.0
+
+
 def step_batches(
     stream: SampleStream, position: int, micro: int, accum: int, world: int, rank: int
 ) -> tuple[list[list[int]], int]:

@@ -27,7 +27,7 @@ from . import builtin, checkpoint, metrics, taskdata
 from .adapters import PromptAdapter, build_adapter
 from .backbone import DTYPES, load_backbone, load_config, load_tokenizer
 from .config import Config, ConfigError
-from .data import DataError, Example, SampleStream, collate, step_batches
+from .data import DataError, Example, LengthGroupedStream, SampleStream, collate, make_stream, step_batches
 from .dist import (
     Dist,
     adam_step_count,
@@ -147,7 +147,7 @@ class Run:
     base_model: str = ""
     step: int = 0
     position: int = 0
-    stream: SampleStream | None = None
+    stream: SampleStream | LengthGroupedStream | None = None
     metrics: MetricsLog | None = None
     best: dict | None = None  # validation scores of the best step so far (written to best.json)
     best_state: dict | None = None  # that step's adapter weights (fp32, whole), on every rank
@@ -221,7 +221,12 @@ def build(cfg: Config, d: Dist) -> Run:
         data,
         model,
         base_model=cfg.model.model or "builtin",
-        stream=SampleStream(len(data.train), cfg.optim.seed),
+        stream=make_stream(
+            [len(e.input_ids) for e in data.train],
+            cfg.optim.seed,
+            dc.micro_batch_size * dc.grad_accum * d.world,
+            0 if a.method == "dept" else dc.group_window,  # DePT pads every batch to max_length anyway
+        ),
     )
 
 

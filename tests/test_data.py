@@ -123,3 +123,35 @@ def test_step_batches_split_the_global_batch(world):
     # the global batch of a step does not depend on how it is split, only on its size
     assert step_batches(stream, 5, 6, 1, 1, 0)[1] == step_batches(stream, 5, 3, 1, 2, 1)[1]
     assert torch.tensor(global_idx[0]).tolist() == stream.take(5, 3 * 2 * world)
+
+
+def test_length_grouped_stream_pads_less_and_keeps_the_epoch():
+    """Windows of 8 global batches of 8: each window holds exactly the stream's samples of that
+    window, each batch is a length range, the batches' order within a window is shuffled, and the
+    padding of 600 samples of length 10..200 falls from 42.6% (random batches) to 9.2% (measured
+    with these seeds, 2026-11-24; a window of 64 samples leaves each batch a length range of ~24)."""
+    import random
+
+    from adept_dist.data import LengthGroupedStream, make_stream, padding_fraction
+
+    rng = random.Random(0)
+    lengths = [rng.randint(10, 200) for _ in range(600)]
+    plain = SampleStream(600, 7)
+    grouped = LengthGroupedStream(SampleStream(600, 7), lengths, batch=8, window=8)
+    for w in range(3):
+        assert sorted(grouped.take(w * 64, 64)) == sorted(plain.take(w * 64, 64))  # same samples per window
+    assert sorted(grouped.take(0, 600 - 600 % 64)) == sorted(plain.take(0, 600 - 600 % 64))
+    batches = [grouped.take(i * 8, 8) for i in range(70)]
+    random_batches = [plain.take(i * 8, 8) for i in range(70)]
+    for b in batches:
+        assert [lengths[i] for i in b] == sorted((lengths[i] for i in b), reverse=True)
+    first_window = [max(lengths[i] for i in b) for b in batches[:8]]
+    assert first_window != sorted(first_window, reverse=True)  # batch order shuffled in the window
+    grouped_pad, random_pad = padding_fraction(batches, lengths), padding_fraction(random_batches, lengths)
+    assert round(random_pad, 3) == 0.426 and round(grouped_pad, 3) == 0.092, (random_pad, grouped_pad)
+    again = LengthGroupedStream(SampleStream(600, 7), lengths, batch=8, window=8)
+    assert again.take(100, 300) == grouped.take(100, 300)  # a function of (seed, position): resume-exact
+    assert make_stream(lengths, 7, 8, 0).take(0, 50) == plain.take(0, 50)  # window 0: plain random batches
+    # the trainer's split of a global batch over ranks works on it as on the plain stream
+    parts, global_idx = zip(*[step_batches(grouped, 16, 4, 1, 2, r) for r in range(2)])
+    assert global_idx[0] == grouped.take(16, 8) and sorted(parts[0][0] + parts[1][0]) == sorted(global_idx[0])
