@@ -37,6 +37,12 @@ class ModelConfig:
     activation_checkpointing: bool = opt(
         False, "recompute backbone activations in backward (saves memory, ~1.5x compute)"
     )
+    loader: str = opt(
+        "auto",
+        "layerwise: read, quantise and ZeRO-3-partition the backbone one layer at a time (no rank holds the whole "
+        "model); transformers: load the whole model on every rank, then partition; auto = layerwise under ZeRO-3",
+        ("auto", "layerwise", "transformers"),
+    )
     attn_implementation: str = opt(
         "sdpa", "attention kernel passed to transformers", ("sdpa", "eager", "flash_attention_2")
     )

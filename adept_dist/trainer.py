@@ -44,6 +44,7 @@ from .dist import (
 )
 from .export import WEIGHTS, adapter_config, load_adapter, save_adapter
 from .infer import decode_examples, gather_to_main
+from .loader import load_layerwise
 from .model import AdeptLM
 from .tasks import TASKS
 
@@ -145,6 +146,7 @@ class Run:
     model: AdeptLM
     engine: object = None
     base_model: str = ""
+    ds_config: dict | None = None  # resolved DeepSpeed JSON
     step: int = 0
     position: int = 0
     stream: SampleStream | LengthGroupedStream | None = None
@@ -190,14 +192,22 @@ def build(cfg: Config, d: Dist) -> Run:
     tokenizer = load_tokenizer(model_name)
     data = load_data(cfg, d, tokenizer, files)
 
-    backbone = load_backbone(
-        model_name,
-        cfg.model.quant,
-        d.device,
-        cfg.model.attn_implementation,
-        cfg.model.activation_checkpointing,
-        DTYPES[cfg.model.compute_dtype],
-    )
+    ds_config = resolve_ds_config(cfg.run.ds_config, cfg, d.world)
+    zero3 = ds_config.get("zero_optimization", {}).get("stage") == 3
+    if cfg.model.loader == "layerwise" and not zero3:
+        raise ConfigError(f"--loader layerwise partitions the backbone with ZeRO-3: {cfg.run.ds_config} is not stage 3")
+    layerwise = zero3 and cfg.model.loader != "transformers"
+    dtype = DTYPES[cfg.model.compute_dtype]
+    if layerwise:
+        backbone = load_layerwise(
+            model_name, cfg.model.quant, d.device, dtype, ds_config, cfg.model.attn_implementation,
+            cfg.model.activation_checkpointing, log=lambda m: log0(d, m),
+        )  # fmt: skip
+    else:
+        backbone = load_backbone(
+            model_name, cfg.model.quant, d.device, cfg.model.attn_implementation,
+            cfg.model.activation_checkpointing, dtype,
+        )  # fmt: skip
     a = cfg.adapter
     hidden = backbone.config.hidden_size
     torch.manual_seed(cfg.optim.seed)  # identical adapter init on every rank
@@ -205,7 +215,9 @@ def build(cfg: Config, d: Dist) -> Run:
     adapter.init_prompt(prompt_init_rows(cfg, backbone.get_input_embeddings(), tokenizer, a.prompt_length))
     if cfg.run.init_adapter:
         init_from_adapter(adapter, cfg.run.init_adapter, backbone.config, model_name)
-    adapter.to(d.device)
+    # DeepSpeed casts a module to its compute dtype unless the module is already ZeRO-partitioned
+    # (the layerwise loader's): then the adapter gets the same cast here (fp32 masters stay in the optimizer)
+    adapter.to(d.device, dtype=dtype if layerwise else None)
     model = AdeptLM(backbone, adapter)
     check_trainable(model)
     log0(
@@ -221,6 +233,7 @@ def build(cfg: Config, d: Dist) -> Run:
         data,
         model,
         base_model=cfg.model.model or "builtin",
+        ds_config=ds_config,
         stream=make_stream(
             [len(e.input_ids) for e in data.train],
             cfg.optim.seed,
@@ -286,7 +299,7 @@ def init_from_adapter(adapter: PromptAdapter, path: str, model_config, model_nam
 def setup_engine(run: Run) -> None:
     cfg, d = run.cfg, run.d
     o = cfg.optim
-    ds_config = resolve_ds_config(cfg.run.ds_config, cfg, d.world)
+    ds_config = run.ds_config or resolve_ds_config(cfg.run.ds_config, cfg, d.world)
     optimizer = torch.optim.AdamW(
         trainable_groups(run.model.adapter, o.lr_prompt, o.lr_ffn), eps=o.adam_eps, weight_decay=o.weight_decay
     )
