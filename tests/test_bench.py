@@ -1,0 +1,49 @@
+"""The benchmarks run and write well-formed JSON (smoke tests: no timing is asserted)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from tests.conftest import run_cmd
+
+TINY = ["--hidden", "64", "--layers", "1", "--heads", "4", "--vocab", "400"]
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_bench_smoke(tmp_path):
+    out = tmp_path / "bench.json"
+    proc = run_cmd([sys.executable, "launch/bench.py", *TINY, "--examples", "32", "--min_len", "12", "--max_len", "40",
+                    "--batch", "4", "--warmup", "1", "--steps", "2", "--modes", "floor,anchor,ours,ours_w2_zero3",
+                    "--json", str(out)])  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert set(res["results"]) == {"floor", "anchor", "ours", "ours_w2_zero3"}
+    for mode, r in res["results"].items():
+        assert r["step_s"] > 0 and r["tokens_per_s"] > 0 and 0 <= r["padding_fraction"] < 1, mode
+        assert r["peak_rss_mb"] > 0 and "vs_floor" in r and "vs_anchor" in r
+    assert res["results"]["floor"]["vs_floor"] == 1.0 and res["results"]["anchor"]["vs_anchor"] == 1.0
+    assert res["results"]["anchor"]["prompt_tokens"] == 100 and res["results"]["ours"]["prompt_tokens"] == 60
+    assert res["results"]["ours"]["r"] == 19  # budget-matched rank of m=60
+    assert (
+        res["results"]["ours_w2_zero3"]["world"] == 2 and len(res["results"]["ours_w2_zero3"]["memory_per_rank"]) == 2
+    )
+    assert "| floor | 1 |" in proc.stdout  # the table is printed
+
+
+@pytest.mark.dist
+def test_bench_load_smoke(tmp_path):
+    out = tmp_path / "load.json"
+    proc = run_cmd([sys.executable, "launch/bench_load.py", "--hidden", "64", "--layers", "2", "--vocab", "400",
+                    "--json", str(out)])  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    for loader in ("transformers", "layerwise"):
+        assert len(res["per_rank"][loader]) == 2
+        for r in res["per_rank"][loader]:
+            assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0
+            assert r["local_elements"] < r["whole_elements"]  # partitioned after initialize, either way
+    assert res["ratio_peak"] > 0 and res["ratio_peak_minus_before"] > 0
