@@ -45,6 +45,20 @@ def _units(model) -> list[tuple[str, nn.Module]]:
     return units
 
 
+def release_freed_memory() -> None:
+    """Give the heap's freed pages back to the OS. glibc keeps the freed full-size tensors of each
+    unit in its arenas; without this the RSS grows by about one unit per unit (measured: 1.11 GB
+    instead of 0.65 GB after loading a 0.5 GB checkpoint at world size 2)."""
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    try:
+        ctypes.CDLL(name).malloc_trim(0)
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to do
+        pass
+
+
 def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
     parent, _, attr = name.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, attr, module)
@@ -122,6 +136,7 @@ def load_layerwise(
             if lin.bias is not None and lin.bias.device.type == "meta":
                 raise ModelError(f"{folder}: bias of {prefix}.{q_owner} was not loaded")
         deepspeed.zero.Init(module=unit, config_dict_or_path=ds_config)  # partition before the next unit
+        release_freed_memory()
     if tied:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
     # non-persistent buffers (rotary inv_freq) are computed from the config, not stored
