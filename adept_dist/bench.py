@@ -60,7 +60,7 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--min_len", type=int, default=32, help="shortest example (tokens, incl. target and EOS)")
     p.add_argument("--max_len", type=int, default=160, help="longest example")
     p.add_argument("--examples", type=int, default=512)
-    p.add_argument("--group_window", type=int, default=64,
+    p.add_argument("--group_window", type=int, default=0,
                    help="ours and floor: length grouping window in global batches (0: random batches, as anchor)")  # fmt: skip
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=6, help="timed steps per mode (the median is reported)")

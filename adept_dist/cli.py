@@ -35,23 +35,36 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    import torch.distributed as dist
-
     from .dist import init_distributed
     from .trainer import build, setup_engine, train
 
     d = init_distributed(local_rank)
-    try:
+
+    def run_all() -> dict:
         run = build(cfg, d)
         setup_engine(run)
         result = train(run)
         stop_file = os.environ.get("ADEPT_STOP_FILE")
         if result.get("stopped") and stop_file and d.main:  # survives exit codes lost in a launcher's teardown
             Path(stop_file).write_text(f"{result['step']}\n")
+        return result
+
+    code, result = guarded(d.rank, run_all)
+    if code:
+        return code
+    return EXIT_STOPPED if result.get("stopped") else 0
+
+
+def guarded(rank: int, fn):
+    """(0, fn()) or, for a user error, (2, None) after printing it as one line; the process group
+    is torn down either way."""
+    import torch.distributed as dist
+
+    try:
+        return 0, fn()
     except _user_errors() as exc:
-        print(f"error (rank {d.rank}): {exc}", file=sys.stderr)
-        return 2
+        print(f"error (rank {rank}): {exc}", file=sys.stderr)
+        return 2, None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
-    return EXIT_STOPPED if result.get("stopped") else 0

@@ -81,9 +81,9 @@ class DataConfig:
     micro_batch_size: int = opt(8, "examples per rank per forward/backward")
     grad_accum: int = opt(1, "micro-batches per optimizer step")
     group_window: int = opt(
-        64,
-        "length-grouped batching: sort each window of this many global batches by length and shuffle the "
-        "batches within it (less padding); 0 = plain random batches, as the reference",
+        0,
+        "length-grouped batching: sort each window of this many global batches by length and shuffle the batches "
+        "within it (less padding; can correlate batches with labels); 0 = plain random batches, as the reference",
     )
     eval_batch_size: int = opt(16, "examples per rank per evaluation batch")
     max_new_tokens: int | None = opt(None, "tokens generated per example at evaluation; default: the task's")

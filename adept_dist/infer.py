@@ -352,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     args = build_parser().parse_args(argv)
-    from .cli import _user_errors
+    from .cli import guarded
     from .dist import init_distributed
 
     try:
@@ -361,12 +361,4 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     d = init_distributed(args.local_rank)
-    try:
-        predict(args, d)
-    except _user_errors() as exc:
-        print(f"error (rank {d.rank}): {exc}", file=sys.stderr)
-        return 2
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    return 0
+    return guarded(d.rank, lambda: predict(args, d))[0]

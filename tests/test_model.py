@@ -81,6 +81,16 @@ def test_gradient_reaches_only_the_adapter(nf4_backbone):
     assert all(p.grad is None for p in nf4_backbone.parameters())
 
 
+def full_forward_logits(model: AdeptLM, src: dict, gen: torch.Tensor, row: int, k: int) -> torch.Tensor:
+    """Last-position logits of one uncached forward over row's source + its first k generated tokens."""
+    ids = src["input_ids"][row][src["attention_mask"][row].bool()].tolist()
+    seq = torch.tensor([ids + gen[row, :k].tolist()])
+    with torch.no_grad():
+        embeds, mask, _ = model._inputs(seq, torch.ones_like(seq))
+        h = model.backbone.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        return model.backbone.get_output_embeddings()(h[0, -1]).float()
+
+
 @pytest.mark.parametrize("quant", ["none", "nf4"])
 def test_generation_step_logits_equal_a_full_forward(tiny_model_dir, quant):
     """The logits of cached decoding step k equal those of one forward pass over the same full
@@ -96,13 +106,8 @@ def test_generation_step_logits_equal_a_full_forward(tiny_model_dir, quant):
     assert gen.shape == (2, 5) and step_logits.shape == (2, 5, backbone.config.vocab_size)
     head = backbone.get_output_embeddings()
     for row in range(2):
-        ids = src["input_ids"][row][src["attention_mask"][row].bool()].tolist()
         for k in range(5):
-            seq = torch.tensor([ids + gen[row, :k].tolist()])
-            with torch.no_grad():
-                embeds, mask, _ = model._inputs(seq, torch.ones_like(seq))
-                h = backbone.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-                full = head(h[0, -1]).float()
+            full = full_forward_logits(model, src, gen, row, k)
             torch.testing.assert_close(step_logits[row, k], full, rtol=0, atol=1e-5)
             assert gen[row, k] == full.argmax()
     # the check can fail: the reference's way (generated tokens fed without their offset) gives
@@ -120,15 +125,9 @@ def test_generation_applies_the_offset_to_generated_tokens(nf4_backbone):
     model = AdeptLM(nf4_backbone, perturbed_adept(64)).eval()
     src = collate([Example([1, 10, 11, 12], 0, 4), Example([1, 20, 2 + 19, 22, 23, 24], 0, 6)], pad_id=3, left=True)
     gen = model.generate(src["input_ids"], src["attention_mask"], max_new_tokens=5, eos_id=-1)  # no EOS: 5 steps
-    head = nf4_backbone.get_output_embeddings()
     for row in range(2):
-        ids = src["input_ids"][row][src["attention_mask"][row].bool()].tolist()
         for k in range(5):
-            seq = torch.tensor([ids + gen[row, :k].tolist()])
-            with torch.no_grad():
-                embeds, mask, _ = model._inputs(seq, torch.ones_like(seq))
-                h = nf4_backbone.get_decoder()(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
-                logits = head(h[0, -1]).float()
+            logits = full_forward_logits(model, src, gen, row, k)
             # bf16 KV cache vs full recompute may differ by rounding: the pick must be a (near-)argmax
             assert logits[gen[row, k]] >= logits.max() - 0.05, (row, k)
     # and the offset matters here: without it, decoding differs
