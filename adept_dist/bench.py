@@ -66,8 +66,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=6, help="timed steps per mode (the median is reported)")
     p.add_argument("--modes", default=None, help=f"comma list of {', '.join(MODES)}; default: all that fit")
     p.add_argument("--json", default="bench.json", help="where the figures go")
-    p.add_argument("--dense_ffn", action="store_true",
-                   help="ablation: ours runs the ADePT FFN on every token instead of once per distinct id")  # fmt: skip
+    p.add_argument("--distinct_ids", action="store_true",
+                   help="ablation: ours computes the ADePT FFN once per distinct token id in training too")  # fmt: skip
     p.add_argument("--keep", default=None, help="keep the model and data in this folder (reused if present)")
     p.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     p.add_argument("--workdir", default=None, help=argparse.SUPPRESS)
@@ -236,14 +236,10 @@ def run_ours(mode: str, args, root: Path) -> dict:
     from .trainer import build, setup_engine, train_step
 
     d = init_distributed(args.local_rank)
-    if args.dense_ffn:  # the ablation: the adapter gets no ids, so its FFN runs per token
-        from . import model as model_mod
+    if args.distinct_ids:
+        from .adapters import ADePT
 
-        def dense_inputs(self, input_ids, attention_mask, labels=None):
-            e = self.backbone.get_input_embeddings()(input_ids)
-            return self.adapter(e, attention_mask, labels, model_mod.positions_of(attention_mask))
-
-        model_mod.AdeptLM._inputs = dense_inputs
+        ADePT.distinct_ids_in_training = True
     ds = "ds_configs/zero2.json" if mode in ("ours", "ours_ckpt", "ours_w2_zero2") else "ds_configs/zero3.json"
     out = root / f"run_{mode}"
     if d.main:

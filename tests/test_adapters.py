@@ -169,6 +169,7 @@ def test_ffn_on_distinct_ids_gives_the_same_outputs_and_gradients(train_mode):
         ad.B.normal_(0, 0.5)
         ad.b.normal_(0, 0.1)
     ad.train(train_mode)
+    ad.distinct_ids_in_training = True  # with gradients on, the distinct-id path is opt-in
     table = torch.randn(50, 32)
     ids = torch.randint(0, 10, (3, 7))  # many repeats among 21 tokens
     mask = torch.ones_like(ids)
