@@ -48,6 +48,8 @@ from .loader import load_layerwise
 from .model import AdeptLM
 from .tasks import TASKS
 
+DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+
 
 class TrainError(RuntimeError):
     """A run that cannot go on; the message says why."""
@@ -184,7 +186,7 @@ def build(cfg: Config, d: Dist) -> Run:
         log0(d, f"warning: --task {dc.task} without --model runs the built-in tiny demo model, which knows only "
                 f"the demo's words: its scores mean nothing; pass --model for real results")  # fmt: skip
 
-    load_config(model_name)  # refuse a missing or non-decoder model before reading any data
+    model_type = load_config(model_name).model_type  # refuse a missing or non-decoder model before reading data
     if not d.main:  # one progress bar per job, not per rank
         from transformers.utils import logging as hf_logging
 
@@ -196,7 +198,10 @@ def build(cfg: Config, d: Dist) -> Run:
     zero3 = ds_config.get("zero_optimization", {}).get("stage") == 3
     if cfg.model.loader == "layerwise" and not zero3:
         raise ConfigError(f"--loader layerwise partitions the backbone with ZeRO-3: {cfg.run.ds_config} is not stage 3")
-    layerwise = zero3 and cfg.model.loader != "transformers"
+    # auto: layerwise for the dense families its bitwise test covers; MoE experts load through transformers
+    layerwise = zero3 and (
+        cfg.model.loader == "layerwise" or (cfg.model.loader == "auto" and model_type in DENSE_TYPES)
+    )
     dtype = DTYPES[cfg.model.compute_dtype]
     if layerwise:
         backbone = load_layerwise(
