@@ -12,20 +12,12 @@ before the next one is read. Peak memory per rank is about (model bytes / world)
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 from torch import nn
 
-from .backbone import ModelError, load_config, resolve_source
+from .backbone import ModelError, load_config
 
 SKIP_QUANT = ("lm_head",)  # transformers keeps the output head unquantised
-
-
-def model_folder(name: str) -> Path:
-    from .merge import model_folder as folder_of
-
-    return folder_of(name)
 
 
 def _units(model) -> list[tuple[str, nn.Module]]:
@@ -91,10 +83,10 @@ def load_layerwise(
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from .merge import find_key, shard_map
+    from .merge import find_key, model_folder, shard_map
 
     config = load_config(name)
-    folder = Path(resolve_source(name)) if Path(resolve_source(name)).is_dir() else model_folder(name)
+    folder = model_folder(name)  # the folder itself, or a hub snapshot
     where, _ = shard_map(folder)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
