@@ -100,11 +100,11 @@ class ADePT(PromptAdapter):
     """Soft prompt + token-wise offset FFN: e' = e + relu(e @ A + a) @ B + b (dropout on h)."""
 
     method = "adept"
-    distinct_ids_in_training = False
 
-    def __init__(self, m: int, d: int, r: int, dropout: float = 0.1) -> None:
+    def __init__(self, m: int, d: int, r: int, dropout: float = 0.1, distinct_ids_in_training: bool = False) -> None:
         super().__init__(m, d)
         self.r = r
+        self.distinct_ids_in_training = distinct_ids_in_training  # see offset()
         self.A = nn.Parameter(torch.empty(d, r))
         self.a = nn.Parameter(torch.zeros(r))
         self.B = nn.Parameter(torch.zeros(r, d))
@@ -121,10 +121,9 @@ class ADePT(PromptAdapter):
         distinct id of the batch and is gathered back to the tokens. Dropout still draws one mask
         per token (the same draws as without `ids`); without dropout (p=0, or eval) the whole FFN
         runs per distinct id. Gradients are the same up to summation order (a repeated id's row sums
-        its tokens' gradients). With gradients on, the per-token FFN is used unless
-        `distinct_ids_in_training` is set: the distinct-id path did not measurably speed up a
-        training step (the FFN is under 0.3% of it) and its changed summation order broke bitwise
-        resume at another world size (1 ulp at step 13), which the per-token path keeps.
+        its tokens' gradients). With gradients on, the per-token FFN is used unless the adapter was
+        built with `distinct_ids_in_training`: the changed summation order breaks bitwise resume at
+        another world size, which the per-token path keeps (README, "Speed and scale").
         """
         if ids is not None and torch.is_grad_enabled() and not self.distinct_ids_in_training:
             ids = None
@@ -177,11 +176,17 @@ class DePT(PromptAdapter):
 
 
 def build_adapter(
-    method: str, m: int, d: int, r: int | None = None, max_length: int = 256, dropout: float = 0.1
+    method: str,
+    m: int,
+    d: int,
+    r: int | None = None,
+    max_length: int = 256,
+    dropout: float = 0.1,
+    distinct_ids_in_training: bool = False,
 ) -> PromptAdapter:
     """Build an adapter; r=None picks the budget-matched rank."""
     if method == "adept":
-        return ADePT(m, d, r if r is not None else adept_rank(m, d), dropout)
+        return ADePT(m, d, r if r is not None else adept_rank(m, d), dropout, distinct_ids_in_training)
     if method == "dept":
         return DePT(m, d, r if r is not None else dept_rank(m, d, max_length), max_length)
     if method == "pt":

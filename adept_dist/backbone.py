@@ -9,12 +9,24 @@ from pathlib import Path
 
 import torch
 
+from .errors import UserError, first_line
+
 # Decoder-only families that share LLaMA's layout (embed_tokens -> decoder layers -> norm -> lm_head).
 SUPPORTED_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3", "qwen3_moe")
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
+# The families whose layerwise loading is tested bitwise against transformers; MoE experts load through transformers
+DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 
 
-class ModelError(ValueError):
+def resolve_compute_dtype(name: str, device: torch.device) -> str:
+    """ "auto" -> bf16 on accelerators, fp32 on CPU (CPUs without bf16 units run bf16 matmuls far
+    slower, see the README); an explicit "bf16"/"fp32" stays."""
+    if name != "auto":
+        return name
+    return "fp32" if device.type == "cpu" else "bf16"
+
+
+class ModelError(UserError, ValueError):
     """A model that cannot be used; the message says why and what to do."""
 
 
@@ -37,9 +49,8 @@ def load_config(name: str):
     try:
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(
-            f"cannot load model config for {name!r} ({first}); give a local model folder or a hub id this machine can reach"
+            f"cannot load model config for {name!r} ({first_line(exc)}); give a local model folder or a hub id this machine can reach"
         ) from None
     if getattr(config, "is_encoder_decoder", False) or config.model_type not in SUPPORTED_TYPES:
         raise ModelError(
@@ -55,10 +66,22 @@ def load_tokenizer(name: str):
     try:
         tok = AutoTokenizer.from_pretrained(resolve_source(name))
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the tokenizer of {name!r}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(f"cannot load the tokenizer of {name!r}: {first_line(exc)}") from None
     if tok.pad_token_id is None:  # LLaMA has none; the pad id is only filler, masks do the work
         tok.pad_token = tok.eos_token if tok.unk_token is None else tok.unk_token
     return tok
+
+
+def freeze(model) -> None:
+    """Freeze every parameter, turn the KV cache off, and keep bitsandbytes from repacking NF4
+    weights for AVX512-BF16 CPUs (bitsandbytes >= 0.50 does it at the first eval-mode forward
+    whose input needs no gradient; the repacked weights have no autograd path, so every later
+    training step would silently give the adapter zero gradient)."""
+    model.requires_grad_(False)
+    model.config.use_cache = False
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def quantization_config(quant: str, dtype: torch.dtype = torch.bfloat16):
@@ -99,8 +122,7 @@ def load_backbone(
         device_map={"": device},
         attn_implementation=attn_implementation,
     )
-    model.requires_grad_(False)
-    model.config.use_cache = False
+    freeze(model)
     if activation_checkpointing:
         # Non-reentrant: the gradient reaches the adapter through inputs_embeds, not through weights.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})

@@ -198,17 +198,34 @@ def build_tokenizer():
     )
 
 
+def llama_shape(
+    vocab_size: int,
+    hidden: int,
+    layers: int,
+    heads: int,
+    kv_heads: int | None = None,
+    intermediate: int | None = None,
+    max_positions: int = 512,
+) -> dict:
+    """The size arguments of a LLaMA-shaped config (LlamaConfig and its look-alikes: Mistral, Qwen2):
+    the built-in model, the tests' and the benchmarks' random models. No GQA unless `kv_heads`;
+    the MLP is LLaMA's ~8/3 x hidden (rounded up to 256) unless `intermediate`."""
+    return {
+        "vocab_size": vocab_size,
+        "hidden_size": hidden,
+        "intermediate_size": intermediate or int(hidden * 8 / 3 + 255) // 256 * 256,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads or heads,
+        "max_position_embeddings": max_positions,
+    }
+
+
 def model_config(vocab_size: int):
     from transformers import LlamaConfig
 
     return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **llama_shape(vocab_size, hidden=128, layers=4, heads=4, kv_heads=2, intermediate=384, max_positions=512),
         rms_norm_eps=1e-5,
         tie_word_embeddings=False,
         bos_token_id=1,

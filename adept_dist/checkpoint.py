@@ -1,4 +1,5 @@
-"""Resume checkpoints: safe to interrupt at any moment, and never trusted blindly.
+"""Resume checkpoints and the adapters a run exports: safe to interrupt at any moment, and never
+trusted blindly.
 
 A checkpoint is written by DeepSpeed (trainable state only: adapter, optimizer, scheduler) into a
 temporary folder ``checkpoints/.tmp-stepNNNNNNNN``; when every rank has finished, the main rank
@@ -10,11 +11,15 @@ fails to load it, all ranks fall back to the one before, and the skipped one is 
 Each checkpoint also holds ``trainable_state.safetensors``: the whole fp32 adapter and its Adam
 moments (tiny), with the Adam step and the scheduler state in the meta file. A run with another
 number of ranks resumes from that instead of DeepSpeed's per-rank partitions.
+
+A run's own files go through here too: ``save_checkpoint`` / ``resume_state`` (with the best
+adapter found so far, ``restore_best``) and ``export_adapter`` (OUT/adapter).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -22,7 +27,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .dist import adam_step_count, all_reduce_sum, consolidated_state, restore_consolidated_state
+from .dist import (
+    adam_step_count,
+    all_reduce_sum,
+    consolidated_state,
+    full_fp32_state,
+    restore_consolidated_state,
+)
+from .errors import UserError, first_line
+from .export import CONFIG, WEIGHTS, adapter_config, save_adapter
+from .fileio import write_text
+from .run import Run, log0
 
 CKPT_DIR = "checkpoints"
 META = "adept_meta.json"
@@ -30,7 +45,7 @@ PREFIX = "step"
 CONSOLIDATED = "trainable_state.safetensors"
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     """No usable checkpoint; the message says what was found and what to do."""
 
 
@@ -65,16 +80,11 @@ def save(engine, named_params, root: Path, meta: dict, keep: int, main: bool) ->
         if final.exists():  # the same step saved again (a resumed run): replace it whole
             shutil.rmtree(final)
         os.replace(root / tmp_tag, final)
-        (root / "latest.tmp").write_text(tag)
-        os.replace(root / "latest.tmp", root / "latest")
+        write_text(root / "latest", tag)
         for old in complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
     return final
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
 
 
 def scheduler_state(engine) -> dict:
@@ -94,6 +104,20 @@ def load_consolidated(engine, named_params, folder: Path, meta: dict) -> None:
         group["lr"] = lr  # the rate of the next step, as an uninterrupted run would use
 
 
+def load_trainable_only(src: dict, dst: torch.nn.Module) -> None:
+    """DeepSpeed's module load for our checkpoints (saved without the frozen backbone): the saved
+    names must be exactly the trainable parameters' (a non-strict load alone would ignore any
+    mismatch), then the backbone's absence is expected."""
+    trainable = {n for n, p in dst.named_parameters() if p.requires_grad}
+    if set(src) != trainable:
+        missing, unexpected = sorted(trainable - set(src)), sorted(set(src) - trainable)
+        raise CheckpointError(f"its adapter tensors do not match this run's (missing {missing[:5]}, unexpected "
+                              f"{unexpected[:5]}): it was written with another --method or adapter shape")  # fmt: skip
+    result = dst.load_state_dict(src, strict=False)
+    if result.unexpected_keys:
+        raise CheckpointError(f"unexpected tensors {result.unexpected_keys[:5]}")
+
+
 def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
     """Load the newest checkpoint that every rank can load; return its meta (None: no checkpoint)."""
     candidates = complete_checkpoints(root)
@@ -105,7 +129,7 @@ def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
         error = ""
         try:
             if meta["world"] == world:
-                path, _ = engine.load_checkpoint(str(root), tag=folder.name, load_module_strict=False)
+                path, _ = engine.load_checkpoint(str(root), tag=folder.name, custom_load_fn=load_trainable_only)
                 if path is None:
                     error = "DeepSpeed found nothing to load"
             else:
@@ -114,7 +138,7 @@ def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
                 )
                 load_consolidated(engine, named_params, folder, meta)
         except Exception as exc:  # noqa: BLE001 - torch/DeepSpeed raise many kinds for a damaged file
-            error = _first_line(exc)
+            error = first_line(exc, 200)
         failed = all_reduce_sum(torch.tensor([1.0 if error else 0.0])).item()
         if not failed:
             if skipped:
@@ -124,3 +148,75 @@ def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
     raise CheckpointError(
         f"no usable checkpoint in {root}: {'; '.join(skipped)}; delete the folder to start again from step 0"
     )
+
+
+# ----------------------------------------------------------------------------- a run's files
+def save_checkpoint(run: Run) -> None:
+    """Resume state of the run at its current step (collective)."""
+    meta = {"step": run.step, "position": run.position, "world": run.d.world, "global_batch": run.global_batch}
+    adapter_params = list(run.model.adapter.named_parameters())
+    save(run.engine, adapter_params, run.out / CKPT_DIR, meta, run.cfg.run.keep_checkpoints, run.d.main)
+
+
+def resume_state(run: Run) -> None:
+    """Load the newest usable checkpoint of the output folder, if there is one (collective)."""
+    root = run.out / CKPT_DIR
+    adapter_params = list(run.model.adapter.named_parameters())
+    meta = resume(run.engine, adapter_params, root, run.d.world, lambda m: log0(run.d, m))
+    if meta is None:
+        log0(run.d, f"--resume: no checkpoint in {root} yet, starting from step 0")
+        return
+    run.step, run.position = meta["step"], meta["position"]
+    if meta.get("global_batch", run.global_batch) != run.global_batch:
+        log0(
+            run.d,
+            f"warning: the global batch changes from {meta['global_batch']} to {run.global_batch} examples per step; "
+            f"set --grad_accum (or --micro_batch_size) to keep it and continue the same optimisation",
+        )
+    log0(run.d, f"resumed from {tag_of(run.step)}: step {run.step}, {run.position} samples seen")
+    restore_best(run)
+
+
+def restore_best(run: Run) -> None:
+    """The best validation result up to the resumed step, and its adapter (a best found after the
+    checkpoint is ignored: the resumed run finds it again, identically)."""
+    best_path, adapter_dir = run.out / "best.json", run.out / "adapter"
+    if not best_path.is_file() or not (adapter_dir / WEIGHTS).is_file():
+        return
+    from safetensors.torch import load_file
+
+    best = json.loads(best_path.read_text())
+    saved_step = json.loads((adapter_dir / CONFIG).read_text()).get("step")
+    if best.get("step", math.inf) <= run.step and saved_step == best["step"]:
+        run.best, run.best_state = best, load_file(str(adapter_dir / WEIGHTS))
+        log0(run.d, f"best so far: step {best['step']}, validation {best['metric']} {best['value']:.4g}")
+
+
+def portable_model_name(name: str) -> str:
+    """A local model folder as an absolute path (the adapter is used from other folders); a hub id
+    and "builtin" as they are."""
+    path = Path(name).expanduser()
+    return str(path.resolve()) if name != "builtin" and path.exists() else name
+
+
+def export_adapter(run: Run, out_dir: Path, state: dict | None = None, **more) -> None:
+    """Write the adapter (the current weights, or `state`); collective when `state` is None."""
+    adapter = run.model.adapter
+    state = state if state is not None else full_fp32_state(adapter.named_parameters())
+    if run.d.main:
+        cfg = run.cfg
+        extra = {
+            "base_model": portable_model_name(run.base_model),
+            "task": cfg.data.task,
+            "compute_dtype": cfg.model.compute_dtype,
+            "quant": cfg.model.quant,
+            "vocab_size": run.model.backbone.config.vocab_size,
+            "separator": cfg.data.separator,
+            "max_length": cfg.data.max_length,
+            "step": run.step,
+            **more,
+        }
+        config = adapter_config(adapter, **extra)
+        config["parameter_count"] = sum(v.numel() for v in state.values())  # ZeRO-3 local numel is 0
+        save_adapter(out_dir, state, config)
+    dist.barrier()

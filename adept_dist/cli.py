@@ -1,5 +1,6 @@
-"""The command line of launch/train.py. Expected errors (bad options, data, model, checkpoint)
-end the process with one line naming the problem and the fix, and exit code 2."""
+"""The ``adept-train`` command (``launch/train.py``): parse, init distributed, build, train, close.
+Expected errors (bad options, data, model, checkpoint) end the process with one line naming the
+problem and the fix, and exit code 2 (see errors.py)."""
 
 from __future__ import annotations
 
@@ -8,18 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-EXIT_STOPPED = 3  # stopped by SIGUSR1/SIGTERM after saving a checkpoint: rerun with --resume
-
-
-def _user_errors() -> tuple[type[Exception], ...]:
-    from .backbone import ModelError
-    from .checkpoint import CheckpointError
-    from .config import ConfigError
-    from .data import DataError
-    from .export import AdapterFileError
-    from .trainer import TrainError
-
-    return (ConfigError, DataError, ModelError, AdapterFileError, TrainError, CheckpointError)
+from .errors import EXIT_OK, EXIT_STOPPED, EXIT_USER_ERROR, guarded
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -33,17 +23,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg, local_rank = parse_config(argv)
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
 
+    from .build import build
     from .dist import init_distributed
-    from .trainer import build, setup_engine, train
+    from .trainer import train
 
     d = init_distributed(local_rank)
 
     def run_all() -> dict:
-        run = build(cfg, d)
-        setup_engine(run)
-        result = train(run)
+        result = train(build(cfg, d))
         stop_file = os.environ.get("ADEPT_STOP_FILE")
         if result.get("stopped") and stop_file and d.main:  # survives exit codes lost in a launcher's teardown
             Path(stop_file).write_text(f"{result['step']}\n")
@@ -52,19 +41,4 @@ def main(argv: list[str] | None = None) -> int:
     code, result = guarded(d.rank, run_all)
     if code:
         return code
-    return EXIT_STOPPED if result.get("stopped") else 0
-
-
-def guarded(rank: int, fn):
-    """(0, fn()) or, for a user error, (2, None) after printing it as one line; the process group
-    is torn down either way."""
-    import torch.distributed as dist
-
-    try:
-        return 0, fn()
-    except _user_errors() as exc:
-        print(f"error (rank {rank}): {exc}", file=sys.stderr)
-        return 2, None
-    finally:
-        if dist.is_initialized():
-            dist.destroy_process_group()
+    return EXIT_STOPPED if result.get("stopped") else EXIT_OK

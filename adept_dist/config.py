@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters import METHODS
+from .errors import UserError
 from .tasks import TASKS
 
 
-class ConfigError(ValueError):
+class ConfigError(UserError, ValueError):
     """A bad option; the message names it and says how to fix it."""
 
 
@@ -89,6 +90,10 @@ class DataConfig:
     max_new_tokens: int | None = opt(None, "tokens generated per example at evaluation; default: the task's")
     max_eval_samples: int | None = opt(None, "evaluate on at most this many examples per split")
     allow_code_execution: bool = opt(False, "let MBPP's pass@1 run the generated programs (resource-limited)")
+
+    def global_batch(self, world: int) -> int:
+        """Examples per optimizer step over all ranks."""
+        return self.micro_batch_size * self.grad_accum * world
 
 
 @dataclass
@@ -233,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
             names = [f"--{f.name}"]
             if f.name == "ds_config":
                 names.append("--deepspeed_config")
-            kw: dict = {"help": f"{f.metadata['help']} (default: {f.default})", "dest": f.name}
+            kw: dict = {"help": help_text(f), "dest": f.name}
             if tp is bool:
                 kw["action"] = argparse.BooleanOptionalAction
             else:
@@ -242,6 +247,15 @@ def build_parser() -> argparse.ArgumentParser:
                     kw["choices"] = f.metadata["choices"]
             group.add_argument(*names, **kw)
     return p
+
+
+def help_text(f: dataclasses.Field) -> str:
+    """The field's doc and its default, said once: a doc that explains its default keeps it, and a
+    None default without explanation says nothing more."""
+    doc = f.metadata["help"]
+    if "default" in doc or f.default is None:
+        return doc
+    return f"{doc} (default: {f.default})"
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[Config, int | None]:
@@ -261,11 +275,11 @@ def make_config(values: dict) -> Config:
             raise ConfigError(f"unknown option {name!r} (see --help for the options)")
         section = getattr(cfg, sec)
         setattr(section, name, _check_value(name, value, type(section)))
-    validate(cfg)
+    check_config(cfg)
     return cfg
 
 
-def validate(cfg: Config) -> None:
+def check_config(cfg: Config) -> None:
     """Cross-field checks and defaults that depend on other fields."""
     a, d, o, r = cfg.adapter, cfg.data, cfg.optim, cfg.run
     if cfg.model.quant == "int8":

@@ -18,9 +18,10 @@ from pathlib import Path
 import torch
 
 from .adapters import IGNORE_INDEX
+from .errors import UserError
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad data; the message names the file and row and says how to fix it."""
 
 

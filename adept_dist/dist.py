@@ -1,6 +1,9 @@
-"""Everything that touches DeepSpeed: process group, the DeepSpeed JSON, the engine, gathers.
+"""Everything that touches DeepSpeed: process group, the DeepSpeed JSON, the engines, gathers,
+and what ZeRO attaches to parameters (``ds_numel``, ``ds_tensor``).
 
-This and ``trainer.py`` are the only modules that import deepspeed.
+This and ``loader.py`` (the layerwise loader, which partitions each layer with
+``deepspeed.zero.Init``) are the only modules that import deepspeed; the DeepSpeed JSON is read
+and resolved here only (``read_ds_config``, ``resolve_ds_config``, ``inference_ds_config``).
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ class Dist:
         return self.rank == 0
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port that is free on this machine now (for a rendezvous on 127.0.0.1)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -45,7 +49,7 @@ def init_distributed(local_rank: int | None = None) -> Dist:
 
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:  # plain python: world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(_free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))
     if local_rank is None or local_rank < 0:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
     acc = get_accelerator()
@@ -62,10 +66,9 @@ def init_distributed(local_rank: int | None = None) -> Dist:
 
 def unlink_shm_buffer() -> None:
     """DeepSpeed's CPU shared-memory allreduce creates /dev/shm/deepspeed_allreduce_buffer_{uid}_
-    {addr}_{port}_{rank} (66 MB per rank) and never removes it: every CPU job left its buffers in
-    RAM (measured here: 20 GB of /dev/shm after a day of test runs). Each rank maps every peer's
-    buffer while the process group starts, so once all ranks are past that (the barrier), each can
-    unlink its own name; the mappings stay valid until the processes end."""
+    {addr}_{port}_{rank} (66 MB per rank) and never removes it. Each rank maps every peer's buffer
+    while the process group starts, so once all ranks are past that (the barrier), each can unlink
+    its own name; the mappings stay valid until the processes end."""
     if dist.get_world_size() == 1:
         return
     dist.barrier()
@@ -77,8 +80,7 @@ def unlink_shm_buffer() -> None:
 
 def share_cpu_cores(world: int) -> None:
     """CPU ranks on one machine must split its cores: with every rank running as many threads as
-    there are cores, OpenMP threads spin against each other (measured: 8x slower at 2 ranks on 2
-    cores). An explicit OMP_NUM_THREADS is left alone."""
+    there are cores, OpenMP threads spin against each other. An explicit OMP_NUM_THREADS is left alone."""
     if "OMP_NUM_THREADS" in os.environ:
         return
     local = int(os.environ.get("LOCAL_WORLD_SIZE") or os.environ.get("LOCAL_SIZE") or world)
@@ -99,9 +101,8 @@ def _fill(section: dict, key: str, value, where: str) -> None:
         )
 
 
-def resolve_ds_config(path: str, cfg: Config, world: int) -> dict:
-    """Read the DeepSpeed JSON and fill its 'auto' values from the run config (the one place this
-    happens). The optimizer and schedule are always built by adept-dist (two parameter groups)."""
+def read_ds_config(path: str) -> dict:
+    """The DeepSpeed JSON at `path` (or at that path inside this checkout, for ds_configs/...)."""
     p = Path(path)
     if not p.is_file():
         repo_copy = Path(__file__).resolve().parent.parent / path
@@ -111,15 +112,25 @@ def resolve_ds_config(path: str, cfg: Config, world: int) -> dict:
             )
         p = repo_copy
     try:
-        ds = json.loads(p.read_text())
+        return json.loads(p.read_text())
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"DeepSpeed config {p} is not valid JSON ({exc.msg} at line {exc.lineno}); comments are not allowed"
         ) from None
+
+
+def zero_stage(ds: dict) -> int:
+    return ds.get("zero_optimization", {}).get("stage", 0)
+
+
+def resolve_ds_config(path: str, cfg: Config, world: int) -> dict:
+    """Read the DeepSpeed JSON and fill its 'auto' values from the run config (the one place this
+    happens). The optimizer and schedule are always built by adept-dist (two parameter groups)."""
+    ds = read_ds_config(path)
     d, o = cfg.data, cfg.optim
     _fill(ds, "train_micro_batch_size_per_gpu", d.micro_batch_size, "")
     _fill(ds, "gradient_accumulation_steps", d.grad_accum, "")
-    _fill(ds, "train_batch_size", d.micro_batch_size * d.grad_accum * world, "")
+    _fill(ds, "train_batch_size", d.global_batch(world), "")
     _fill(ds, "gradient_clipping", o.grad_clip, "")
     opt = ds.pop("optimizer", None)
     if opt is not None:
@@ -153,8 +164,44 @@ def resolve_ds_config(path: str, cfg: Config, world: int) -> dict:
     return ds
 
 
+def inference_ds_config(path: str, batch_size: int, world: int, bf16: bool) -> dict | None:
+    """The DeepSpeed JSON for prediction: ZeRO-3 partitions the frozen model over the ranks
+    (gathered layer by layer in each forward); None for stage 0-2 (the model stays replicated).
+    No optimizer, no schedule, no clipping."""
+    ds = read_ds_config(path)
+    if zero_stage(ds) != 3:
+        return None
+    for key in ("optimizer", "scheduler", "gradient_clipping"):
+        ds.pop(key, None)
+    ds.update(
+        train_micro_batch_size_per_gpu=batch_size,
+        gradient_accumulation_steps=1,
+        train_batch_size=batch_size * world,
+        steps_per_print=10**9,
+    )
+    ds["bf16"] = {"enabled": bf16}
+    return ds
+
+
+def build_inference_engine(model: torch.nn.Module, ds: dict):
+    import deepspeed
+
+    engine, *_ = deepspeed.initialize(model=model, config=ds)
+    return engine
+
+
 def is_zero3_param(p: torch.nn.Parameter) -> bool:
     return hasattr(p, "ds_id")
+
+
+def full_numel(p: torch.nn.Parameter) -> int:
+    """Elements of the whole parameter (a ZeRO-3 partitioned one holds an empty placeholder)."""
+    return getattr(p, "ds_numel", p.numel())
+
+
+def local_numel(p: torch.nn.Parameter) -> int:
+    """Elements this rank holds (its ZeRO-3 partition, or the whole parameter)."""
+    return p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel()
 
 
 def gathered(params, modifier_rank: int | None = None):
@@ -185,6 +232,19 @@ def full_fp32_state(named_params) -> dict[str, torch.Tensor]:
         full = safe_get_full_fp32_param(p)
         out[name] = (full if full is not None else p.detach()).float().cpu().clone()
     return out
+
+
+def full_grad_norm(params) -> float:
+    """Global norm of the reduced gradients of trainable parameters, read after backward and before
+    the optimizer step, whatever the ZeRO partitioning (collective: every rank must call)."""
+    from deepspeed.utils import safe_get_full_grad
+
+    squares = torch.zeros((), dtype=torch.float64)
+    for p in params:
+        grad = safe_get_full_grad(p)
+        if grad is not None:
+            squares += grad.double().pow(2).sum().cpu()
+    return squares.sqrt().item()
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

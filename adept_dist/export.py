@@ -11,14 +11,13 @@ adapter is never silently read with other maths.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .adapters import PromptAdapter, build_adapter
+from .errors import UserError
+from .fileio import replace_folder, temp_folder_for
 
 FORMAT = "adept-dist-adapter"
 FORMAT_VERSION = 1
@@ -28,7 +27,7 @@ CONFIG = "adapter_config.json"
 MERGE_INFO = "adept_merge.json"  # marks a merged export (see merge.py)
 
 
-class AdapterFileError(ValueError):
+class AdapterFileError(UserError, ValueError):
     """A missing, corrupt or incompatible adapter; the message says which and why."""
 
 
@@ -47,40 +46,19 @@ def adapter_config(adapter: PromptAdapter, **extra) -> dict:
     }
 
 
-def make_readable(folder: Path) -> None:
-    """mkdtemp folders (and files written into them) are private (0700/0600): give the folder and
-    its files the modes a plain mkdir/open would have under the umask, for colleagues and jobs."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for p in folder.iterdir():
-        if p.is_file():
-            os.chmod(p, 0o666 & ~umask)
-
-
 def save_adapter(out_dir: str | Path, state: dict[str, torch.Tensor], config: dict) -> Path:
     """Write the two files into out_dir atomically (a temp folder renamed into place)."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = temp_folder_for(out)
     save_file(
         {k: v.detach().float().contiguous().cpu() for k, v in state.items()},
         str(tmp / WEIGHTS),
         metadata={"format": FORMAT},
     )
     (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    make_readable(tmp)
-    if out.exists():
-        old = out.with_name(f".{out.name}-old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
-    return out
+    return replace_folder(tmp, out)
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict:

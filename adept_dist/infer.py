@@ -1,20 +1,16 @@
-"""Predictions from a trained adapter or a merged export (``launch/predict.py``), and the batched,
-rank-sharded decoding loop that evaluation uses too.
+"""Predictions from a trained adapter or a merged export: the ``adept-predict`` command
+(``launch/predict.py``).
 
     python launch/predict.py --adapter runs/rte/adapter --input rows.jsonl --output preds.jsonl
     deepspeed --num_gpus 8 launch/predict.py --adapter ... (ZeRO-3: the backbone is partitioned)
 
-Batches are cut from the rows sorted by length and dealt round-robin to the ranks, so every batch,
-and so every prediction (sampled ones too: each batch draws from its own seeded generator), is the
-same at any number of ranks. Under ZeRO-3 every forward is collective: all ranks run the same
-number of rounds (a rank out of rows runs a dummy batch) and stop generating together.
+Rows are decoded by ``evaluation.decode_examples`` (length-sorted batches dealt round-robin to
+the ranks), so predictions, sampled ones too, are the same at any number of ranks.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import os
 import sys
 from dataclasses import dataclass
@@ -22,102 +18,20 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
-from .adapters import IGNORE_INDEX
-from .data import DataError, Example, collate
-from .dist import Dist, all_reduce_sum
+from .backbone import DTYPES, load_backbone, load_config, load_tokenizer, resolve_compute_dtype
+from .data import DataError, Example, read_records
+from .dist import Dist, build_inference_engine, full_numel, inference_ds_config, local_numel
+from .errors import EXIT_USER_ERROR, guarded
+from .evaluation import decode_examples, gather_to_main
+from .export import CONFIG, MERGE_INFO, AdapterFileError, load_adapter, read_adapter_config
+from .fileio import write_jsonl
+from .merge import load_merged_prompt, read_merge_info, resolve_base_model
 from .model import AdeptLM, Sampling
+from .run import log0
+from .tasks import TASKS
 
 DEFAULT_MAX_NEW_TOKENS = 32
-
-
-# ----------------------------------------------------------------------------- the shared loop
-def rank_batches(examples: list[Example], batch_size: int, world: int, rank: int):
-    """This rank's (global batch number, example indices) and the rounds every rank runs."""
-    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), i))
-    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
-    return list(enumerate(batches))[rank::world], math.ceil(len(batches) / world)
-
-
-def batch_generator(seed: int, batch_number: int) -> torch.Generator:
-    return torch.Generator().manual_seed((seed * 1_000_003 + batch_number) % (2**63))
-
-
-@torch.no_grad()
-def decode_examples(
-    model: AdeptLM,
-    examples: list[Example],
-    pad_id: int,
-    eos_id: int,
-    d: Dist,
-    batch_size: int,
-    max_new_tokens: int,
-    sampling: Sampling | None = None,
-    seed: int = 0,
-    with_loss: bool = False,
-    desc: str = "predict",
-) -> tuple[list[tuple[int, list[int]]], torch.Tensor]:
-    """Generate after each example's source (its first `source_len` ids) on this rank's share.
-
-    Returns [(example index, generated ids up to EOS)] of this rank, and (summed target loss, target
-    tokens) over all ranks when `with_loss` (teacher-forced on the examples' targets)."""
-    mine, rounds = rank_batches(examples, batch_size, d.world, d.rank)
-
-    def finished(done: torch.Tensor, real: bool) -> bool:  # every rank's batch has ended
-        if d.world == 1:
-            return bool(done.all())
-        flag = torch.tensor([0.0 if (done.all() or not real) else 1.0], dtype=torch.float64)
-        return all_reduce_sum(flag).item() == 0
-
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(2, dtype=torch.float64)
-    out: list[tuple[int, list[int]]] = []
-    bar = tqdm(total=rounds, disable=not d.main, desc=desc, leave=False, dynamic_ncols=True, mininterval=2)
-    for r in range(rounds):
-        real = r < len(mine)
-        number, idx = mine[r] if real else (0, [0])
-        if with_loss:
-            batch = collate([examples[i] for i in idx], pad_id, None)
-            if not real:
-                batch["labels"].fill_(IGNORE_INDEX)
-            loss, ntok = model(**{k: v.to(d.device) for k, v in batch.items()})
-            if real:
-                sums += torch.stack([loss.double().cpu(), ntok.double().cpu()])
-        sources = [Example(examples[i].input_ids[: examples[i].source_len], 0, 0) for i in idx]
-        src = collate(sources, pad_id, None, left=True)
-        gen = model.generate(
-            src["input_ids"].to(d.device),
-            src["attention_mask"].to(d.device),
-            max_new_tokens,
-            eos_id,
-            finished=lambda done, real=real: finished(done, real),
-            sampling=sampling,
-            generator=batch_generator(seed, number),
-        )
-        if real:
-            for i, ids in zip(idx, gen.tolist()):
-                out.append((i, ids[: ids.index(eos_id)] if eos_id in ids else ids))
-        bar.update(1)
-    bar.close()
-    if with_loss:
-        all_reduce_sum(sums)
-    model.train(was_training)
-    return out, sums
-
-
-def gather_to_main(d: Dist, items: list, n: int) -> list | None:
-    """Every rank's [(index, value)] -> the values in index order on the main process (None elsewhere)."""
-    if d.world == 1:
-        parts = [items]
-    else:
-        parts = [None] * d.world
-        dist.all_gather_object(parts, items)
-    if not d.main:
-        return None
-    by_index = dict(p for part in parts for p in part)
-    return [by_index[i] for i in range(n)]
 
 
 # ----------------------------------------------------------------------------- predict.py
@@ -167,8 +81,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def read_inputs(path: str, task) -> list[tuple[dict, str]]:
     """(row, source text) for each row: its 'input' field, or the task's formatting of its raw fields."""
-    from .data import read_records
-
     if not Path(path).is_file():
         raise DataError(f"--input {path} not found: check the path")
     rows = read_records(path, columns=())
@@ -213,14 +125,10 @@ def encode_sources(texts: list[str], tokenizer, max_length: int, separator: str)
 def load_for_inference(args, d: Dist, log) -> Loaded:
     """Base model (from the adapter config, or --model) + adapter, or a merged export + its prompt;
     every compatibility check runs before the weights are loaded."""
-    from .backbone import DTYPES, load_backbone, load_config, load_tokenizer
-    from .export import CONFIG, MERGE_INFO, AdapterFileError, load_adapter, read_adapter_config
-    from .merge import load_merged_prompt, read_merge_info, resolve_base_model
-
     folder = Path(args.adapter)
     if not folder.is_dir():
         raise AdapterFileError(f"--adapter {folder} is not a folder: give OUT/adapter of a run, or a merged export")
-    dtype_name = args.compute_dtype if args.compute_dtype != "auto" else ("fp32" if d.device.type == "cpu" else "bf16")
+    dtype_name = resolve_compute_dtype(args.compute_dtype, d.device)
     merged = (folder / MERGE_INFO).is_file() and not (folder / CONFIG).is_file()
     if merged:
         info = read_merge_info(folder)
@@ -251,59 +159,15 @@ def load_for_inference(args, d: Dist, log) -> Loaded:
     )
 
 
-def partition(model: AdeptLM, ds_config: str, batch_size: int, world: int, dtype_bf16: bool):
-    """Put the model under a DeepSpeed engine: ZeRO-3 partitions the frozen backbone over the
-    ranks (gathered layer by layer in each forward); stage 0-2 leave it replicated (no engine)."""
-    import deepspeed
-
-    from .config import ConfigError
-
-    path = Path(ds_config)
-    if not path.is_file():
-        path = Path(__file__).resolve().parent.parent / ds_config
-    if not path.is_file():
-        raise ConfigError(f"DeepSpeed config {ds_config} not found: pass --ds_config ds_configs/zero3.json")
-    try:
-        ds = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"DeepSpeed config {path} is not valid JSON ({exc.msg})") from None
-    if ds.get("zero_optimization", {}).get("stage", 0) != 3:
-        return None
-    for key in ("optimizer", "scheduler"):
-        ds.pop(key, None)
-    ds.update(
-        train_micro_batch_size_per_gpu=batch_size,
-        gradient_accumulation_steps=1,
-        train_batch_size=batch_size * world,
-        steps_per_print=10**9,
-    )
-    ds["bf16"] = {"enabled": dtype_bf16}
-    ds.pop("gradient_clipping", None)
-    engine, *_ = deepspeed.initialize(model=model, config=ds)
-    return engine
-
-
 def local_share(model: torch.nn.Module) -> tuple[int, int]:
     """(elements this rank holds, elements of the whole model): ZeRO-3 keeps 1/world of each."""
-    held = sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in model.parameters())
-    whole = sum(getattr(p, "ds_numel", p.numel()) for p in model.parameters())
-    return held, whole
-
-
-def write_jsonl_atomic(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    params = list(model.parameters())
+    return sum(local_numel(p) for p in params), sum(full_numel(p) for p in params)
 
 
 def predict(args, d: Dist) -> dict:
-    from .tasks import TASKS
-
     def log(msg: str) -> None:
-        if d.main:
-            tqdm.write(f"[adept-dist] {msg}")
+        log0(d, msg)
 
     out = Path(args.output)
     if out.exists() and not args.overwrite:
@@ -329,8 +193,9 @@ def predict(args, d: Dist) -> dict:
     log(f"{len(rows)} rows ({truncated} inputs cut to --max_length {max_length}); up to {max_new} new tokens, "
         f"{'sampled' if sampling.do_sample else 'greedy'}, {d.world} rank(s)")  # fmt: skip
     if d.world > 1:
-        engine = partition(loaded.model, args.ds_config or "ds_configs/zero3.json", args.batch_size, d.world,
-                           next(loaded.model.backbone.parameters()).dtype == torch.bfloat16)  # fmt: skip
+        bf16 = next(loaded.model.backbone.parameters()).dtype == torch.bfloat16
+        ds = inference_ds_config(args.ds_config or "ds_configs/zero3.json", args.batch_size, d.world, bf16)
+        engine = build_inference_engine(loaded.model, ds) if ds is not None else None
         held, whole = local_share(loaded.model)
         log(f"ZeRO-3: rank 0 holds {held:,} of {whole:,} parameter elements" if engine else "model replicated")
     tok = loaded.tokenizer
@@ -341,7 +206,7 @@ def predict(args, d: Dist) -> dict:
     if d.main:
         out.parent.mkdir(parents=True, exist_ok=True)
         keep = [{k: v for k, v in r.items() if k != "_line"} for r, _ in rows]
-        write_jsonl_atomic(out, [{**r, "prediction": t} for r, t in zip(keep, texts)])
+        write_jsonl(out, [{**r, "prediction": t} for r, t in zip(keep, texts)])
         log(f"{len(texts)} predictions written to {out}")
     return {"rows": len(rows), "truncated": truncated}
 
@@ -352,13 +217,12 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     args = build_parser().parse_args(argv)
-    from .cli import guarded
     from .dist import init_distributed
 
     try:
         Sampling(args.do_sample, args.temperature, args.top_k, args.top_p)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     d = init_distributed(args.local_rank)
     return guarded(d.rank, lambda: predict(args, d))[0]

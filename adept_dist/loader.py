@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .backbone import ModelError, load_config
+from .backbone import ModelError, freeze, load_config
 
 SKIP_QUANT = ("lm_head",)  # transformers keeps the output head unquantised
 
@@ -39,8 +39,7 @@ def _units(model) -> list[tuple[str, nn.Module]]:
 
 def release_freed_memory() -> None:
     """Give the heap's freed pages back to the OS. glibc keeps the freed full-size tensors of each
-    unit in its arenas; without this the RSS grows by about one unit per unit (measured: 1.11 GB
-    instead of 0.65 GB after loading a 0.5 GB checkpoint at world size 2)."""
+    unit in its arenas; without this the RSS grows by about one unit per unit (README, "Speed and scale")."""
     import ctypes
     import ctypes.util
 
@@ -141,8 +140,7 @@ def load_layerwise(
                     fresh = type(module)(config=config)
                 _set_module(model, mod_name, fresh)
                 break
-    model.requires_grad_(False)
-    model.config.use_cache = False
+    freeze(model)
     if activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     log(f"loaded {len(units)} units layer by layer, each partitioned over the ranks as it was read")

@@ -15,16 +15,16 @@ safetensors weights.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 
 from .adapters import PromptAdapter
 from .backbone import ModelError, load_config, resolve_source
-from .export import MERGE_INFO, AdapterFileError, load_adapter, make_readable, read_adapter_config, read_tensors
+from .errors import EXIT_USER_ERROR, first_line
+from .export import MERGE_INFO, AdapterFileError, load_adapter, read_adapter_config, read_tensors
+from .fileio import replace_folder, temp_folder_for
 
 MERGE_FORMAT = "adept-dist-merged"
 MERGE_VERSION = 1
@@ -53,8 +53,9 @@ def model_folder(name: str) -> Path:
 
         return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
     except Exception as exc:  # noqa: BLE001 - any hub failure is one message
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"cannot fetch the files of {name!r} ({first}): give --model a local model folder") from None
+        raise ModelError(
+            f"cannot fetch the files of {name!r} ({first_line(exc)}): give --model a local model folder"
+        ) from None
 
 
 def weight_names(config) -> tuple[str, str, bool]:
@@ -135,8 +136,7 @@ def merge(adapter_dir: str, out_dir: str, model: str | None = None, log=print) -
     untie = tied or head_key is None  # the head is the original table: it must stay so
     head_key = head_key or head_name
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = temp_folder_for(out)
     try:
         for p in folder.iterdir():  # tokenizer, generation config, license...: everything but weights
             if p.is_file() and p.suffix not in WEIGHT_SUFFIXES and p.name not in (INDEX, "config.json"):
@@ -184,10 +184,7 @@ def merge(adapter_dir: str, out_dir: str, model: str | None = None, log=print) -
             "adapter": cfg,
         }
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        make_readable(tmp)
-        if out.exists():  # an empty folder
-            out.rmdir()
-        os.replace(tmp, out)
+        replace_folder(tmp, out)  # `out` is absent or an empty folder
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -232,10 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not args.merge:
         print("error: nothing to do: the adapter folder is already the unmerged export; pass --merge", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     try:
         merge(args.adapter, args.output, args.model)
     except (AdapterFileError, ModelError) as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_USER_ERROR
     return 0

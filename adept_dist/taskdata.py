@@ -19,6 +19,7 @@ from pathlib import Path
 import torch
 
 from .data import DataError, Example, encode, read_rows
+from .fileio import atomic_write
 from .tasks import Task
 
 CACHE_VERSION = 1  # bump when formatting or encoding changes
@@ -336,9 +337,7 @@ def save_cached(path: Path, data: TaskData) -> None:
 
     tensors, meta = pack(data)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    save_file(tensors, str(tmp), metadata={"taskdata": meta})
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={"taskdata": meta}))
 
 
 def prepare_main(task: Task | None, tokenizer, opts: dict, cache_dir: Path | None, log=print) -> TaskData:

@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
 
 def parse(argv=None):
@@ -83,12 +82,12 @@ def make_model(args, root: Path) -> float:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
+    from adept_dist.builtin import llama_shape
+
     folder = root / "model"
     if not (folder / "config.json").is_file():
-        cfg = LlamaConfig(
-            vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=int(args.hidden * 8 / 3 + 255) // 256 * 256,
-            num_hidden_layers=args.layers, num_attention_heads=max(1, args.hidden // 128), tie_word_embeddings=False,
-        )  # fmt: skip
+        shape = llama_shape(args.vocab, args.hidden, args.layers, heads=max(1, args.hidden // 128), max_positions=2048)
+        cfg = LlamaConfig(**shape, tie_word_embeddings=False)
         torch.manual_seed(0)
         LlamaForCausalLM(cfg).to(torch.bfloat16).save_pretrained(folder)  # checkpoints ship in bf16
     return sum(p.stat().st_size for p in folder.glob("*.safetensors")) / 2**20
@@ -105,7 +104,7 @@ def main(argv=None) -> int:
         size = make_model(args, root)
         results = {}
         for loader in ("transformers", "layerwise"):
-            from adept_dist.bench import free_port
+            from adept_dist.dist import free_port
 
             launcher = shutil.which("deepspeed") or str(Path(sys.executable).with_name("deepspeed"))
             cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "launch/bench_load.py"),

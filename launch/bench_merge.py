@@ -18,19 +18,16 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+import torch
 
-import torch  # noqa: E402
-
-from adept_dist.adapters import ADePT, PromptAdapter, adept_rank  # noqa: E402
-from adept_dist.backbone import DTYPES, load_backbone  # noqa: E402
-from adept_dist.merge import merged_table  # noqa: E402
-from adept_dist.model import AdeptLM  # noqa: E402
+from adept_dist.adapters import ADePT, PromptAdapter, adept_rank
+from adept_dist.backbone import DTYPES, load_backbone, resolve_compute_dtype
+from adept_dist.merge import merged_table
+from adept_dist.model import AdeptLM
 
 
 def parse(argv=None):
@@ -53,16 +50,11 @@ def parse(argv=None):
 def random_model(folder: Path, hidden: int, layers: int, vocab: int) -> str:
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=hidden,
-        intermediate_size=int(hidden * 8 / 3) // 64 * 64,
-        num_hidden_layers=layers,
-        num_attention_heads=max(1, hidden // 128),
-        num_key_value_heads=max(1, hidden // 128),
-        max_position_embeddings=4096,
-        tie_word_embeddings=False,
-    )
+    from adept_dist.builtin import llama_shape
+
+    heads = max(1, hidden // 128)
+    shape = llama_shape(vocab, hidden, layers, heads, intermediate=int(hidden * 8 / 3) // 64 * 64, max_positions=4096)
+    cfg = LlamaConfig(**shape, tie_word_embeddings=False)
     torch.manual_seed(0)
     LlamaForCausalLM(cfg).save_pretrained(folder)
     return str(folder)
@@ -86,7 +78,7 @@ def timed(fns: dict, repeats: int, sync) -> dict[str, float]:
 def main(argv=None) -> dict:
     args = parse(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dtype_name = args.compute_dtype if args.compute_dtype != "auto" else ("bf16" if device.type == "cuda" else "fp32")
+    dtype_name = resolve_compute_dtype(args.compute_dtype, device)
     dtype = DTYPES[dtype_name]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,8 +16,7 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from adept_dist.tasks import TASK_LIST  # noqa: E402
+from adept_dist.tasks import TASK_LIST
 
 FAMILIES = {"glue": "GLUE", "superglue": "SuperGLUE", "mrqa": "MRQA", "other": "Others"}
 

@@ -11,11 +11,8 @@ accepts input embeddings. The base model is the one in the adapter's config, or 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from adept_dist.merge import main  # noqa: E402
+from adept_dist.merge import main
 
 if __name__ == "__main__":
     sys.exit(main())

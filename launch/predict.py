@@ -11,11 +11,8 @@ each row's prediction written next to the row. Greedy by default; --do_sample --
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from adept_dist.infer import main  # noqa: E402
+from adept_dist.infer import main
 
 if __name__ == "__main__":
     sys.exit(main())

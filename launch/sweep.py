@@ -21,10 +21,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from adept_dist.adapters import METHODS
+from adept_dist.tasks import TASKS
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
-from adept_dist.adapters import METHODS  # noqa: E402
-from adept_dist.tasks import TASKS  # noqa: E402
 
 
 def parse_list(text: str, known=None, what: str = "") -> list[str]:

@@ -9,11 +9,8 @@ With no --model and no data it trains the built-in tiny model on the built-in ta
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
-from adept_dist.cli import main  # noqa: E402
+from adept_dist.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

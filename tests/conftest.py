@@ -4,13 +4,14 @@ downloaded), and helpers to run the real CLI under the deepspeed launcher."""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+
+from adept_dist.dist import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -22,6 +23,15 @@ def _adept_home(tmp_path_factory):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def tiny_shape(vocab_size: int, hidden: int = 64, layers: int = 2, max_positions: int = 512) -> dict:
+    """Size arguments of the tests' tiny LLaMA-layout models: 4 heads, GQA (2 KV heads), MLP 2 x hidden."""
+    from adept_dist.builtin import llama_shape
+
+    return llama_shape(
+        vocab_size, hidden, layers, heads=4, kv_heads=2, intermediate=2 * hidden, max_positions=max_positions
+    )
+
+
 def save_tiny_llama(path: Path, seed: int = 0, hidden: int = 64, layers: int = 2, tie: bool = False) -> Path:
     """A random tiny LLaMA (GQA, 2 layers) with the built-in word-level tokenizer, saved to `path`."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -30,13 +40,7 @@ def save_tiny_llama(path: Path, seed: int = 0, hidden: int = 64, layers: int = 2
 
     tok = build_tokenizer()
     cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
+        **tiny_shape(len(tok), hidden, layers),
         tie_word_embeddings=tie,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
@@ -58,12 +62,6 @@ def tokenizer(tiny_model_dir):
     from adept_dist.backbone import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def run_cmd(args: list[str], timeout: int = 600, **kw) -> subprocess.CompletedProcess:

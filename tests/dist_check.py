@@ -1,6 +1,6 @@
 """Run under `deepspeed --num_gpus N` (CPU, gloo) by tests/test_distributed.py.
 
-Builds a run through the real code path (adept_dist.trainer.build / setup_engine) with an NF4
+Builds a run through the real code path (adept_dist.build.prepare / assemble) with an NF4
 backbone under ZeRO-3, and BEFORE DeepSpeed touches it computes a single-process reference on
 each rank: the same global batch (every micro-batch of every rank), the adapter cast to the compute
 dtype exactly as DeepSpeed's module holds it, loss summed over target tokens / N, fp32 gradient
@@ -24,11 +24,12 @@ def main() -> None:
     from deepspeed.utils import safe_get_full_grad
 
     from adept_dist.backbone import DTYPES, load_backbone
+    from adept_dist.build import assemble, prepare
     from adept_dist.config import make_config
     from adept_dist.data import collate, step_batches
     from adept_dist.dist import init_distributed
     from adept_dist.model import AdeptLM
-    from adept_dist.trainer import build, forward_backward, setup_engine
+    from adept_dist.trainer import forward_backward
 
     d = init_distributed()
     cfg = make_config(
@@ -45,22 +46,22 @@ def main() -> None:
             "warmup_steps": 1,
         }
     )
-    run = build(cfg, d)
+    parts = prepare(cfg, d)
     with torch.no_grad():  # at init B = b = 0 and A, a get no gradient: move off init so all five are tested
         g = torch.Generator().manual_seed(1)
-        for p in (run.model.adapter.B, run.model.adapter.b):
+        for p in (parts.model.adapter.B, parts.model.adapter.b):
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
     # ---- single-process reference, no DeepSpeed, no communication
     backbone = load_backbone(model_dir, "nf4", d.device, dtype=DTYPES[dtype])
-    ref = AdeptLM(backbone, copy.deepcopy(run.model.adapter).to(DTYPES[dtype]))
+    ref = AdeptLM(backbone, copy.deepcopy(parts.model.adapter).to(DTYPES[dtype]))
     grads = {n: torch.zeros(p.shape) for n, p in ref.adapter.named_parameters()}
     loss_sum, n_target = 0.0, 0
     for r in range(d.world):
-        mine, global_idx = step_batches(run.stream, 0, 3, 2, d.world, r)
-        n_target = sum(run.train[i].n_target for i in global_idx)
+        mine, global_idx = step_batches(parts.stream, 0, 3, 2, d.world, r)
+        n_target = sum(parts.train_examples[i].n_target for i in global_idx)
         for idx in mine:
-            loss, _ = ref(**collate([run.train[i] for i in idx], run.tokenizer.pad_token_id))
+            loss, _ = ref(**collate([parts.train_examples[i] for i in idx], parts.tokenizer.pad_token_id))
             (loss / n_target).backward()
             loss_sum += loss.item()
             for n, p in ref.adapter.named_parameters():
@@ -70,7 +71,7 @@ def main() -> None:
     del ref
 
     # ---- the real distributed step
-    setup_engine(run)
+    run = assemble(parts)
     engine = run.engine
     zero_stage = engine.zero_optimization_stage()
     rec = forward_backward(run)

@@ -164,12 +164,11 @@ def test_ffn_on_distinct_ids_gives_the_same_outputs_and_gradients(train_mode):
     per-token masks) and without. Only summation order differs (fp32): measured max difference
     3.8e-6 on A's gradient of magnitude up to 25 (1.5e-7 relative), hence rtol 1e-6, atol 1e-5."""
     torch.manual_seed(0)
-    ad = build_adapter("adept", 4, 32, dropout=0.3)
+    ad = build_adapter("adept", 4, 32, dropout=0.3, distinct_ids_in_training=True)  # opt-in with gradients on
     with torch.no_grad():
         ad.B.normal_(0, 0.5)
         ad.b.normal_(0, 0.1)
     ad.train(train_mode)
-    ad.distinct_ids_in_training = True  # with gradients on, the distinct-id path is opt-in
     table = torch.randn(50, 32)
     ids = torch.randint(0, 10, (3, 7))  # many repeats among 21 tokens
     mask = torch.ones_like(ids)

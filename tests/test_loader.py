@@ -51,9 +51,9 @@ def test_missing_tensor_is_one_clear_error(tmp_path, tiny_model_dir):
 
 
 def test_layerwise_needs_zero3(tmp_path, tiny_model_dir):
+    from adept_dist.build import build
     from adept_dist.config import ConfigError, make_config
     from adept_dist.dist import Dist
-    from adept_dist.trainer import build
 
     cfg = make_config({"loader": "layerwise", "ds_config": "ds_configs/zero2.json", "output_dir": str(tmp_path / "o"),
                        "compute_dtype": "fp32"})  # fmt: skip

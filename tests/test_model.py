@@ -9,9 +9,12 @@ import torch
 
 from adept_dist.adapters import build_adapter
 from adept_dist.backbone import ModelError, load_backbone, load_config, load_tokenizer
+from adept_dist.build import check_trainable
 from adept_dist.data import Example, collate
 from adept_dist.model import AdeptLM
-from adept_dist.trainer import TrainError, check_trainable, trainable_groups
+from adept_dist.optim import trainable_groups
+from adept_dist.run import TrainError
+from tests.conftest import tiny_shape
 
 ADAPTER_NAMES = {"adapter.prompt", "adapter.A", "adapter.a", "adapter.B", "adapter.b"}
 
@@ -256,15 +259,7 @@ def test_llama_layout_families_train_in_nf4(tmp_path, family):
     from transformers import MistralConfig, MistralForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     cls, cfg_cls = {"mistral": (MistralForCausalLM, MistralConfig), "qwen2": (Qwen2ForCausalLM, Qwen2Config)}[family]
-    cfg = cfg_cls(
-        vocab_size=96,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-    )
+    cfg = cfg_cls(**tiny_shape(96, hidden=64, layers=2, max_positions=256))
     torch.manual_seed(0)
     cls(cfg).save_pretrained(tmp_path / family)
     backbone = load_backbone(str(tmp_path / family), "nf4", torch.device("cpu"))
@@ -279,8 +274,8 @@ def test_llama_layout_families_train_in_nf4(tmp_path, family):
 def test_prompt_init_text_vocab_normal(tokenizer):
     """METHOD.md: text init copies E at the init text's ids, repeated/truncated to m; vocab init
     copies random vocabulary rows; normal init draws at the table's scale."""
+    from adept_dist.build import prompt_init_rows
     from adept_dist.config import make_config
-    from adept_dist.trainer import prompt_init_rows
 
     torch.manual_seed(0)
     emb = torch.nn.Embedding(len(tokenizer), 32)
@@ -293,3 +288,20 @@ def test_prompt_init_text_vocab_normal(tokenizer):
     assert all(any(torch.equal(r, e) for e in emb.weight.detach()) for r in vocab_rows)
     normal = prompt_init_rows(make_config({"prompt_init": "normal"}), emb, tokenizer, 200)
     assert normal.std().item() == pytest.approx(emb.weight.std().item(), rel=0.1)
+
+
+def test_nonfinite_check_covers_the_gradient_norm():
+    """A finite loss whose backward overflowed (an inf gradient) is caught before the optimizer
+    step, as a NaN loss is; finite gradients pass."""
+    from types import SimpleNamespace
+
+    from adept_dist.trainer import nonfinite
+
+    adapter = build_adapter("adept", 4, 32)
+    for p in adapter.parameters():
+        p.grad = torch.ones_like(p)
+    run = SimpleNamespace(model=SimpleNamespace(adapter=adapter))
+    assert nonfinite(1.5, run) is None
+    adapter.B.grad[0, 0] = float("inf")
+    assert nonfinite(1.5, run) == "gradient norm inf"
+    assert nonfinite(float("nan"), run) == "loss nan"

@@ -1,0 +1,240 @@
+"""Build a run. The build order, fixed and written down once:
+
+    output folder check -> model and data sources (the built-in demo where none is given) ->
+    tokenizer + data (the main process loads, the other ranks receive) -> DeepSpeed JSON resolved,
+    loader chosen -> config.json and ds_config.json written -> backbone (quantized, frozen;
+    layerwise under ZeRO-3) -> adapter (seeded, the same on every rank; prompt init or
+    --init_adapter) -> validate the trainable set -> optimizer and schedule ->
+    deepspeed.initialize -> resume state -> metrics log
+
+``prepare`` runs it up to the validated model (``RunParts``: no DeepSpeed engine yet);
+``assemble`` starts the engine and resumes, returning a whole ``Run``; ``build`` is both.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from . import builtin, taskdata
+from .adapters import PromptAdapter, build_adapter
+from .backbone import DENSE_TYPES, DTYPES, load_backbone, load_config, load_tokenizer, resolve_compute_dtype
+from .checkpoint import resume_state
+from .config import Config, ConfigError
+from .data import DataError, make_stream
+from .dist import Dist, broadcast_packed, build_engine, gathered, resolve_ds_config, zero_stage
+from .export import load_adapter
+from .fileio import write_json
+from .loader import load_layerwise
+from .model import AdeptLM
+from .optim import make_optimizer
+from .run import MetricsLog, Run, RunParts, TrainError, log0
+from .tasks import TASKS
+
+
+def build(cfg: Config, d: Dist) -> Run:
+    return assemble(prepare(cfg, d))
+
+
+def prepare(cfg: Config, d: Dist) -> RunParts:
+    """Everything before DeepSpeed: folder, data, backbone, adapter (collective)."""
+    cfg.model.compute_dtype = resolve_compute_dtype(cfg.model.compute_dtype, d.device)
+    out = Path(cfg.run.output_dir)
+    check_output_dir(out, cfg.run.resume)
+    dist.barrier()  # every rank has looked before the main one writes
+    if d.main:
+        out.mkdir(parents=True, exist_ok=True)
+
+    model_name, files = sources(cfg, d)
+    model_type = load_config(model_name).model_type  # refuse a missing or non-decoder model before reading data
+    if not d.main:  # one progress bar per job, not per rank
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+    tokenizer = load_tokenizer(model_name)
+    data = load_data(cfg, d, tokenizer, files)
+
+    ds_config = resolve_ds_config(cfg.run.ds_config, cfg, d.world)
+    cfg.model.loader = choose_loader(cfg.model.loader, zero_stage(ds_config) == 3, model_type, cfg.run.ds_config)
+    if d.main:  # what actually runs: the resolved options and DeepSpeed JSON
+        record = cfg.to_dict()
+        record["model"]["model"] = model_name
+        write_json(out / "config.json", record)
+        write_json(out / "ds_config.json", ds_config)
+
+    dtype = DTYPES[cfg.model.compute_dtype]
+    mc = cfg.model
+    if mc.loader == "layerwise":
+        backbone = load_layerwise(model_name, mc.quant, d.device, dtype, ds_config, mc.attn_implementation,
+                                  mc.activation_checkpointing, log=lambda m: log0(d, m))  # fmt: skip
+    else:
+        backbone = load_backbone(model_name, mc.quant, d.device, mc.attn_implementation,
+                                 mc.activation_checkpointing, dtype)  # fmt: skip
+    adapter = make_adapter(cfg, backbone, tokenizer, model_name)
+    # DeepSpeed casts a module to its compute dtype unless the module is already ZeRO-partitioned
+    # (the layerwise loader's): then the adapter gets the same cast here (fp32 masters stay in the optimizer)
+    adapter.to(d.device, dtype=dtype if mc.loader == "layerwise" else None)
+    model = AdeptLM(backbone, adapter)
+    check_trainable(model)
+    a = cfg.adapter
+    log0(
+        d,
+        f"{a.method}: m={adapter.m} r={getattr(adapter, 'r', '-')} d={adapter.d}, "
+        f"{sum(p.numel() for p in adapter.parameters()):,} trainable parameters; backbone {mc.quant}, frozen",
+    )
+    lengths = [len(e.input_ids) for e in data.train]
+    window = 0 if a.method == "dept" else cfg.data.group_window  # DePT pads every batch to max_length anyway
+    stream = make_stream(lengths, cfg.optim.seed, cfg.data.global_batch(d.world), window)
+    return RunParts(cfg, d, out, tokenizer, data, model, stream, ds_config, cfg.model.model or "builtin")
+
+
+def assemble(parts: RunParts) -> Run:
+    """deepspeed.initialize around the model, then the resume state (collective)."""
+    optimizer, scheduler = make_optimizer(parts.model.adapter, parts.cfg.optim)
+    engine, _, _ = build_engine(parts.model, optimizer, scheduler, parts.ds_config)
+    fields = {k: getattr(parts, k) for k in RunParts.__dataclass_fields__}
+    run = Run(**fields, engine=engine, metrics=MetricsLog(parts.out / "metrics.jsonl", parts.d.main))
+    if run.cfg.run.resume:
+        resume_state(run)
+        run.metrics.drop_after(run.step)
+    return run
+
+
+# ----------------------------------------------------------------------------- the steps
+def check_output_dir(out: Path, resume: bool) -> None:
+    """Never overwrite earlier results: a non-empty folder needs --resume."""
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output_dir {out} is a file: choose a folder")
+    if out.is_dir() and any(out.iterdir()) and not resume:
+        raise ConfigError(
+            f"--output_dir {out} is not empty: pass --resume to continue that run, or choose a new --output_dir"
+        )
+
+
+def sources(cfg: Config, d: Dist) -> tuple[str, dict]:
+    """The model to load and the data files: the built-in demo's where none are given (built once
+    per machine, by one process per node)."""
+    dc = cfg.data
+    model_name = cfg.model.model
+    files = {"train_file": dc.train_file, "eval_file": dc.eval_file, "test_file": dc.test_file}
+    if model_name is None or (dc.train_file is None and dc.task is None):
+        if d.local_rank == 0:
+            builtin.ensure_builtin(log=lambda s: log0(d, s))
+        dist.barrier()
+        root = builtin.builtin_dir()
+        model_name = model_name or str(root / "model")
+        if dc.train_file is None and dc.task is None:
+            files = {"train_file": str(root / "train.jsonl"), "eval_file": str(root / "dev.jsonl")}
+    if cfg.model.model is None and dc.task is not None:
+        log0(d, f"warning: --task {dc.task} without --model runs the built-in tiny demo model, which knows only "
+                f"the demo's words: its scores mean nothing; pass --model for real results")  # fmt: skip
+    return model_name, files
+
+
+def choose_loader(option: str, zero3: bool, model_type: str, ds_path: str) -> str:
+    """layerwise or transformers. auto: layerwise under ZeRO-3 for the dense families its bitwise
+    test covers; MoE experts load through transformers."""
+    if option == "layerwise" and not zero3:
+        raise ConfigError(f"--loader layerwise partitions the backbone with ZeRO-3: {ds_path} is not stage 3")
+    if zero3 and (option == "layerwise" or (option == "auto" and model_type in DENSE_TYPES)):
+        return "layerwise"
+    return "transformers"
+
+
+def load_data(cfg: Config, d: Dist, tokenizer, files: dict) -> taskdata.TaskData:
+    """The main process loads, splits, formats and tokenises (or reads its cache); the other ranks
+    receive the token ids instead of redoing the work. An error on the main process reaches all."""
+    dc = cfg.data
+    opts = {
+        **files,
+        "data_dir": dc.data_dir,
+        "max_length": dc.max_length,
+        "separator": dc.separator,
+        "split_seed": dc.split_seed,
+        "validation_size": dc.validation_size,
+        "k_shot": dc.k_shot,
+        "seed": cfg.optim.seed,
+    }
+    task = TASKS[dc.task] if dc.task else None
+    tensors, meta, data, failure = None, None, None, None
+    if d.main:
+        try:
+            cache = Path(dc.cache_dir) if dc.cache_dir else builtin.home() / "tokenized"
+            data = taskdata.prepare_main(task, tokenizer, opts, cache, log=lambda m: log0(d, m))
+            tensors, meta = taskdata.pack(data) if d.world > 1 else ({}, "")
+        except Exception as exc:
+            failure = exc
+            tensors, meta = {}, json.dumps({"error": str(exc), "user": isinstance(exc, DataError)})
+    tensors, meta = broadcast_packed(tensors, meta, d.device)
+    if failure is not None:
+        raise failure
+    if meta and (err := json.loads(meta).get("error")) is not None:
+        raise (DataError if json.loads(meta)["user"] else RuntimeError)(f"{err} (reported by rank 0)")
+    if data is None:
+        data = taskdata.unpack(tensors, meta)
+    if dc.max_eval_samples:
+        for es in data.evals.values():
+            es.examples, es.refs = es.examples[: dc.max_eval_samples], es.refs[: dc.max_eval_samples]
+    sizes = ", ".join([f"train {len(data.train)}"] + [f"{k} {len(v.examples)}" for k, v in data.evals.items()])
+    trunc = sum(v for k, v in data.info.items() if k.endswith("_truncated"))
+    log0(d, f"data ({data.name}): {sizes} examples; {trunc} inputs truncated to max_length={dc.max_length}")
+    return data
+
+
+def make_adapter(cfg: Config, backbone, tokenizer, model_name: str) -> PromptAdapter:
+    """The adapter, initialised from the same seed on every rank: the prompt from --prompt_init,
+    or every tensor from --init_adapter."""
+    a = cfg.adapter
+    torch.manual_seed(cfg.optim.seed)  # identical adapter init on every rank
+    hidden = backbone.config.hidden_size
+    adapter = build_adapter(a.method, a.prompt_length, hidden, a.offset_rank, cfg.data.max_length, a.dropout)
+    adapter.init_prompt(prompt_init_rows(cfg, backbone.get_input_embeddings(), tokenizer, a.prompt_length))
+    if cfg.run.init_adapter:
+        init_from_adapter(adapter, cfg.run.init_adapter, backbone.config, model_name)
+    return adapter
+
+
+@torch.no_grad()
+def prompt_init_rows(cfg: Config, embedding: torch.nn.Embedding, tokenizer, m: int) -> torch.Tensor:
+    """(m, d) rows for the soft prompt: text init (repeated/truncated), random vocab rows, or normal.
+    Only the m rows needed leave the table (a 128k x 8k vocabulary is 4 GB in fp32)."""
+    a = cfg.adapter
+    g = torch.Generator().manual_seed(cfg.optim.seed)
+    vocab = min(embedding.num_embeddings, len(tokenizer))
+    if a.prompt_init == "vocab":
+        ids = torch.randint(0, vocab, (m,), generator=g)
+    elif a.prompt_init == "text":
+        text_ids = tokenizer(a.prompt_init_text, add_special_tokens=False).input_ids
+        if not text_ids:
+            raise ConfigError("--prompt_init_text tokenizes to nothing: give some text or use --prompt_init vocab")
+        ids = torch.tensor((text_ids * (m // len(text_ids) + 1))[:m])
+    with gathered([embedding.weight]):
+        weight = embedding.weight.detach()  # (V, d)
+        if a.prompt_init == "normal":
+            return torch.randn(m, weight.shape[1], generator=g) * weight.float().std().cpu()
+        return weight[ids.to(weight.device)].float().cpu().clone()
+
+
+def init_from_adapter(adapter: PromptAdapter, path: str, model_config, model_name: str) -> None:
+    """Start from an exported adapter (same method and shapes), e.g. to evaluate it with --max_steps 0."""
+    loaded, cfg = load_adapter(path, model_config, model_name)
+    mine = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in loaded.state_dict().items()}
+    if type(loaded) is not type(adapter) or mine != theirs:
+        raise ConfigError(
+            f"--init_adapter {path} is a {cfg['method']} adapter with tensors {theirs}, this run builds {mine}: "
+            f"use the same --method, --prompt_length and --offset_rank, on a model of the same hidden size"
+        )
+    adapter.load_state_dict(loaded.state_dict())
+
+
+def check_trainable(model: AdeptLM) -> None:
+    """The trainable parameters are exactly the adapter's (the backbone is frozen)."""
+    trainable = {id(p) for p in model.parameters() if p.requires_grad}
+    adapter = {id(p) for p in model.adapter.parameters()}
+    if trainable != adapter:
+        extra = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in adapter]
+        raise TrainError(f"trainable parameters differ from the adapter's: {extra[:5]}")

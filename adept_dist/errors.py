@@ -1,0 +1,39 @@
+"""User errors and exit codes, shared by every command line (train, predict, export).
+
+Every expected failure (a bad option, data file, model, adapter, checkpoint, or a run that cannot
+go on) is a subclass of ``UserError``, raised by the module that owns the concern. A command turns
+it into one line on stderr and exit code 2; anything else is a bug and keeps its traceback. This
+module imports nothing of the package, so every module may import it.
+"""
+
+from __future__ import annotations
+
+import sys
+
+EXIT_OK = 0
+EXIT_USER_ERROR = 2  # bad input: one line says what and how to fix it
+EXIT_STOPPED = 3  # stopped by SIGUSR1/SIGTERM after saving a checkpoint: rerun with --resume
+
+
+class UserError(Exception):
+    """A problem with the user's input or files; the message names it and the fix."""
+
+
+def first_line(exc: BaseException, limit: int | None = None) -> str:
+    """The first line of an exception's message (or its type's name), cut to `limit` characters."""
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]
+
+
+def guarded(rank: int, fn):
+    """(0, fn()) or, for a user error, (2, None) after printing it as one line; the process group
+    is torn down either way."""
+    import torch.distributed as dist
+
+    try:
+        return EXIT_OK, fn()
+    except UserError as exc:
+        print(f"error (rank {rank}): {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR, None
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
