@@ -43,6 +43,7 @@ CKPT_DIR = "checkpoints"
 META = "adept_meta.json"
 PREFIX = "step"
 CONSOLIDATED = "trainable_state.safetensors"
+ADAPTER_PREFIX = "adapter."  # AdeptLM.adapter: the trainable part of the engine's module
 
 
 class CheckpointError(UserError, RuntimeError):
@@ -105,17 +106,17 @@ def load_consolidated(engine, named_params, folder: Path, meta: dict) -> None:
 
 
 def load_trainable_only(src: dict, dst: torch.nn.Module) -> None:
-    """DeepSpeed's module load for our checkpoints (saved without the frozen backbone): the saved
-    names must be exactly the trainable parameters' (a non-strict load alone would ignore any
-    mismatch), then the backbone's absence is expected."""
-    trainable = {n for n, p in dst.named_parameters() if p.requires_grad}
-    if set(src) != trainable:
-        missing, unexpected = sorted(trainable - set(src)), sorted(set(src) - trainable)
+    """DeepSpeed's module load for our checkpoints. They are saved without the frozen parameters
+    but with what frozen layers add to a state dict (NF4 quantisation statistics, a tied head),
+    which stays as loaded. The saved adapter tensors must be exactly this run's trainable
+    parameters (a plain non-strict load would ignore any mismatch); only they are loaded."""
+    trainable = {n for n, p in dst.named_parameters() if p.requires_grad}  # the adapter's (build.check_trainable)
+    saved = {k for k in src if k.startswith(ADAPTER_PREFIX)}
+    if saved != trainable:
+        missing, unexpected = sorted(trainable - saved), sorted(saved - trainable)
         raise CheckpointError(f"its adapter tensors do not match this run's (missing {missing[:5]}, unexpected "
                               f"{unexpected[:5]}): it was written with another --method or adapter shape")  # fmt: skip
-    result = dst.load_state_dict(src, strict=False)
-    if result.unexpected_keys:
-        raise CheckpointError(f"unexpected tensors {result.unexpected_keys[:5]}")
+    dst.load_state_dict({k: src[k] for k in trainable}, strict=False)
 
 
 def resume(engine, named_params, root: Path, world: int, log) -> dict | None:

@@ -126,7 +126,7 @@ class RunConfig:
     keep_checkpoints: int = opt(2, "resume checkpoints kept (older ones are deleted)")
     nonfinite: str = opt(
         "stop",
-        "a NaN/inf loss: stop (error naming the step and samples) or skip (discard that update)",
+        "a NaN/inf loss or gradient norm: stop (error naming the step and samples) or skip (discard that update)",
         ("stop", "skip"),
     )
 

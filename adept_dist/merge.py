@@ -184,7 +184,9 @@ def merge(adapter_dir: str, out_dir: str, model: str | None = None, log=print) -
             "adapter": cfg,
         }
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2) + "\n")
-        replace_folder(tmp, out)  # `out` is absent or an empty folder
+        if out.exists():  # empty when checked above; rmdir refuses if anything was written there since
+            out.rmdir()
+        replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -161,14 +161,14 @@ def current_rss_mb() -> float:
 
 
 def device_and_dtype():
-    from adept_dist.backbone import DTYPES
+    from adept_dist.backbone import DTYPES, resolve_compute_dtype
 
     device = (
         torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     )
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    return device, DTYPES["bf16" if device.type == "cuda" else "fp32"]
+    return device, DTYPES[resolve_compute_dtype("auto", device)]
 
 
 def run_plain(mode: str, args, root: Path) -> dict:

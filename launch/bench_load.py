@@ -47,13 +47,13 @@ def worker(args) -> None:
     import deepspeed
     import torch
 
-    from adept_dist.backbone import DTYPES, load_backbone
-    from adept_dist.dist import init_distributed
+    from adept_dist.backbone import DTYPES, load_backbone, resolve_compute_dtype
+    from adept_dist.dist import full_numel, init_distributed, local_numel
     from adept_dist.loader import load_layerwise
 
     d = init_distributed(args.local_rank)
     root = Path(args.workdir)
-    dtype = DTYPES["bf16" if d.device.type == "cuda" else "fp32"]
+    dtype = DTYPES[resolve_compute_dtype("auto", d.device)]
     ds = {"train_micro_batch_size_per_gpu": 1, "train_batch_size": d.world, "zero_optimization": {"stage": 3},
           "bf16": {"enabled": dtype == torch.bfloat16}}  # fmt: skip
     before = status_mb("VmRSS")
@@ -69,8 +69,8 @@ def worker(args) -> None:
         "rss_before_mb": before,
         "peak_rss_mb": status_mb("VmHWM"),
         "rss_after_mb": status_mb("VmRSS"),
-        "local_elements": sum(p.ds_tensor.numel() for p in model.parameters()),
-        "whole_elements": sum(p.ds_numel for p in model.parameters()),
+        "local_elements": sum(local_numel(p) for p in model.parameters()),
+        "whole_elements": sum(full_numel(p) for p in model.parameters()),
     }
     rec["peak_minus_before_mb"] = rec["peak_rss_mb"] - before
     if d.device.type == "cuda":

@@ -113,6 +113,30 @@ def test_builtin_training_lowers_the_loss(tmp_path):
     assert last < 0.5 * first, (first, last)
 
 
+@pytest.mark.slow
+def test_config_json_records_what_ran(tmp_path):
+    """config.json holds the resolved options (the built-in model's folder instead of null, the
+    compute dtype and loader chosen for "auto") and ds_config.json the DeepSpeed JSON as it ran."""
+    from adept_dist.builtin import builtin_dir
+
+    out = tmp_path / "run"
+    proc = run_cmd([sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero3.json", "--output_dir", str(out),
+                    "--max_steps", "0", "--max_eval_samples", "8"])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["model"]["model"] == str(builtin_dir() / "model")
+    assert (cfg["model"]["compute_dtype"], cfg["model"]["loader"]) == ("fp32", "layerwise")  # CPU, ZeRO-3, llama
+    assert (cfg["optim"]["max_steps"], cfg["optim"]["lr_ffn"], cfg["adapter"]["prompt_length"]) == (0, 1e-3, 60)
+    ds = json.loads((out / "ds_config.json").read_text())
+    assert ds["zero_optimization"]["stage"] == 3 and ds["bf16"] == {"enabled": False}
+    assert (ds["train_micro_batch_size_per_gpu"], ds["gradient_accumulation_steps"], ds["train_batch_size"]) == (
+        8,
+        1,
+        8,
+    )
+    assert ds["gradient_clipping"] == 1.0
+
+
 @pytest.mark.dist
 @pytest.mark.slow
 def test_world2_zero3_run_export_resume(tmp_path):

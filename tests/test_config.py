@@ -101,3 +101,13 @@ def test_ds_config_conflicts_are_errors(tmp_path):
     path.write_text('{"bf16": {"enabled": true}, // comment\n}')
     with pytest.raises(ConfigError, match="not valid JSON"):
         resolve_ds_config(str(path), cfg, world=1)
+
+
+def test_help_says_each_default_once(capsys):
+    """A field whose doc explains its default shows no second "(default: ...)"; plain ones show theirs."""
+    with pytest.raises(SystemExit):
+        parse_config(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    assert "(default: None)" not in text
+    assert "default 60 (adept, dept) or 100 (pt)" in text and "100 (pt) (default" not in text
+    assert "learning rate of the soft prompt (default: 0.3)" in text

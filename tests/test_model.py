@@ -305,3 +305,21 @@ def test_nonfinite_check_covers_the_gradient_norm():
     adapter.B.grad[0, 0] = float("inf")
     assert nonfinite(1.5, run) == "gradient norm inf"
     assert nonfinite(float("nan"), run) == "loss nan"
+
+
+def test_checkpoint_module_load_checks_the_adapter_tensors(nf4_backbone):
+    """Resume's module load (checkpoint.load_trainable_only) on a state dict saved as DeepSpeed's
+    exclude_frozen_parameters saves it (frozen parameters dropped, the NF4 layers' quantisation
+    statistics kept): the adapter loads exactly; another method's tensors are refused by name."""
+    from adept_dist.checkpoint import CheckpointError, load_trainable_only
+
+    model = AdeptLM(nf4_backbone, perturbed_adept(64))
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    saved = {k: v.clone() for k, v in model.state_dict().items() if k not in frozen}
+    assert any(k.endswith(".absmax") for k in saved)  # what the frozen NF4 layers add
+    fresh = AdeptLM(nf4_backbone, perturbed_adept(64, seed=1))
+    load_trainable_only(saved, fresh)
+    for name, value in model.adapter.state_dict().items():
+        assert torch.equal(fresh.adapter.state_dict()[name], value), name
+    with pytest.raises(CheckpointError, match=r"missing \[\], unexpected \['adapter.A', 'adapter.B'"):
+        load_trainable_only(saved, AdeptLM(nf4_backbone, build_adapter("pt", 4, 64)))
