@@ -215,10 +215,14 @@ def gathered(params, modifier_rank: int | None = None):
 
 
 def build_engine(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
+    """deepspeed.initialize with DeepSpeed's own gradient clipping off: its norm is summed over the
+    ZeRO partitions, so it (and every update after a clipped step) changes in the last bits with
+    the number of ranks. The trainer clips the whole gradient itself (``gradient_clipping`` of the
+    resolved JSON, the run's --grad_clip)."""
     import deepspeed
 
     engine, optimizer, _, scheduler = deepspeed.initialize(
-        model=model, optimizer=optimizer, lr_scheduler=scheduler, config=ds_config
+        model=model, optimizer=optimizer, lr_scheduler=scheduler, config={**ds_config, "gradient_clipping": 0.0}
     )
     return engine, optimizer, scheduler
 
@@ -234,17 +238,37 @@ def full_fp32_state(named_params) -> dict[str, torch.Tensor]:
     return out
 
 
-def full_grad_norm(params) -> float:
-    """Global norm of the reduced gradients of trainable parameters, read after backward and before
-    the optimizer step, whatever the ZeRO partitioning (collective: every rank must call)."""
+def full_grads(params) -> list[torch.Tensor | None]:
+    """The whole reduced gradients of trainable parameters, read after backward and before the
+    optimizer step, whatever the ZeRO partitioning (collective: every rank must call). They are
+    the same bitwise at any number of ranks (each is assembled from its partitions)."""
     from deepspeed.utils import safe_get_full_grad
 
+    return [safe_get_full_grad(p) for p in params]
+
+
+def total_norm(grads: list[torch.Tensor | None]) -> float:
+    """The global L2 norm, summed in float64 in parameter order: the same at any world size."""
     squares = torch.zeros((), dtype=torch.float64)
-    for p in params:
-        grad = safe_get_full_grad(p)
+    for grad in grads:
         if grad is not None:
             squares += grad.double().pow(2).sum().cpu()
     return squares.sqrt().item()
+
+
+def scale_grads(params, grads: list[torch.Tensor | None], factor: float) -> None:
+    """Multiply the reduced gradients by `factor` before the optimizer step (gradient clipping).
+    ZeRO-3: each rank scales its own partition; ZeRO-0/1/2: the whole gradient from `full_grads`
+    is written back (each rank keeps its fragment). Element-wise, so exact at any world size."""
+    from deepspeed.utils import safe_get_local_grad, safe_set_full_grad, safe_set_local_grad
+
+    for p, grad in zip(params, grads):
+        if grad is None:
+            continue
+        if is_zero3_param(p):
+            safe_set_local_grad(p, safe_get_local_grad(p) * factor)
+        else:
+            safe_set_full_grad(p, grad * factor)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:

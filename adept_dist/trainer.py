@@ -23,8 +23,10 @@ from .dist import (
     adam_step_count,
     all_reduce_sum,
     consolidated_state,
-    full_grad_norm,
+    full_grads,
     restore_consolidated_state,
+    scale_grads,
+    total_norm,
 )
 from .evaluation import run_validation, score_test, write_results
 from .run import Run, TrainError, log0
@@ -83,20 +85,31 @@ def forward_backward(run: Run, stop: int = 0) -> dict:
     }
 
 
-def nonfinite(loss: float, run: Run) -> str | None:
+def nonfinite(loss: float, grad_norm: float) -> str | None:
     """What is NaN/inf before the optimizer steps: the loss, else the norm of the reduced adapter
-    gradients (a finite loss can still overflow in backward). Collective; None when all is finite."""
+    gradients (a finite loss can still overflow in backward). None when both are finite."""
     if not math.isfinite(loss):
         return f"loss {loss}"
-    norm = full_grad_norm(run.model.adapter.parameters())
-    return None if math.isfinite(norm) else f"gradient norm {norm}"
+    return None if math.isfinite(grad_norm) else f"gradient norm {grad_norm}"
+
+
+def clip_factor(grad_norm: float, max_norm: float) -> float | None:
+    """The factor that brings the gradient to `max_norm` (as torch.nn.utils.clip_grad_norm_), or None
+    when it is within it or clipping is off (max_norm 0)."""
+    if max_norm <= 0:
+        return None
+    factor = max_norm / (grad_norm + 1e-6)
+    return factor if factor < 1.0 else None
 
 
 def train_step(run: Run, stop: int = 0) -> dict:
     """One optimizer step; a non-finite loss or gradient norm is caught before the optimizer sees it."""
     rec = forward_backward(run, stop)
     lrs = run.engine.get_lr()
-    bad = nonfinite(rec["loss"], run)
+    params = list(run.model.adapter.parameters())
+    grads = full_grads(params)  # collective; the same at any number of ranks
+    grad_norm = total_norm(grads)
+    bad = nonfinite(rec["loss"], grad_norm)
     skipped = bad is not None
     if skipped:
         first = run.position
@@ -111,15 +124,16 @@ def train_step(run: Run, stop: int = 0) -> dict:
         run.engine.step()  # keeps DeepSpeed's bookkeeping (and the schedule) moving
         restore_consolidated_state(run.engine, named, before, adam_step)
     else:
+        if (factor := clip_factor(grad_norm, run.cfg.optim.grad_clip)) is not None:
+            scale_grads(params, grads, factor)  # DeepSpeed's own clipping is off (dist.build_engine)
         run.engine.step()
     run.position += rec.pop("samples")
     run.step += 1
-    grad_norm = run.engine.get_global_grad_norm()
     return {
         "loss": rec["loss"],
         "lr": lrs[0],
         "lr_offset": lrs[-1],
-        "grad_norm": None if grad_norm is None else float(grad_norm),
+        "grad_norm": grad_norm,  # before clipping
         "target_tokens": rec["target_tokens"],
         "input_tokens": rec["input_tokens"],
         "stop": rec["stop"],

@@ -290,21 +290,31 @@ def test_prompt_init_text_vocab_normal(tokenizer):
     assert normal.std().item() == pytest.approx(emb.weight.std().item(), rel=0.1)
 
 
-def test_nonfinite_check_covers_the_gradient_norm():
-    """A finite loss whose backward overflowed (an inf gradient) is caught before the optimizer
-    step, as a NaN loss is; finite gradients pass."""
-    from types import SimpleNamespace
-
-    from adept_dist.trainer import nonfinite
+def test_nonfinite_check_covers_the_gradient_norm_and_clipping_uses_it():
+    """The step's gradient norm is read from the reduced gradients before the optimizer step: an inf
+    gradient under a finite loss is caught as a NaN loss is; a finite norm above --grad_clip gives
+    the factor that brings it to grad_clip, as torch.nn.utils.clip_grad_norm_ does."""
+    from adept_dist.dist import full_grads, scale_grads, total_norm
+    from adept_dist.trainer import clip_factor, nonfinite
 
     adapter = build_adapter("adept", 4, 32)
-    for p in adapter.parameters():
-        p.grad = torch.ones_like(p)
-    run = SimpleNamespace(model=SimpleNamespace(adapter=adapter))
-    assert nonfinite(1.5, run) is None
+    params = list(adapter.parameters())
+    for p in params:
+        p.grad = torch.full_like(p, 0.5)
+    norm = total_norm(full_grads(params))
+    assert norm == pytest.approx(0.5 * sum(p.numel() for p in params) ** 0.5, rel=1e-12)
+    assert nonfinite(1.5, norm) is None and nonfinite(float("nan"), norm) == "loss nan"
+    factor = clip_factor(norm, 1.0)
+    reference = [torch.nn.Parameter(p.detach().clone()) for p in params]
+    for ref, p in zip(reference, params):
+        ref.grad = p.grad.clone()
+    torch.nn.utils.clip_grad_norm_(reference, 1.0)
+    scale_grads(params, full_grads(params), factor)
+    for p, ref in zip(params, reference):
+        torch.testing.assert_close(p.grad, ref.grad, rtol=1e-6, atol=0)
+    assert clip_factor(0.5, 1.0) is None and clip_factor(norm, 0.0) is None  # within the limit; clipping off
     adapter.B.grad[0, 0] = float("inf")
-    assert nonfinite(1.5, run) == "gradient norm inf"
-    assert nonfinite(float("nan"), run) == "loss nan"
+    assert nonfinite(1.5, total_norm(full_grads(params))) == "gradient norm inf"
 
 
 def test_checkpoint_module_load_checks_the_adapter_tensors(nf4_backbone):
