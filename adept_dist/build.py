@@ -2,10 +2,10 @@
 
     output folder check -> model and data sources (the built-in demo where none is given) ->
     tokenizer + data (the main process loads, the other ranks receive) -> DeepSpeed JSON resolved,
-    loader chosen -> config.json and ds_config.json written -> backbone (quantized, frozen;
-    layerwise under ZeRO-3) -> adapter (seeded, the same on every rank; prompt init or
-    --init_adapter) -> validate the trainable set -> optimizer and schedule ->
-    deepspeed.initialize -> resume state -> metrics log
+    loader chosen -> backbone (quantized, frozen; layerwise under ZeRO-3) -> adapter (seeded,
+    the same on every rank; prompt init or --init_adapter) -> validate the trainable set ->
+    optimizer and schedule -> deepspeed.initialize -> resume state -> config.json and
+    ds_config.json written (a start that fails before leaves no config.json behind)
 
 ``prepare`` runs it up to the validated model (``RunParts``: no DeepSpeed engine yet);
 ``assemble`` starts the engine and resumes, returning a whole ``Run``; ``build`` is both.
@@ -40,7 +40,8 @@ def build(cfg: Config, d: Dist) -> Run:
 
 
 def prepare(cfg: Config, d: Dist) -> RunParts:
-    """Everything before DeepSpeed: folder, data, backbone, adapter (collective)."""
+    """Everything before DeepSpeed: folder, data, backbone, adapter (collective). Nothing is
+    written into the output folder yet."""
     cfg.model.compute_dtype = resolve_compute_dtype(cfg.model.compute_dtype, d.device)
     out = Path(cfg.run.output_dir)
     check_output_dir(out, cfg.run.resume)
@@ -49,7 +50,8 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
         out.mkdir(parents=True, exist_ok=True)
 
     model_name, files = sources(cfg, d)
-    model_type = load_config(model_name).model_type  # refuse a missing or non-decoder model before reading data
+    model_config = load_config(model_name)  # refuse a missing or non-decoder model before reading data
+    check_positions(cfg, model_config, model_name)
     if not d.main:  # one progress bar per job, not per rank
         from transformers.utils import logging as hf_logging
 
@@ -58,12 +60,8 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     data = load_data(cfg, d, tokenizer, files)
 
     ds_config = resolve_ds_config(cfg.run.ds_config, cfg, d.world)
-    cfg.model.loader = choose_loader(cfg.model.loader, zero_stage(ds_config) == 3, model_type, cfg.run.ds_config)
-    if d.main:  # what actually runs: the resolved options and DeepSpeed JSON
-        record = cfg.to_dict()
-        record["model"]["model"] = model_name
-        write_json(out / "config.json", record)
-        write_json(out / "ds_config.json", ds_config)
+    zero3 = zero_stage(ds_config) == 3
+    cfg.model.loader = choose_loader(cfg.model.loader, zero3, model_config.model_type, cfg.run.ds_config)
 
     dtype = DTYPES[cfg.model.compute_dtype]
     mc = cfg.model
@@ -88,7 +86,7 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     lengths = [len(e.input_ids) for e in data.train]
     window = 0 if a.method == "dept" else cfg.data.group_window  # DePT pads every batch to max_length anyway
     stream = make_stream(lengths, cfg.optim.seed, cfg.data.global_batch(d.world), window)
-    return RunParts(cfg, d, out, tokenizer, data, model, stream, ds_config, cfg.model.model or "builtin")
+    return RunParts(cfg, d, out, tokenizer, data, model, stream, ds_config, cfg.model.model or "builtin", model_name)
 
 
 def assemble(parts: RunParts) -> Run:
@@ -100,6 +98,11 @@ def assemble(parts: RunParts) -> Run:
     if run.cfg.run.resume:
         resume_state(run)
         run.metrics.drop_after(run.step)
+    if run.d.main:  # only a run that could start writes what it runs: the resolved options and DeepSpeed JSON
+        record = run.cfg.to_dict()
+        record["model"]["model"] = run.model_path
+        write_json(run.out / "config.json", record)
+        write_json(run.out / "ds_config.json", run.ds_config)
     return run
 
 
@@ -132,6 +135,17 @@ def sources(cfg: Config, d: Dist) -> tuple[str, dict]:
         log0(d, f"warning: --task {dc.task} without --model runs the built-in tiny demo model, which knows only "
                 f"the demo's words: its scores mean nothing; pass --model for real results")  # fmt: skip
     return model_name, files
+
+
+def check_positions(cfg: Config, model_config, model_name: str) -> None:
+    """Every training sequence (m prompt vectors + up to --max_length tokens) must fit the model's positions."""
+    limit = getattr(model_config, "max_position_embeddings", None)
+    m, length = cfg.adapter.prompt_length, cfg.data.max_length
+    if limit is not None and m + length > limit:
+        raise ConfigError(
+            f"--prompt_length {m} + --max_length {length} = {m + length} positions, but model {model_name} has "
+            f"{limit}: lower --max_length or --prompt_length"
+        )
 
 
 def choose_loader(option: str, zero3: bool, model_type: str, ds_path: str) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from pathlib import Path
 
 from .adapters import METHODS
 from .errors import UserError
+from .fileio import refuse_duplicate_keys
 from .tasks import TASKS
 
 
@@ -186,6 +188,8 @@ def _check_value(name: str, value, cls: type):
         value = float(value)
     if tp is int and isinstance(value, bool) or not isinstance(value, tp):
         raise ConfigError(f"option {name} must be a {tp.__name__}, got {value!r} ({type(value).__name__})")
+    if tp is float and not math.isfinite(value):
+        raise ConfigError(f"option {name} must be a finite number, got {value}")
     choices = next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"option {name}={value!r} is not one of {', '.join(choices)}")
@@ -203,7 +207,7 @@ def load_config_file(path: str) -> dict:
 
             data = yaml.safe_load(text)
         else:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=refuse_duplicate_keys)
     except Exception as exc:  # noqa: BLE001 - any parse error becomes one clear line
         raise ConfigError(f"config file {path} is not valid {p.suffix[1:] or 'JSON'}: {exc}") from None
     if not isinstance(data, dict):

@@ -19,6 +19,7 @@ import torch
 
 from .adapters import IGNORE_INDEX
 from .errors import UserError
+from .fileio import refuse_duplicate_keys
 
 
 class DataError(UserError, ValueError):
@@ -32,39 +33,61 @@ class Example:
     source_len: int  # ids before the target: bos + input + separator
 
 
+def text_lines(p: Path, path: str) -> list[str]:
+    """The file's lines as UTF-8 text (a leading byte-order mark dropped, as Excel writes it); a
+    byte that is not UTF-8 is an error naming the line."""
+    lines = []
+    for lineno, raw in enumerate(p.read_bytes().splitlines(keepends=True), 1):
+        try:
+            lines.append(raw.decode("utf-8-sig" if lineno == 1 else "utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DataError(
+                f"{path}:{lineno}: not UTF-8 text (byte {raw[exc.start]:#04x} at column {exc.start + 1}): "
+                f"save the file as UTF-8"
+            ) from None
+    return lines
+
+
 def read_records(path: str, columns: tuple[str, ...] = ("input", "target")) -> list[dict]:
     """Parse a JSONL/JSON-lines or CSV file into row dicts (each with its line number in '_line');
     malformed lines are errors naming the line. A CSV header must have `columns`."""
     p = Path(path)
+    if p.is_dir():
+        raise DataError(f"data file {path} is a folder: give a .jsonl or .csv file")
     if not p.is_file():
         raise DataError(f"data file {path} not found: check the path")
+    if p.suffix not in (".csv", ".jsonl", ".json"):
+        raise DataError(f"data file {path}: unknown format {p.suffix!r}; use .jsonl or .csv")
+    lines = text_lines(p, path)
     rows: list[dict] = []
     if p.suffix == ".csv":
-        with open(p, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            missing = set(columns) - set(reader.fieldnames or [])
-            if missing:
-                raise DataError(
-                    f"{path}: CSV header lacks column(s) {', '.join(sorted(missing))}; need {' and '.join(map(repr, columns))}"
-                )
-            rows = [{**r, "_line": i + 2} for i, r in enumerate(reader)]  # +2: the header, 1-based lines
-    elif p.suffix in (".jsonl", ".json"):
-        with open(p, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise DataError(
-                        f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object"
-                    ) from None
-                if not isinstance(row, dict):
-                    raise DataError(f"{path}:{lineno}: expected a JSON object, one per line")
-                row["_line"] = lineno
-                rows.append(row)
+        reader = csv.DictReader(iter(lines))
+        missing = set(columns) - set(reader.fieldnames or [])
+        if missing:
+            raise DataError(
+                f"{path}: CSV header lacks column(s) {', '.join(sorted(missing))}; need {' and '.join(map(repr, columns))}"
+            )
+        try:
+            for r in reader:
+                rows.append({**r, "_line": reader.line_num})  # the row's (last) line in the file
+        except csv.Error as exc:
+            raise DataError(f"{path}:{reader.line_num}: not valid CSV ({exc})") from None
     else:
-        raise DataError(f"data file {path}: unknown format {p.suffix!r}; use .jsonl or .csv")
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line, object_pairs_hook=refuse_duplicate_keys)
+            except json.JSONDecodeError as exc:
+                raise DataError(
+                    f"{path}:{lineno}: not valid JSON ({exc.msg}); each line must be one JSON object"
+                ) from None
+            except ValueError as exc:  # a duplicate key
+                raise DataError(f"{path}:{lineno}: {exc}; give each field once") from None
+            if not isinstance(row, dict):
+                raise DataError(f"{path}:{lineno}: expected a JSON object, one per line")
+            row["_line"] = lineno
+            rows.append(row)
     return rows
 
 

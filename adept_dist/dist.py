@@ -19,6 +19,7 @@ import torch
 import torch.distributed as dist
 
 from .config import Config, ConfigError
+from .fileio import refuse_duplicate_keys
 
 AUTO = "auto"
 
@@ -112,11 +113,13 @@ def read_ds_config(path: str) -> dict:
             )
         p = repo_copy
     try:
-        return json.loads(p.read_text())
+        return json.loads(p.read_text(), object_pairs_hook=refuse_duplicate_keys)
     except json.JSONDecodeError as exc:
         raise ConfigError(
             f"DeepSpeed config {p} is not valid JSON ({exc.msg} at line {exc.lineno}); comments are not allowed"
         ) from None
+    except ValueError as exc:  # a key given twice: DeepSpeed would silently keep the last
+        raise ConfigError(f"DeepSpeed config {p}: {exc}; give each key once") from None
 
 
 def zero_stage(ds: dict) -> int:

@@ -127,23 +127,37 @@ def check_compatible(cfg: dict, model_config, model_name: str, where: str) -> No
 
 def load_adapter(adapter_dir: str | Path, model_config=None, model_name: str = "") -> tuple[PromptAdapter, dict]:
     """Rebuild the adapter from its config and load its tensors (strict: no missing/extra names,
-    finite values); with `model_config`, also check it fits that model."""
+    finite values); with `model_config`, also check it fits that model. The shapes the config
+    implies are compared with the file's header before anything is allocated, so a damaged or
+    hostile config (a huge m) is an error, not an out-of-memory kill."""
     cfg = read_adapter_config(adapter_dir)
     if model_config is not None:
         check_compatible(cfg, model_config, model_name, str(adapter_dir))
-    adapter = build_adapter(
-        cfg["method"], cfg["m"], cfg["d"], cfg.get("r"), cfg.get("max_length", 256), cfg.get("dropout", 0.1)
-    )
+    args = (cfg["method"], cfg["m"], cfg["d"], cfg.get("r"), cfg.get("max_length", 256), cfg.get("dropout", 0.1))
+    with torch.device("meta"):  # shapes only, no memory
+        expected = {k: tuple(v.shape) for k, v in build_adapter(*args).state_dict().items()}
     path = Path(adapter_dir) / WEIGHTS
-    state = read_tensors(path, "the export is incomplete, export it again")
-    expected = {k: tuple(v.shape) for k, v in adapter.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state.items()}
+    got = header_shapes(path, "the export is incomplete, export it again")
     if expected != got:
         raise AdapterFileError(
             f"{path}: tensors {got} do not match the {cfg['method']} adapter of its config {expected}"
         )
-    adapter.load_state_dict(state)
+    adapter = build_adapter(*args)
+    adapter.load_state_dict(read_tensors(path, "the export is incomplete, export it again"))
     return adapter, cfg
+
+
+def header_shapes(path: Path, missing_hint: str) -> dict[str, tuple[int, ...]]:
+    """Tensor names and shapes from a safetensors file's header (no tensor is read)."""
+    from safetensors import SafetensorError, safe_open
+
+    if not path.is_file():
+        raise AdapterFileError(f"{path} not found: {missing_hint}")
+    try:
+        with safe_open(str(path), "pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - no __iter__
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AdapterFileError(f"{path} is corrupt ({exc}): export it again") from None
 
 
 def read_tensors(path: Path, missing_hint: str) -> dict[str, torch.Tensor]:

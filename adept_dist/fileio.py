@@ -1,4 +1,4 @@
-"""Writing files so that a reader (or a killed job) never sees half of one.
+"""Files: written so that a reader (or a killed job) never sees half of one, and JSON read strictly.
 
 A file is written next to its final name and renamed over it (``os.replace`` is atomic within a
 folder); a folder is filled as a temporary sibling and renamed into place.
@@ -12,6 +12,16 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+
+def refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:
+    """json object_pairs_hook: a key given twice is an error (json would keep the last silently)."""
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"key {key!r} appears twice")
+        out[key] = value
+    return out
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:

@@ -66,6 +66,7 @@ class RunParts:
     stream: SampleStream | LengthGroupedStream  # the training data order
     ds_config: dict  # the resolved DeepSpeed JSON
     base_model: str  # --model as given ("builtin" for the demo model): recorded in exported adapters
+    model_path: str  # the model actually loaded (the built-in model's folder for "builtin")
 
     @property
     def train_examples(self) -> list[Example]:

@@ -60,6 +60,40 @@ def test_bad_inputs_fail_with_one_clear_line(cli, tmp_path, tiny_model_dir, case
     assert len(lines) == 1 and __import__("re").search(match, lines[0]), err[-2000:]
 
 
+@pytest.mark.parametrize("case", ["positions", "nan_lr", "hostile_adapter"])
+def test_bad_starts_are_refused_and_leave_no_config(cli, tmp_path, tiny_model_dir, case):
+    """Refused before anything is allocated or written: sequences longer than the model's positions,
+    a non-finite learning rate, an --init_adapter whose config claims a huge prompt (its shapes are
+    checked against the file's header). A failed start leaves no config.json: the fixed rerun is
+    not asked for --resume."""
+    import resource
+
+    from adept_dist.adapters import build_adapter
+    from adept_dist.export import CONFIG, adapter_config, save_adapter
+
+    out, train = tmp_path / "out", write_jsonl(tmp_path / "train.jsonl", _rows())
+    args = ["--model", str(tiny_model_dir), "--train_file", str(train), "--output_dir", str(out), "--max_steps", "2"]
+    if case == "positions":  # the tiny model has 512 positions
+        args += ["--max_length", "500"]
+        match = r"--prompt_length 60 \+ --max_length 500 = 560 positions, but model .* has 512"
+    elif case == "nan_lr":
+        args += ["--lr_prompt", "nan"]
+        match = "option lr_prompt must be a finite number, got nan"
+    else:
+        adapter = build_adapter("adept", 60, 64)
+        save_adapter(tmp_path / "adapter", adapter.state_dict(), adapter_config(adapter))
+        cfg = json.loads((tmp_path / "adapter" / CONFIG).read_text())
+        (tmp_path / "adapter" / CONFIG).write_text(json.dumps({**cfg, "m": 2**26}))  # 16 GB if built
+        args += ["--init_adapter", str(tmp_path / "adapter")]
+        match = r"do not match the adept adapter of its config \{'prompt': \(67108864, 64\)"
+    peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, err = cli(*args)
+    lines = [ln for ln in err.splitlines() if ln.startswith("error")]
+    assert code == 2 and len(lines) == 1 and __import__("re").search(match, lines[0]), err[-2000:]
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak_before < 2**20  # KB: under 1 GB more
+    assert not out.exists() or not any(out.iterdir())
+
+
 def test_unknown_option_and_wrong_type_are_errors(cli):
     with pytest.raises(SystemExit) as exc:
         cli("--lr", "0.1")

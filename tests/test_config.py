@@ -111,3 +111,16 @@ def test_help_says_each_default_once(capsys):
     assert "(default: None)" not in text
     assert "default 60 (adept, dept) or 100 (pt)" in text and "100 (pt) (default" not in text
     assert "learning rate of the soft prompt (default: 0.3)" in text
+
+
+def test_duplicate_keys_in_json_files_are_errors(tmp_path):
+    """json keeps the last of two equal keys silently; a config or DeepSpeed file that gives one
+    twice is refused, naming the key."""
+    path = tmp_path / "run.json"
+    path.write_text('{"lr_prompt": 0.3, "lr_prompt": 0.03}')
+    with pytest.raises(ConfigError, match="key 'lr_prompt' appears twice"):
+        parse_config(["--config", str(path)])
+    ds = tmp_path / "ds.json"
+    ds.write_text('{"zero_optimization": {"stage": 3, "stage": 2}}')
+    with pytest.raises(ConfigError, match="key 'stage' appears twice"):
+        resolve_ds_config(str(ds), make_config({"compute_dtype": "fp32"}), world=1)

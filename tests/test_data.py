@@ -83,6 +83,25 @@ def test_csv(tmp_path):
         read_rows(str(bad))
 
 
+def test_read_errors_name_the_file_and_line(tmp_path):
+    """Bytes that are not UTF-8, a key given twice, a folder given as a file: one error naming the
+    file (and the line); an Excel CSV's byte-order mark is dropped; a CSV row's line counts the
+    file's lines (a quoted field may span two), not its rows."""
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"input": "a", "target": "b"}\n{"input": "caf\xe9", "target": "b"}\n')
+    with pytest.raises(DataError, match=r"rows\.jsonl:2: not UTF-8 text \(byte 0xe9 at column 15\)"):
+        read_rows(str(path))
+    path.write_text('{"input": "a", "input": "c", "target": "b"}\n')
+    with pytest.raises(DataError, match=r"rows\.jsonl:1: key 'input' appears twice"):
+        read_rows(str(path))
+    with pytest.raises(DataError, match="is a folder"):
+        read_rows(str(tmp_path))
+    excel = tmp_path / "excel.csv"
+    excel.write_bytes('input,target\r\n"two\r\nlines",positive\r\n\r\nx,\r\n'.encode("utf-8-sig"))
+    with pytest.raises(DataError, match=r"excel\.csv:5: empty 'target'"):  # line 5: after a 2-line row and a blank
+        read_rows(str(excel))
+
+
 def test_missing_file_and_unknown_format(tmp_path):
     with pytest.raises(DataError, match="not found"):
         read_rows(str(tmp_path / "nope.jsonl"))
