@@ -23,7 +23,7 @@ from . import builtin, taskdata
 from .adapters import PromptAdapter, build_adapter
 from .backbone import DENSE_TYPES, DTYPES, load_backbone, load_config, load_tokenizer, resolve_compute_dtype
 from .checkpoint import resume_state
-from .config import Config, ConfigError
+from .config import Config, ConfigError, resumed_config
 from .data import DataError, make_stream
 from .dist import Dist, broadcast_packed, build_engine, gathered, resolve_ds_config, zero_stage
 from .export import load_adapter
@@ -41,9 +41,11 @@ def build(cfg: Config, d: Dist) -> Run:
 
 def prepare(cfg: Config, d: Dist) -> RunParts:
     """Everything before DeepSpeed: folder, data, backbone, adapter (collective). Nothing is
-    written into the output folder yet."""
-    cfg.model.compute_dtype = resolve_compute_dtype(cfg.model.compute_dtype, d.device)
+    written into the output folder yet. --resume starts from the run's own config.json."""
     out = Path(cfg.run.output_dir)
+    if cfg.run.resume and (out / "config.json").is_file():
+        cfg = resumed_config(cfg, out / "config.json", str(builtin.builtin_dir() / "model"))
+    cfg.model.compute_dtype = resolve_compute_dtype(cfg.model.compute_dtype, d.device)
     check_output_dir(out, cfg.run.resume)
     dist.barrier()  # every rank has looked before the main one writes
     if d.main:

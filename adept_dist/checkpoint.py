@@ -167,6 +167,11 @@ def resume_state(run: Run) -> None:
     if meta is None:
         log0(run.d, f"--resume: no checkpoint in {root} yet, starting from step 0")
         return
+    if meta["step"] > run.cfg.optim.max_steps:
+        raise CheckpointError(
+            f"--max_steps {run.cfg.optim.max_steps} is below the step of the checkpoint ({meta['step']}) in {root}: "
+            f"give --max_steps {meta['step']} or more"
+        )
     run.step, run.position = meta["step"], meta["position"]
     if meta.get("global_batch", run.global_batch) != run.global_batch:
         log0(

@@ -149,9 +149,13 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    given: frozenset = field(default=frozenset(), repr=False, compare=False)  # options set by flags or file
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
+
+    def value(self, name: str):
+        return getattr(getattr(self, FIELD_SECTION[name]), name)
 
 
 def _field_owner() -> dict[str, str]:
@@ -279,8 +283,49 @@ def make_config(values: dict) -> Config:
             raise ConfigError(f"unknown option {name!r} (see --help for the options)")
         section = getattr(cfg, sec)
         setattr(section, name, _check_value(name, value, type(section)))
+    cfg.given = frozenset(values)
     check_config(cfg)
     return cfg
+
+
+# What a resumed run may set anew: how it logs, evaluates, saves and runs on the machine (the global
+# batch is checked against the checkpoint's, --max_steps against its step). Every other option
+# changes the optimisation or the data, so it stays as the run's config.json says.
+CHANGEABLE_ON_RESUME = frozenset(
+    ("resume", "output_dir", "ds_config", "log_every", "eval_every", "save_every", "keep_checkpoints",
+     "max_eval_samples", "eval_batch_size", "nonfinite", "cache_dir", "micro_batch_size", "grad_accum",
+     "activation_checkpointing", "attn_implementation", "loader", "compute_dtype", "max_steps")
+)  # fmt: skip
+
+
+def resumed_config(cfg: Config, path: Path, builtin_model: str) -> Config:
+    """--resume: the run's own config (`path`, its config.json) with the options given now on top.
+    A given option that changes the optimisation or the data is refused, naming each difference."""
+    try:
+        stored = json.loads(path.read_text(), object_pairs_hook=refuse_duplicate_keys)
+        flat = {k: v for sec in SECTIONS for k, v in stored[sec].items() if k in FIELD_SECTION}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"--resume: {path} is unreadable ({exc}): restore it from a backup, or start a new run "
+                          f"in another --output_dir") from None  # fmt: skip
+    if flat.get("model") == builtin_model:
+        flat["model"] = None  # the built-in model: recorded by its folder, named "builtin" in adapters
+    diffs = []
+    for name in sorted(cfg.given - CHANGEABLE_ON_RESUME):
+        new, old = cfg.value(name), flat.get(name)
+        if name == "model" and new is not None and old is not None and Path(new).resolve() == Path(old).resolve():
+            continue
+        if new != old:
+            diffs.append(f"{name} {old!r} -> {new!r}")
+    if diffs:
+        raise ConfigError(
+            f"--resume: this run ({path}) was started with other settings ({'; '.join(diffs)}); they change the "
+            f"optimisation or the data, so they cannot change within a run: drop them to continue it, or start "
+            f"a new run in another --output_dir (--init_adapter starts it from an exported adapter)"
+        )
+    merged = {**flat, **{name: cfg.value(name) for name in cfg.given}, "output_dir": cfg.run.output_dir}
+    if "loader" not in cfg.given:
+        merged["loader"] = "auto"  # chosen again for this resume's DeepSpeed config
+    return make_config(merged)
 
 
 def check_config(cfg: Config) -> None:

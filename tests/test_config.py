@@ -124,3 +124,26 @@ def test_duplicate_keys_in_json_files_are_errors(tmp_path):
     ds.write_text('{"zero_optimization": {"stage": 3, "stage": 2}}')
     with pytest.raises(ConfigError, match="key 'stage' appears twice"):
         resolve_ds_config(str(ds), make_config({"compute_dtype": "fp32"}), world=1)
+
+
+def test_resume_starts_from_the_runs_own_config(tmp_path):
+    """--resume reads OUT/config.json: options not given now come from it (not from the defaults),
+    options that only change logging or the machine may be given anew, and a given option that
+    changes the optimisation or the data is refused, naming each difference."""
+    from adept_dist.config import resumed_config
+
+    first = make_config({"model": "m", "train_file": "t.jsonl", "lr_prompt": 0.1, "seed": 7, "compute_dtype": "fp32"})
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(first.to_dict()))
+    now, _ = parse_config(["--resume", "--output_dir", str(tmp_path), "--log_every", "5", "--seed", "7"])
+    cfg = resumed_config(now, path, builtin_model="/nowhere")
+    assert (cfg.model.model, cfg.data.train_file, cfg.optim.lr_prompt, cfg.optim.seed) == ("m", "t.jsonl", 0.1, 7)
+    assert (cfg.run.log_every, cfg.run.resume, cfg.run.output_dir) == (5, True, str(tmp_path))
+    changed, _ = parse_config(["--resume", "--output_dir", str(tmp_path), "--lr_prompt", "0.05", "--method", "dept"])
+    with pytest.raises(ConfigError, match=r"\(lr_prompt 0\.1 -> 0\.05; method 'adept' -> 'dept'\)"):
+        resumed_config(changed, path, builtin_model="/nowhere")
+    builtin = make_config({"compute_dtype": "fp32"}).to_dict()
+    builtin["model"]["model"] = "/home/x/builtin/model"  # what a built-in run records
+    path.write_text(json.dumps(builtin))
+    plain, _ = parse_config(["--resume", "--output_dir", str(tmp_path)])
+    assert resumed_config(plain, path, builtin_model="/home/x/builtin/model").model.model is None
