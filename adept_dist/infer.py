@@ -208,6 +208,8 @@ def predict(args, d: Dist) -> dict:
         keep = [{k: v for k, v in r.items() if k != "_line"} for r, _ in rows]
         write_jsonl(out, [{**r, "prediction": t} for r, t in zip(keep, texts)])
         log(f"{len(texts)} predictions written to {out}")
+    if d.world > 1:
+        dist.barrier()  # no rank tears the process group down while another still has work queued on it
     return {"rows": len(rows), "truncated": truncated}
 
 
