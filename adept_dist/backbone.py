@@ -5,6 +5,8 @@ Every parameter is frozen here; the only trainable parameters of a run are the a
 
 from __future__ import annotations
 
+import json
+import zipfile
 from pathlib import Path
 
 import torch
@@ -16,6 +18,10 @@ SUPPORTED_TYPES = ("llama", "mistral", "mixtral", "qwen2", "qwen2_moe", "qwen3",
 DTYPES = {"bf16": torch.bfloat16, "fp32": torch.float32}
 # The families whose layerwise loading is tested bitwise against transformers; MoE experts load through transformers
 DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
+# The checkpoints transformers reads from a folder, in its order of preference: (index, single file)
+SAFETENSORS = ("model.safetensors.index.json", "model.safetensors")
+PYTORCH_BIN = ("pytorch_model.bin.index.json", "pytorch_model.bin")
+MAX_HEADER = 100_000_000  # safetensors refuses a longer header; a larger length field is garbage
 
 
 def resolve_compute_dtype(name: str, device: torch.device) -> str:
@@ -42,7 +48,90 @@ def resolve_source(name: str) -> str:
     return name
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files transformers would read from a model folder: the safetensors checkpoint
+    (its index's shards, or the single file), else the PyTorch .bin one; [] when there is neither."""
+    for index, single in (SAFETENSORS, PYTORCH_BIN):
+        if (folder / index).is_file():
+            try:
+                names = json.loads((folder / index).read_text())["weight_map"].values()
+                return [folder / n for n in sorted(set(names))]
+            except (ValueError, KeyError, TypeError, AttributeError) as exc:
+                raise ModelError(
+                    f"model file {folder / index} is corrupt ({first_line(exc)}): download it again"
+                ) from None
+        if (folder / single).is_file():
+            return [folder / single]
+    return []
+
+
+def safetensors_size(path: Path) -> tuple[int, str] | None:
+    """The byte size a safetensors file's header says it has (8 + header + the largest data end),
+    "needs" or, for a file cut inside its header, "needs at least"; None when the header does not
+    parse. Reads the header only."""
+    with path.open("rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return 8, "needs at least"
+        n = int.from_bytes(head, "little")
+        if n > MAX_HEADER:
+            return None
+        raw = f.read(n)
+    if len(raw) < n:
+        return 8 + n, "needs at least"
+    try:
+        header = json.loads(raw)
+        ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"]
+        return 8 + n + max(ends, default=0), "needs"
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError):
+        return None
+
+
+def check_weight_files(folder: Path) -> None:
+    """Refuse a damaged checkpoint before anything is loaded, naming the file: both loaders would
+    otherwise fail deep inside safetensors or torch with a message that names none. Every shard of
+    the index exists; a safetensors file is exactly as long as its header says (safetensors refuses
+    any other length); a .bin zip archive still has its directory, which sits at the end (any cut
+    loses it). Reads headers only, so it is cheap even for 70B shards."""
+    for path in weight_files(folder):
+        if not path.is_file():
+            raise ModelError(f"model file {path} is missing (the checkpoint's index names it): download it again")
+        size = path.stat().st_size
+        if path.suffix == ".safetensors":
+            expected = safetensors_size(path)
+            if expected is None:
+                raise ModelError(
+                    f"model file {path} is corrupt (its safetensors header does not parse): download it again"
+                )
+            need, how = expected
+            if need != size:
+                raise ModelError(
+                    f"model file {path} is truncated or corrupt ({size} bytes, its header {how} {need}): download it again"
+                )
+        else:
+            with path.open("rb") as f:
+                zipped = f.read(4) == b"PK\x03\x04"  # torch.save's format since 1.6; older pickles are not checked
+            if zipped and not zipfile.is_zipfile(path):
+                raise ModelError(
+                    f"model file {path} is truncated or corrupt ({size} bytes, its zip directory is missing): "
+                    f"download it again"
+                )
+
+
+def convert_command(name: str) -> str:
+    """The one command that re-saves a model (e.g. one with .bin weights only) as safetensors, with its tokenizer."""
+    local = Path(name).expanduser().is_dir()
+    target = f"{name.rstrip('/')}-safetensors" if local else f"{name.rsplit('/', 1)[-1]}-safetensors"
+    return (
+        f'python -c "from transformers import AutoModelForCausalLM as M, AutoTokenizer as T; '
+        f"M.from_pretrained('{name}', dtype='auto').save_pretrained('{target}'); "
+        f"T.from_pretrained('{name}').save_pretrained('{target}')\", then --model {target}"
+    )
+
+
 def load_config(name: str):
+    """The model's config; a local folder's weight files are checked here too (headers only), so a
+    damaged download is refused before any data is read or any weight is loaded."""
     from transformers import AutoConfig
 
     source = resolve_source(name)
@@ -57,19 +146,37 @@ def load_config(name: str):
             f"model {name!r} is a {config.model_type!r} model, not a decoder-only LLaMA-family causal LM "
             f"(supported: {', '.join(SUPPORTED_TYPES)})"
         )
+    if Path(source).is_dir():
+        check_weight_files(Path(source))
     return config
 
 
 def load_tokenizer(name: str):
     from transformers import AutoTokenizer
 
+    source = resolve_source(name)
     try:
-        tok = AutoTokenizer.from_pretrained(resolve_source(name))
+        tok = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as exc:
+        bad = unreadable_json(Path(source)) if Path(source).is_dir() else None
+        if bad is not None:  # the parser's message names no file
+            raise ModelError(
+                f"cannot load the tokenizer of {name!r}: {bad} is not valid JSON: download it again"
+            ) from None
         raise ModelError(f"cannot load the tokenizer of {name!r}: {first_line(exc)}") from None
     if tok.pad_token_id is None:  # LLaMA has none; the pad id is only filler, masks do the work
         tok.pad_token = tok.eos_token if tok.unk_token is None else tok.unk_token
     return tok
+
+
+def unreadable_json(folder: Path) -> Path | None:
+    """The first JSON file of a folder that does not parse (a truncated tokenizer.json, ...), if any."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            json.loads(path.read_text())
+        except (ValueError, OSError):
+            return path
+    return None
 
 
 def freeze(model) -> None:
@@ -111,17 +218,23 @@ def load_backbone(
     dtype: torch.dtype = torch.bfloat16,
 ):
     """Load, quantize and freeze the backbone on `device`; every parameter ends with requires_grad False."""
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
 
-    config = load_config(name)
-    model = AutoModelForCausalLM.from_pretrained(
-        resolve_source(name),
-        config=config,
-        dtype=dtype,
-        quantization_config=quantization_config(quant, dtype),
-        device_map={"": device},
-        attn_implementation=attn_implementation,
-    )
+    config = load_config(name)  # a local folder's weight files are checked here, naming a damaged one
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            resolve_source(name),
+            config=config,
+            dtype=dtype,
+            quantization_config=quantization_config(quant, dtype),
+            device_map={"": device},
+            attn_implementation=attn_implementation,
+        )
+    except (OSError, SafetensorError) as exc:  # no weights in the folder, a damaged hub download
+        raise ModelError(
+            f"cannot load the weights of {name!r} ({first_line(exc, 300)}): download the model again"
+        ) from None
     freeze(model)
     if activation_checkpointing:
         # Non-reentrant: the gradient reaches the adapter through inputs_embeds, not through weights.

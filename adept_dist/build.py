@@ -1,11 +1,14 @@
 """Build a run. The build order, fixed and written down once:
 
-    output folder check -> model and data sources (the built-in demo where none is given) ->
+    output folder check (a finished run resumed stops here, touching nothing) -> the folder's lock ->
+    model and data sources (the built-in demo where none is given) ->
     tokenizer + data (the main process loads, the other ranks receive) -> DeepSpeed JSON resolved,
     loader chosen -> backbone (quantized, frozen; layerwise under ZeRO-3) -> adapter (seeded,
     the same on every rank; prompt init or --init_adapter) -> validate the trainable set ->
-    optimizer and schedule -> deepspeed.initialize -> resume state -> config.json and
-    ds_config.json written (a start that fails before leaves no config.json behind)
+    optimizer and schedule -> deepspeed.initialize -> resume state -> config.json (the resolved
+    options, the run's identity, the history of options changed on resume) and ds_config.json
+    written (a start that fails before leaves no config.json behind); the trainer marks the run
+    finished in config.json at its end
 
 ``prepare`` runs it up to the validated model (``RunParts``: no DeepSpeed engine yet);
 ``assemble`` starts the engine and resumes, returning a whole ``Run``; ``build`` is both.
@@ -14,24 +17,28 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
+import uuid
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from . import builtin, taskdata
+from . import builtin, lock, taskdata
 from .adapters import PromptAdapter, build_adapter
 from .backbone import DENSE_TYPES, DTYPES, load_backbone, load_config, load_tokenizer, resolve_compute_dtype
 from .checkpoint import resume_state
-from .config import Config, ConfigError, resumed_config
+from .config import CONFIG_FILE, Config, ConfigError, read_run_config, resumed_config
 from .data import DataError, make_stream
 from .dist import Dist, broadcast_packed, build_engine, gathered, resolve_ds_config, zero_stage
+from .errors import EXIT_OK, UserError
 from .export import load_adapter
 from .fileio import write_json
 from .loader import load_layerwise
 from .model import AdeptLM
 from .optim import make_optimizer
-from .run import MetricsLog, Run, RunParts, TrainError, log0
+from .run import MetricsLog, Run, RunParts, TrainError, log0, on_main
 from .tasks import TASKS
 
 
@@ -43,13 +50,15 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     """Everything before DeepSpeed: folder, data, backbone, adapter (collective). Nothing is
     written into the output folder yet. --resume starts from the run's own config.json."""
     out = Path(cfg.run.output_dir)
-    if cfg.run.resume and (out / "config.json").is_file():
-        cfg = resumed_config(cfg, out / "config.json", str(builtin.builtin_dir() / "model"))
+    if cfg.run.resume and (out / CONFIG_FILE).is_file():
+        cfg = resumed_config(cfg, out / CONFIG_FILE, str(builtin.builtin_dir() / "model"))
+        check_not_finished(out, cfg)
     cfg.model.compute_dtype = resolve_compute_dtype(cfg.model.compute_dtype, d.device)
     check_output_dir(out, cfg.run.resume)
     dist.barrier()  # every rank has looked before the main one writes
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
+    on_main(d, lambda: lock.acquire(out, cfg.run.take_over, log=lambda m: log0(d, m)))
 
     model_name, files = sources(cfg, d)
     model_config = load_config(model_name)  # refuse a missing or non-decoder model before reading data
@@ -96,24 +105,59 @@ def assemble(parts: RunParts) -> Run:
     optimizer, scheduler = make_optimizer(parts.model.adapter, parts.cfg.optim)
     engine, _, _ = build_engine(parts.model, optimizer, scheduler, parts.ds_config)
     fields = {k: getattr(parts, k) for k in RunParts.__dataclass_fields__}
-    run = Run(**fields, engine=engine, metrics=MetricsLog(parts.out / "metrics.jsonl", parts.d.main))
+    run = Run(**fields, engine=engine, metrics=MetricsLog(parts.out / "metrics.jsonl", parts.d))
     if run.cfg.run.resume:
         resume_state(run)
         run.metrics.drop_after(run.step)
-    if run.d.main:  # only a run that could start writes what it runs: the resolved options and DeepSpeed JSON
-        record = run.cfg.to_dict()
-        record["model"]["model"] = run.model_path
-        write_json(run.out / "config.json", record)
+
+    def record() -> None:  # only a run that could start writes what it runs: the resolved options and DeepSpeed JSON
+        write_json(run.out / CONFIG_FILE, run_record(run))
         write_json(run.out / "ds_config.json", run.ds_config)
+
+    on_main(run.d, record, f"{CONFIG_FILE} and ds_config.json", run.out, "the run's files are as they were")
     return run
 
 
+def run_record(run: Run) -> dict:
+    """config.json: the resolved options (the model actually loaded), the run's identity (kept from
+    its first start) and the history of options a resume changed."""
+    record = run.cfg.to_dict()
+    record["model"]["model"] = run.model_path
+    path = run.out / CONFIG_FILE
+    old = read_run_config(path) if run.cfg.run.resume and path.is_file() else {}
+    record["identity"] = old.get("identity") or {"id": uuid.uuid4().hex, "created": now(), "host": socket.gethostname()}
+    history = list(old.get("history", []))
+    if run.cfg.changes:
+        history.append({"at": now(), "step": run.step, "changed": run.cfg.changes})
+    record["history"] = history
+    return record
+
+
+def now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
 # ----------------------------------------------------------------------------- the steps
+class RunFinished(UserError):
+    """--resume of a run that has reached its --max_steps: nothing to do, nothing touched."""
+
+    exit_code = EXIT_OK
+
+
+def check_not_finished(out: Path, cfg: Config) -> None:
+    finished = read_run_config(out / CONFIG_FILE).get("finished")
+    if finished and finished.get("step", -1) >= cfg.optim.max_steps:
+        raise RunFinished(
+            f"run {out} finished at step {finished['step']} on {finished.get('at')}: nothing to do (its results are "
+            f"in that folder); to train on, resume with a larger --max_steps and --reschedule"
+        )
+
+
 def check_output_dir(out: Path, resume: bool) -> None:
     """Never overwrite earlier results: a non-empty folder needs --resume."""
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--output_dir {out} is a file: choose a folder")
-    if out.is_dir() and any(out.iterdir()) and not resume:
+    if out.is_dir() and any(p.name != lock.LOCK for p in out.iterdir()) and not resume:
         raise ConfigError(
             f"--output_dir {out} is not empty: pass --resume to continue that run, or choose a new --output_dir"
         )

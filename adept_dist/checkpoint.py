@@ -36,8 +36,8 @@ from .dist import (
 )
 from .errors import UserError, first_line
 from .export import CONFIG, WEIGHTS, adapter_config, save_adapter
-from .fileio import write_text
-from .run import Run, log0
+from .fileio import WriteError, write_error, write_text
+from .run import Run, log0, on_main
 
 CKPT_DIR = "checkpoints"
 META = "adept_meta.json"
@@ -62,30 +62,61 @@ def complete_checkpoints(root: Path) -> list[Path]:
 
 
 def save(engine, named_params, root: Path, meta: dict, keep: int, main: bool) -> Path:
-    """Collective: every rank calls it. Returns the final folder."""
+    """Collective: every rank calls it. Returns the final folder. A failed write (disk full, quota,
+    read-only) removes the partial folder and raises WriteError on every rank; the checkpoints
+    before it and ``latest`` stay as they were."""
     whole = consolidated_state(engine, named_params)  # collective
     meta = {**meta, "adam_step": adam_step_count(engine), "scheduler": scheduler_state(engine)}
     tag = tag_of(meta["step"])
-    tmp_tag = f".tmp-{tag}"
+    tmp = root / f".tmp-{tag}"
     if main:
-        shutil.rmtree(root / tmp_tag, ignore_errors=True)  # leftovers of a save that was killed
+        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a save that was killed
     dist.barrier()
-    engine.save_checkpoint(str(root), tag=tmp_tag, client_state=meta, save_latest=False, exclude_frozen_parameters=True)
-    dist.barrier()  # every rank's files are on disk
+    try:
+        engine.save_checkpoint(str(root), tag=tmp.name, client_state=meta, save_latest=False,
+                               exclude_frozen_parameters=True)  # fmt: skip
+        failure = None
+    except Exception as exc:  # noqa: BLE001 - torch.save reports a full disk as a RuntimeError
+        failure = exc
+        dist.barrier()  # the one DeepSpeed's save ends with, which this rank skipped
+    agree(failure, tag, root, main)  # every rank's files are on disk, or all ranks raise
     final = root / tag
-    if main:
+
+    def finish() -> None:
         from safetensors.torch import save_file
 
-        save_file(whole, str(root / tmp_tag / CONSOLIDATED))
-        (root / tmp_tag / META).write_text(json.dumps(meta) + "\n")
+        save_file(whole, str(tmp / CONSOLIDATED))
+        (tmp / META).write_text(json.dumps(meta) + "\n")
         if final.exists():  # the same step saved again (a resumed run): replace it whole
             shutil.rmtree(final)
-        os.replace(root / tmp_tag, final)
+        os.replace(tmp, final)
         write_text(root / "latest", tag)
         for old in complete_checkpoints(root)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
-    dist.barrier()
+
+    failure = None
+    if main:
+        try:
+            finish()
+        except Exception as exc:  # noqa: BLE001 - safetensors and json report a full disk in their own ways
+            failure = exc
+    agree(failure, tag, root, main)
     return final
+
+
+def agree(failure: BaseException | None, tag: str, root: Path, main: bool) -> None:
+    """Collective: raise on every rank when the checkpoint write failed on any (the main rank removes
+    the partial folder first); a failure that is not the disk's keeps its traceback."""
+    failed = all_reduce_sum(torch.tensor([0.0 if failure is None else 1.0])).item()
+    if not failed:
+        return
+    if main:
+        shutil.rmtree(root / f".tmp-{tag}", ignore_errors=True)
+    kept = f"the checkpoints before {tag} are intact"
+    error = write_error(failure, f"checkpoint {tag}", root, kept) if failure is not None else None
+    if failure is not None and error is None:
+        raise failure
+    raise error or WriteError(f"could not write checkpoint {tag} in {root} on another rank (see its line); {kept}")
 
 
 def scheduler_state(engine) -> dict:
@@ -172,13 +203,24 @@ def resume_state(run: Run) -> None:
             f"--max_steps {run.cfg.optim.max_steps} is below the step of the checkpoint ({meta['step']}) in {root}: "
             f"give --max_steps {meta['step']} or more"
         )
-    run.step, run.position = meta["step"], meta["position"]
-    if meta.get("global_batch", run.global_batch) != run.global_batch:
-        log0(
-            run.d,
-            f"warning: the global batch changes from {meta['global_batch']} to {run.global_batch} examples per step; "
-            f"set --grad_accum (or --micro_batch_size) to keep it and continue the same optimisation",
+    saved_batch, batch = meta.get("global_batch", run.global_batch), run.global_batch
+    if saved_batch != batch:
+        dc, world = run.cfg.data, run.d.world
+        accum, rest = divmod(saved_batch, dc.micro_batch_size * world)
+        fix = f"--grad_accum {accum}" if accum and not rest else "--micro_batch_size and --grad_accum"
+        raise CheckpointError(
+            f"the global batch would change from {saved_batch} to {batch} examples per step (micro_batch_size "
+            f"{dc.micro_batch_size} x grad_accum {dc.grad_accum} x {world} ranks), which changes the optimisation: "
+            f"set {fix} to keep {saved_batch}"
         )
+    run.step, run.position = meta["step"], meta["position"]
+    if "max_steps" in run.cfg.changes:  # --reschedule: the next step already follows the new schedule
+        sched = run.engine.lr_scheduler
+        for group, base, f in zip(run.engine.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+            group["lr"] = base * f(sched.last_epoch)
+        old, new = run.cfg.changes["max_steps"]
+        log0(run.d, f"--reschedule: max_steps {old} -> {new}; the learning rate at step {run.step + 1} is now "
+                    f"{run.engine.get_lr()[0]:.4g} and decays to 0 at step {new}")  # fmt: skip
     log0(run.d, f"resumed from {tag_of(run.step)}: step {run.step}, {run.position} samples seen")
     restore_best(run)
 
@@ -209,7 +251,8 @@ def export_adapter(run: Run, out_dir: Path, state: dict | None = None, **more) -
     """Write the adapter (the current weights, or `state`); collective when `state` is None."""
     adapter = run.model.adapter
     state = state if state is not None else full_fp32_state(adapter.named_parameters())
-    if run.d.main:
+
+    def write() -> None:
         cfg = run.cfg
         extra = {
             "base_model": portable_model_name(run.base_model),
@@ -225,4 +268,5 @@ def export_adapter(run: Run, out_dir: Path, state: dict | None = None, **more) -
         config = adapter_config(adapter, **extra)
         config["parameter_count"] = sum(v.numel() for v in state.values())  # ZeRO-3 local numel is 0
         save_adapter(out_dir, state, config)
-    dist.barrier()
+
+    on_main(run.d, write, f"the adapter (step {run.step})", out_dir.parent, "the adapter written before is intact")

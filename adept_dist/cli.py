@@ -27,18 +27,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from .build import build
     from .dist import init_distributed
+    from .lock import release_held
     from .trainer import train
 
     d = init_distributed(local_rank)
 
     def run_all() -> dict:
-        result = train(build(cfg, d))
+        try:
+            result = train(build(cfg, d))
+        finally:
+            release_held()
         stop_file = os.environ.get("ADEPT_STOP_FILE")
         if result.get("stopped") and stop_file and d.main:  # survives exit codes lost in a launcher's teardown
             Path(stop_file).write_text(f"{result['step']}\n")
         return result
 
     code, result = guarded(d.rank, run_all)
-    if code:
+    if code or result is None:
         return code
     return EXIT_STOPPED if result.get("stopped") else EXIT_OK

@@ -21,6 +21,8 @@ from .errors import UserError
 from .fileio import refuse_duplicate_keys
 from .tasks import TASKS
 
+CONFIG_FILE = "config.json"  # a run folder's record of what it runs (build.run_record)
+
 
 class ConfigError(UserError, ValueError):
     """A bad option; the message names it and says how to fix it."""
@@ -118,7 +120,17 @@ class OptimConfig:
 class RunConfig:
     output_dir: str = opt("runs/builtin", "run folder: config, metrics.jsonl, adapter/, checkpoints/")
     ds_config: str = opt("ds_configs/zero3.json", "DeepSpeed JSON ('auto' values are filled from this config)")
-    resume: bool = opt(False, "continue from the latest checkpoint in output_dir")
+    resume: bool = opt(False, "continue from the latest checkpoint in output_dir, with the run's own config.json")
+    reschedule: bool = opt(
+        False,
+        "with --resume and another --max_steps: the learning rate decays linearly to 0 at the new --max_steps "
+        "from the resumed step on (the rate changes at that step); without it another --max_steps is refused",
+    )
+    take_over: bool = opt(
+        False,
+        "take over the run folder's lock from a job you know is gone (a dead process on this host, an earlier run "
+        "of a requeued SLURM job and a finished SLURM job are taken over without it)",
+    )
     log_every: int = opt(10, "steps between metrics.jsonl lines")
     eval_every: int | None = opt(
         None, "steps between validation evaluations (best checkpoint kept); default 1000 for tasks, else at the end"
@@ -150,6 +162,8 @@ class Config:
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
     given: frozenset = field(default=frozenset(), repr=False, compare=False)  # options set by flags or file
+    # --resume: the options this start sets anew, {name: [old, new]} (recorded in config.json's history)
+    changes: dict = field(default_factory=dict, repr=False, compare=False)
 
     def to_dict(self) -> dict:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
@@ -200,6 +214,25 @@ def _check_value(name: str, value, cls: type):
     return value
 
 
+def _strict_yaml_loader():
+    """yaml's SafeLoader refusing a key given twice in one mapping (it would keep the last silently)."""
+    import yaml
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            seen = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {key!r} appears twice", key_node.start_mark
+                    )
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
+
+
 def load_config_file(path: str) -> dict:
     p = Path(path)
     if not p.is_file():
@@ -209,11 +242,15 @@ def load_config_file(path: str) -> dict:
         if p.suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_strict_yaml_loader())  # noqa: S506 - a SafeLoader subclass
         else:
             data = json.loads(text, object_pairs_hook=refuse_duplicate_keys)
     except Exception as exc:  # noqa: BLE001 - any parse error becomes one clear line
-        raise ConfigError(f"config file {path} is not valid {p.suffix[1:] or 'JSON'}: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)  # yaml's errors span lines: say the problem and where
+        why = (
+            f"{exc.problem} (line {mark.line + 1})" if mark is not None and exc.problem else " ".join(str(exc).split())
+        )
+        raise ConfigError(f"config file {path} is not valid {p.suffix[1:] or 'JSON'}: {why}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of option names to values")
     flat: dict = {}
@@ -222,8 +259,14 @@ def load_config_file(path: str) -> dict:
             for k, v in value.items():
                 if FIELD_SECTION.get(k) != key:
                     raise ConfigError(f"config file {path}: unknown option {key}.{k}")
+                if k in flat:
+                    raise ConfigError(f"config file {path}: option {k} is given twice (flat and in {key}): keep one")
                 flat[k] = v
         elif key in FIELD_SECTION:
+            if key in flat:
+                raise ConfigError(
+                    f"config file {path}: option {key} is given twice (flat and in its section): keep one"
+                )
             flat[key] = value
         else:
             raise ConfigError(f"config file {path}: unknown option {key!r} (see --help for the options)")
@@ -289,43 +332,67 @@ def make_config(values: dict) -> Config:
 
 
 # What a resumed run may set anew: how it logs, evaluates, saves and runs on the machine (the global
-# batch is checked against the checkpoint's, --max_steps against its step). Every other option
+# batch is checked against the checkpoint's; --max_steps needs --reschedule). Every other option
 # changes the optimisation or the data, so it stays as the run's config.json says.
 CHANGEABLE_ON_RESUME = frozenset(
-    ("resume", "output_dir", "ds_config", "log_every", "eval_every", "save_every", "keep_checkpoints",
-     "max_eval_samples", "eval_batch_size", "nonfinite", "cache_dir", "micro_batch_size", "grad_accum",
-     "activation_checkpointing", "attn_implementation", "loader", "compute_dtype", "max_steps")
+    ("resume", "reschedule", "take_over", "output_dir", "ds_config", "log_every", "eval_every", "save_every",
+     "keep_checkpoints", "max_eval_samples", "eval_batch_size", "nonfinite", "cache_dir", "micro_batch_size",
+     "grad_accum", "activation_checkpointing", "attn_implementation", "loader", "compute_dtype", "max_steps")
 )  # fmt: skip
+PER_START = ("resume", "reschedule", "take_over", "output_dir")  # what one start says about itself, never inherited
+
+
+def read_run_config(path: Path) -> dict:
+    """A run's config.json as written by build.assemble (sections, identity, history, finished)."""
+    try:
+        stored = json.loads(path.read_text(), object_pairs_hook=refuse_duplicate_keys)
+        for sec in SECTIONS:
+            if not isinstance(stored[sec], dict):
+                raise TypeError(f"section {sec} is not a mapping")
+        return stored
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"--resume: {path} is unreadable ({exc}): restore it from a backup, or start a new run "
+                          f"in another --output_dir") from None  # fmt: skip
 
 
 def resumed_config(cfg: Config, path: Path, builtin_model: str) -> Config:
     """--resume: the run's own config (`path`, its config.json) with the options given now on top.
-    A given option that changes the optimisation or the data is refused, naming each difference."""
-    try:
-        stored = json.loads(path.read_text(), object_pairs_hook=refuse_duplicate_keys)
-        flat = {k: v for sec in SECTIONS for k, v in stored[sec].items() if k in FIELD_SECTION}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise ConfigError(f"--resume: {path} is unreadable ({exc}): restore it from a backup, or start a new run "
-                          f"in another --output_dir") from None  # fmt: skip
+    A given option that changes the optimisation or the data is refused, naming each difference;
+    the changeable ones that differ are kept in the result's ``changes`` (for config.json's history)."""
+    stored = read_run_config(path)
+    flat = {k: v for sec in SECTIONS for k, v in stored[sec].items() if k in FIELD_SECTION}
     if flat.get("model") == builtin_model:
         flat["model"] = None  # the built-in model: recorded by its folder, named "builtin" in adapters
-    diffs = []
-    for name in sorted(cfg.given - CHANGEABLE_ON_RESUME):
+    diffs, changes = [], {}
+    for name in sorted(cfg.given - set(PER_START)):
         new, old = cfg.value(name), flat.get(name)
         if name == "model" and new is not None and old is not None and Path(new).resolve() == Path(old).resolve():
             continue
-        if new != old:
+        if new == old or (name == "loader" and new == "auto"):
+            continue
+        if name not in CHANGEABLE_ON_RESUME:
             diffs.append(f"{name} {old!r} -> {new!r}")
+        elif name == "max_steps" and not cfg.run.reschedule:
+            raise ConfigError(
+                f"--resume: --max_steps {new} differs from this run's {old} ({path}), which changes its learning-rate "
+                f"schedule: add --reschedule to decay linearly to 0 at step {new} from the resumed step on, or drop "
+                f"--max_steps"
+            )
+        else:
+            changes[name] = [old, new]
     if diffs:
         raise ConfigError(
             f"--resume: this run ({path}) was started with other settings ({'; '.join(diffs)}); they change the "
             f"optimisation or the data, so they cannot change within a run: drop them to continue it, or start "
             f"a new run in another --output_dir (--init_adapter starts it from an exported adapter)"
         )
-    merged = {**flat, **{name: cfg.value(name) for name in cfg.given}, "output_dir": cfg.run.output_dir}
+    merged = {**flat, **{name: cfg.value(name) for name in cfg.given}}
+    merged.update({name: cfg.value(name) for name in PER_START})
     if "loader" not in cfg.given:
         merged["loader"] = "auto"  # chosen again for this resume's DeepSpeed config
-    return make_config(merged)
+    out = make_config(merged)
+    out.changes = changes
+    return out
 
 
 def check_config(cfg: Config) -> None:
@@ -391,5 +458,7 @@ def check_config(cfg: Config) -> None:
         r.eval_every = 1000  # the reference evaluates every 1000 steps
     if o.warmup_steps is None:
         o.warmup_steps = min(500, o.max_steps // 10)
+    if r.reschedule and not r.resume:
+        raise ConfigError("--reschedule changes the schedule of a resumed run: it needs --resume (and --max_steps)")
     if o.warmup_steps < 0 or (o.warmup_steps >= o.max_steps and o.max_steps > 1 and o.warmup_steps > 0):
         raise ConfigError(f"warmup_steps={o.warmup_steps} must be in [0, max_steps={o.max_steps})")

@@ -122,6 +122,67 @@ def read_ds_config(path: str) -> dict:
         raise ConfigError(f"DeepSpeed config {p}: {exc}; give each key once") from None
 
 
+# optim.make_optimizer leaves torch's AdamW default betas (tests/test_bad_input.py ties the two)
+ADAMW_BETAS = (0.9, 0.999)
+
+
+def _differs(value, ours) -> bool:
+    """Whether a JSON value is not the run's: numbers compare as floats, betas as a pair, flags exactly."""
+    if isinstance(ours, bool) or isinstance(value, bool):
+        return value is not ours
+    try:
+        if isinstance(ours, tuple):
+            return len(value) != len(ours) or any(float(v) != b for v, b in zip(value, ours))
+        return float(value) != ours
+    except (TypeError, ValueError):
+        return True
+
+
+def check_optimizer_block(opt, cfg: Config, path: str) -> None:
+    """adept-dist always builds the optimizer itself (AdamW over two parameter groups, from the
+    options), so an optimizer block never reaches DeepSpeed: it is accepted only where it says what
+    runs anyway. Each key set to anything else ("auto" aside) is named in one line; ignoring it
+    would silently train with other settings than the file asks for."""
+    o = cfg.optim
+    kind = opt.get("type") if isinstance(opt, dict) else None
+    if str(kind).lower() not in ("adamw", "adam"):
+        raise ConfigError(
+            f"DeepSpeed config optimizer {kind!r}: adept-dist trains with AdamW; remove the optimizer block"
+        )
+    params = opt.get("params", {})
+    if not isinstance(params, dict):
+        raise ConfigError(f"DeepSpeed config {path}: optimizer.params must be an object; remove the optimizer block")
+    groups = (
+        {"--lr_prompt": o.lr_prompt}
+        if cfg.adapter.method == "pt"
+        else {"--lr_prompt": o.lr_prompt, "--lr_ffn": o.lr_ffn}
+    )
+    run = {  # key -> (the run's value(s), how the run sets it)
+        "lr": (set(groups.values()), ", ".join(f"{k} {v}" for k, v in groups.items())),
+        "eps": ({o.adam_eps}, f"--adam_eps {o.adam_eps}"),
+        "weight_decay": ({o.weight_decay}, f"--weight_decay {o.weight_decay}"),
+        "betas": ({ADAMW_BETAS}, f"{list(ADAMW_BETAS)}, fixed"),
+        "adam_w_mode": ({True}, "true: decoupled weight decay"),
+        "amsgrad": ({False}, "false"),
+        "bias_correction": ({True}, "true"),
+        "torch_adam": ({True}, "torch's AdamW"),
+    }
+    differ = []
+    for key, value in params.items():
+        if value == AUTO:
+            continue
+        if key not in run:
+            differ.append(f"optimizer.params.{key}={value!r} (adept-dist's AdamW has no such setting)")
+        elif any(_differs(value, ours) for ours in run[key][0]):  # one lr for two groups agrees only if both equal it
+            differ.append(f"optimizer.params.{key}={value!r} (the run: {run[key][1]})")
+    if differ:
+        raise ConfigError(
+            f"DeepSpeed config {path} disagrees with the run's AdamW: {'; '.join(differ)}; adept-dist builds the "
+            f'optimizer from its options: remove the optimizer block (or set those keys to "auto"), or set the '
+            f"matching options"
+        )
+
+
 def zero_stage(ds: dict) -> int:
     return ds.get("zero_optimization", {}).get("stage", 0)
 
@@ -137,13 +198,7 @@ def resolve_ds_config(path: str, cfg: Config, world: int) -> dict:
     _fill(ds, "gradient_clipping", o.grad_clip, "")
     opt = ds.pop("optimizer", None)
     if opt is not None:
-        if str(opt.get("type", "")).lower() not in ("adamw", "adam"):
-            raise ConfigError(
-                f"DeepSpeed config optimizer {opt.get('type')!r}: adept-dist trains with AdamW; remove the optimizer block"
-            )
-        params = dict(opt.get("params", {}))
-        for key, value in (("lr", o.lr_ffn), ("eps", o.adam_eps), ("weight_decay", o.weight_decay)):
-            _fill(params, key, value, "optimizer.params.")
+        check_optimizer_block(opt, cfg, path)
     if "scheduler" in ds:
         raise ConfigError(
             "DeepSpeed config has a scheduler block: remove it; set --warmup_steps and --max_steps instead"

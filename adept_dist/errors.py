@@ -13,10 +13,14 @@ import sys
 EXIT_OK = 0
 EXIT_USER_ERROR = 2  # bad input: one line says what and how to fix it
 EXIT_STOPPED = 3  # stopped by SIGUSR1/SIGTERM after saving a checkpoint: rerun with --resume
+EXIT_WRITE_FAILED = 4  # a write failed (disk full, quota, read-only): what was written before is intact
 
 
 class UserError(Exception):
-    """A problem with the user's input or files; the message names it and the fix."""
+    """A problem with the user's input or files; the message names it and the fix. A subclass that
+    is not a failure (nothing to do) sets exit_code to EXIT_OK: its line goes to stdout."""
+
+    exit_code = EXIT_USER_ERROR
 
 
 def first_line(exc: BaseException, limit: int | None = None) -> str:
@@ -25,15 +29,18 @@ def first_line(exc: BaseException, limit: int | None = None) -> str:
 
 
 def guarded(rank: int, fn):
-    """(0, fn()) or, for a user error, (2, None) after printing it as one line; the process group
-    is torn down either way."""
+    """(0, fn()) or, for a user error, (its exit code, None) after printing it as one line (on the
+    main rank only when it is not a failure); the process group is torn down either way."""
     import torch.distributed as dist
 
     try:
         return EXIT_OK, fn()
     except UserError as exc:
-        print(f"error (rank {rank}): {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR, None
+        if exc.exit_code != EXIT_OK:
+            print(f"error (rank {rank}): {exc}", file=sys.stderr)
+        elif rank == 0:
+            print(f"[adept-dist] {exc}")
+        return exc.exit_code, None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

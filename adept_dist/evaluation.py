@@ -21,9 +21,9 @@ from .adapters import IGNORE_INDEX
 from .checkpoint import export_adapter
 from .data import Example, collate
 from .dist import Dist, all_reduce_sum, broadcast_object, full_fp32_state, full_numel, set_full_weights
-from .fileio import write_json, write_jsonl, write_text
+from .fileio import WriteError, write_error, write_json, write_jsonl, write_text
 from .model import AdeptLM, Sampling
-from .run import Run, TrainError, log0
+from .run import Run, TrainError, log0, on_main
 from .tasks import TASKS
 
 
@@ -141,12 +141,20 @@ def evaluate(run: Run, split: str) -> dict:
         except metrics.MetricError as exc:  # every rank must hear of it, or the others wait forever
             scores = {"error": str(exc)}
         pred_dir = run.out / "predictions"
-        pred_dir.mkdir(exist_ok=True)
         rows = [{"index": i, "prediction": text, **ref} for i, (text, ref) in enumerate(zip(ordered, es.refs))]
-        write_jsonl(pred_dir / f"{split}.jsonl", rows, ensure_ascii=True)
+        try:
+            pred_dir.mkdir(exist_ok=True)
+            write_jsonl(pred_dir / f"{split}.jsonl", rows, ensure_ascii=True)
+        except OSError as exc:
+            failed = write_error(exc, f"the {split} predictions", pred_dir, "earlier files are intact")
+            if failed is None:
+                raise
+            scores = {"write_error": str(failed)}
     scores = broadcast_object(scores)
     if "error" in scores:
         raise TrainError(f"scoring the {split} split: {scores['error']}")
+    if "write_error" in scores:
+        raise WriteError(scores["write_error"])
     prefix = "eval" if split == "validation" else split
     return {
         "split": split,
@@ -166,8 +174,9 @@ def keep_if_best(run: Run, res: dict) -> bool:
     run.best = {"step": run.step, "metric": metric, "value": value, "validation": res}
     run.best_state = full_fp32_state(run.model.adapter.named_parameters())  # collective
     export_adapter(run, run.out / "adapter", run.best_state, selected={k: run.best[k] for k in ("metric", "value")})
-    if run.d.main:
-        write_json(run.out / "best.json", run.best)
+    on_main(
+        run.d, lambda: write_json(run.out / "best.json", run.best), "best.json", run.out, "the earlier one is intact"
+    )
     return True
 
 
@@ -192,7 +201,8 @@ def write_results(run: Run, test: dict | None) -> dict:
         "test": strip(test, "test") if test else None,
         "data": data.info,
     }
-    if run.d.main:
+
+    def write() -> None:
         write_json(run.out / "results.json", results)
         head = ["task", "method", "seed", "best step"]
         row = [str(results["task"]), results["method"], str(results["seed"]), str(run.best and run.best["step"])]
@@ -203,6 +213,8 @@ def write_results(run: Run, test: dict | None) -> dict:
                     row.append(f"{results[split][m]:.2f}")
         table = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n| " + " | ".join(row) + " |\n"
         write_text(run.out / "results.md", table)
+
+    on_main(run.d, write, "results.json and results.md", run.out, "earlier results are intact")
     return results
 
 

@@ -11,6 +11,7 @@ adapter is never silently read with other maths.
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -52,13 +53,16 @@ def save_adapter(out_dir: str | Path, state: dict[str, torch.Tensor], config: di
 
     out = Path(out_dir)
     tmp = temp_folder_for(out)
-    save_file(
-        {k: v.detach().float().contiguous().cpu() for k, v in state.items()},
-        str(tmp / WEIGHTS),
-        metadata={"format": FORMAT},
-    )
-    (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
-    return replace_folder(tmp, out)
+    try:
+        save_file(
+            {k: v.detach().float().contiguous().cpu() for k, v in state.items()},
+            str(tmp / WEIGHTS),
+            metadata={"format": FORMAT},
+        )
+        (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
+        return replace_folder(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full) leaves no half folder behind
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict:

@@ -6,12 +6,77 @@ folder); a folder is filled as a temporary sibling and renamed into place.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+
+from .errors import EXIT_WRITE_FAILED, UserError
+
+DISK_ERRNOS = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EROFS: "the file system is read-only",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EFBIG: "file too large for the file system or the job's limits",
+}
+
+
+class WriteError(UserError, OSError):
+    """A write the disk refused; what was written before it is intact (the message says what)."""
+
+    exit_code = EXIT_WRITE_FAILED
+
+
+def disk_problem(folder: Path) -> str | None:
+    """What keeps `folder` from being written, found by looking (torch.save and safetensors report a
+    failed write without an errno): no space, not writable, or a probe write's error. None: nothing."""
+    folder = Path(folder)
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        st = os.statvfs(folder)
+        if st.f_bavail * st.f_frsize < 2**20:
+            return f"{DISK_ERRNOS[errno.ENOSPC]} ({st.f_bavail * st.f_frsize} bytes free)"
+    except OSError:
+        pass
+    probe = folder / f".write-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"\0" * 2**20)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as exc:
+        return DISK_ERRNOS.get(exc.errno, exc.strerror or str(exc))
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
+    return None
+
+
+def write_error(exc: BaseException, what: str, folder: Path, kept: str) -> WriteError | None:
+    """`exc` (raised writing `what` into `folder`) as one line when the disk caused it, else None
+    (a bug keeps its traceback). `kept` says what is intact."""
+    if isinstance(exc, WriteError):
+        return exc
+    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
+        reason = DISK_ERRNOS[exc.errno]
+    elif isinstance(exc, Exception):
+        reason = disk_problem(folder)
+    else:
+        return None
+    if reason is None:
+        return None
+    return WriteError(
+        f"could not write {what} in {folder}: {reason}; {kept}: free space (or make the folder writable) "
+        f"and rerun with --resume"
+    )
 
 
 def refuse_duplicate_keys(pairs: list[tuple[str, object]]) -> dict:

@@ -84,9 +84,11 @@ def load_layerwise(
 
     from .merge import find_key, model_folder, shard_map
 
-    config = load_config(name)
-    folder = model_folder(name)  # the folder itself, or a hub snapshot
-    where, _ = shard_map(folder)
+    config = load_config(name)  # a local folder's weight files are checked here, naming a damaged one
+    folder = model_folder(name)  # the folder itself, or a hub snapshot (checked there)
+    # a .bin-only model is refused here, before anything is built; transformers reads .bin itself
+    reader, other = "the layerwise loader (the default under ZeRO-3)", "pass --loader transformers, or "
+    where, _ = shard_map(folder, name, reader, other)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=attn_implementation)
     model.requires_grad_(False)

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from .adapters import PromptAdapter
-from .backbone import ModelError, load_config, resolve_source
+from .backbone import ModelError, check_weight_files, convert_command, load_config, resolve_source
 from .errors import EXIT_USER_ERROR, first_line
 from .export import MERGE_INFO, AdapterFileError, load_adapter, read_adapter_config, read_tensors
 from .fileio import replace_folder, temp_folder_for
@@ -51,11 +51,13 @@ def model_folder(name: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+        folder = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
     except Exception as exc:  # noqa: BLE001 - any hub failure is one message
         raise ModelError(
             f"cannot fetch the files of {name!r} ({first_line(exc)}): give --model a local model folder"
         ) from None
+    check_weight_files(folder)  # a local folder's were checked by load_config already
+    return folder
 
 
 def weight_names(config) -> tuple[str, str, bool]:
@@ -71,8 +73,12 @@ def weight_names(config) -> tuple[str, str, bool]:
     return f"{names[emb]}.weight", f"{names[head]}.weight", tied
 
 
-def shard_map(folder: Path) -> tuple[dict[str, str], dict | None]:
-    """tensor name -> shard file name, and the index (None for a single-file checkpoint)."""
+def shard_map(
+    folder: Path, name: str, reader: str = "the merged export", other: str = ""
+) -> tuple[dict[str, str], dict | None]:
+    """tensor name -> shard file name, and the index (None for a single-file checkpoint). `reader`
+    (who needs safetensors) and `other` (another way out) make the refusal of a .bin-only model
+    say what the user ran and how to fix it."""
     from safetensors import safe_open
 
     if (folder / INDEX).is_file():
@@ -81,10 +87,10 @@ def shard_map(folder: Path) -> tuple[dict[str, str], dict | None]:
     if (folder / SINGLE).is_file():
         with safe_open(str(folder / SINGLE), "pt") as f:
             return {k: SINGLE for k in f.keys()}, None
-    found = sorted(p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES)
+    found = sorted(p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json"))
     raise ModelError(
-        f"{folder} has no {SINGLE} or {INDEX} (found: {', '.join(found) or 'no weight files'}): merging reads "
-        f"safetensors only; re-save the model with save_pretrained(..., safe_serialization=True)"
+        f"model {name} has no safetensors weights ({SINGLE} or {INDEX}; found: {', '.join(found) or 'no weight files'}"
+        f" in {folder}): {reader} reads safetensors only; {other}convert the model once: {convert_command(name)}"
     )
 
 
@@ -128,7 +134,7 @@ def merge(adapter_dir: str, out_dir: str, model: str | None = None, log=print) -
         )
     folder = model_folder(name)
     emb_name, head_name, tied = weight_names(config)
-    where, index = shard_map(folder)
+    where, index = shard_map(folder, name)
     emb_key = find_key(where, emb_name)
     if emb_key is None:
         raise ModelError(f"{folder}: no tensor {emb_name} in the checkpoint: is it a {config.model_type} model?")

@@ -6,15 +6,18 @@ trainer, evaluation and checkpoint modules read and advance it.
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
+from .dist import broadcast_packed
 from .errors import UserError
-from .fileio import write_text
+from .fileio import write_error, write_text
 
 if TYPE_CHECKING:
     from .config import Config
@@ -34,23 +37,69 @@ def log0(d: Dist, msg: str) -> None:
         tqdm.write(f"[adept-dist] {msg}")
 
 
-class MetricsLog:
-    """metrics.jsonl: one JSON object per line, written by the main process only."""
+class RankZeroError(UserError, RuntimeError):
+    """A user error of the main process, raised on the other ranks too (its message says so)."""
 
-    def __init__(self, path: Path, main: bool) -> None:
-        self.path, self.main = path, main
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def on_main(d: Dist, fn, what: str = "", where: Path | None = None, kept: str = "") -> None:
+    """Run `fn` on the main process only; a user error it raises (or, when it writes `what` into the
+    folder `where`, a disk failure: WriteError, saying `kept` is intact) is raised on every rank
+    (collective), so no rank waits for a main process that has given up. Every rank returns after
+    the main one is done."""
+    error = None
+    if d.main:
+        try:
+            fn()
+        except UserError as exc:
+            error = exc
+        except Exception as exc:
+            error = write_error(exc, what, where, kept) if where is not None else None
+            if error is None:
+                raise
+    meta = json.dumps({"message": str(error), "code": error.exit_code}) if error is not None else ""
+    _, meta = broadcast_packed({}, meta, d.device)
+    if error is not None:
+        raise error
+    if meta:
+        sent = json.loads(meta)
+        raise RankZeroError(f"{sent['message']} (reported by rank 0)", sent["code"])
+
+
+class MetricsLog:
+    """metrics.jsonl: one JSON object per line, written by the main process (every rank calls)."""
+
+    def __init__(self, path: Path, d: Dist) -> None:
+        self.path, self.d = path, d
 
     def drop_after(self, step: int) -> None:
         """Resume: forget the lines of steps after the checkpoint (the resumed run writes them again)."""
-        if self.main and self.path.is_file():
-            lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-            kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-            write_text(self.path, "".join(ln + "\n" for ln in kept))
+
+        def drop() -> None:
+            if self.path.is_file():
+                lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
+                kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+                write_text(self.path, "".join(ln + "\n" for ln in kept))
+
+        on_main(self.d, drop, self.path.name, self.path.parent, "it is as it was")
 
     def write(self, record: dict) -> None:
-        if self.main:
-            with open(self.path, "a") as f:
-                f.write(json.dumps(record) + "\n")
+        def append() -> None:
+            line = (json.dumps(record) + "\n").encode()
+            with open(self.path, "ab", buffering=0) as f:  # unbuffered: nothing is written later, at close
+                size = f.seek(0, os.SEEK_END)
+                try:
+                    if f.write(line) != len(line):
+                        raise OSError(errno.ENOSPC, "short write")
+                except OSError:
+                    f.truncate(size)  # no half line (a full disk) for a reader or a resume to trip over
+                    raise
+
+        on_main(self.d, append, f"{self.path.name} (step {record.get('step')})", self.path.parent,
+                "its earlier lines are intact")  # fmt: skip
 
 
 @dataclass

@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .checkpoint import export_adapter, save_checkpoint
+from .config import CONFIG_FILE, read_run_config
 from .data import collate, step_batches
 from .dist import (
     adam_step_count,
@@ -29,7 +30,8 @@ from .dist import (
     total_norm,
 )
 from .evaluation import run_validation, score_test, write_results
-from .run import Run, TrainError, log0
+from .fileio import write_json
+from .run import Run, TrainError, log0, on_main
 
 
 # ----------------------------------------------------------------------------- train step
@@ -188,4 +190,12 @@ def train(run: Run) -> dict:
         results = write_results(run, test)
         log0(d, f"results written to {run.out / 'results.json'} and results.md")
         final["results"] = results
+    on_main(d, lambda: mark_finished(run), CONFIG_FILE, run.out, "the run's adapter, results and checkpoints")
     return final
+
+
+def mark_finished(run: Run) -> None:
+    """config.json says the run is done: a later --resume of it stops at once (build.check_not_finished)."""
+    record = read_run_config(run.out / CONFIG_FILE)
+    record["finished"] = {"step": run.step, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    write_json(run.out / CONFIG_FILE, record)

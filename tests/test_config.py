@@ -126,6 +126,20 @@ def test_duplicate_keys_in_json_files_are_errors(tmp_path):
         resolve_ds_config(str(ds), make_config({"compute_dtype": "fp32"}), world=1)
 
 
+def test_duplicate_options_in_yaml_files_are_errors(tmp_path):
+    """YAML, too, keeps the last of two equal keys silently; and an option may be written flat or in
+    its section, but not both."""
+    path = tmp_path / "run.yaml"
+    path.write_text("lr_prompt: 0.3\nmax_steps: 5\nlr_prompt: 0.03\n")
+    with pytest.raises(ConfigError, match=r"run.yaml is not valid yaml: .*key 'lr_prompt' appears twice \(line 3\)$"):
+        parse_config(["--config", str(path)])
+    path.write_text("lr_prompt: 0.3\noptim:\n  lr_prompt: 0.03\n")
+    with pytest.raises(ConfigError, match="option lr_prompt is given twice"):
+        parse_config(["--config", str(path)])
+    path.write_text("optim:\n  lr_prompt: 0.03\n  max_steps: 5\n")  # sections still work
+    assert parse_config(["--config", str(path)])[0].optim.lr_prompt == 0.03
+
+
 def test_resume_starts_from_the_runs_own_config(tmp_path):
     """--resume reads OUT/config.json: options not given now come from it (not from the defaults),
     options that only change logging or the machine may be given anew, and a given option that

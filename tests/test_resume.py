@@ -111,6 +111,9 @@ def test_resume_at_another_world_size_is_exact(tmp_path, stage):
     shutil.copytree(ref, cut)  # then forget everything after step 8, as if the job had died there
     shutil.rmtree(cut / "checkpoints" / "step00000016")
     shutil.rmtree(cut / "adapter")
+    record = json.loads((cut / "config.json").read_text())
+    del record["finished"]  # written at the run's end, which the "dead" job never reached
+    (cut / "config.json").write_text(json.dumps(record))
     resumed = run_cmd(
         [sys.executable, "launch/train.py", *opts, "--grad_accum", "2", "--output_dir", str(cut), "--resume"]
     )

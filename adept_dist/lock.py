@@ -1,0 +1,192 @@
+"""One job per run folder: ``OUT/lock.json`` names the job that holds the folder (host, pid and
+that process's start time, SLURM job id and restart count, start time). A second job is refused
+while the holder lives; a lock whose holder is gone is taken over, with a line saying why:
+
+- the holder ran on this host and its process has ended (or its pid now belongs to another process);
+- the holder is an earlier run of this SLURM job (requeued: same job id, lower restart count);
+- the holder's SLURM job is no longer known to ``squeue`` (finished, cancelled, failed);
+- the user says so (``--take_over``): a holder on another host without SLURM cannot be checked.
+
+The main process takes the lock before anything is written into the folder and gives it back when
+the command ends (``release_held``, also after an error, and at exit); a killed job leaves it behind, which the rules above
+handle. Creating the file is atomic (``O_EXCL``); taking one over renames it away first, so two
+jobs taking over the same stale lock cannot both win.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from .errors import UserError
+
+LOCK = "lock.json"
+ALIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "STOPPED")
+
+
+class LockError(UserError, RuntimeError):
+    """The run folder belongs to a job that is still alive (or cannot be checked)."""
+
+
+def process_start(pid: int) -> str | None:
+    """The start time of process `pid` in clock ticks since boot (Linux), telling a reused pid apart."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name may hold spaces
+
+
+def me() -> dict:
+    pid = os.getpid()
+    env = os.environ
+    return {
+        "host": socket.gethostname(),
+        "pid": pid,
+        "pid_start": process_start(pid),
+        "slurm_job_id": env.get("SLURM_JOB_ID"),
+        "slurm_restart": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def describe(holder: dict) -> str:
+    job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
+    return f"pid {holder.get('pid')} on {holder.get('host')}{job}, started {holder.get('started')}"
+
+
+def slurm_job_state(job_id: str) -> str | None:
+    """The job's state from squeue ("" when squeue no longer knows it), None without squeue."""
+    if shutil.which("squeue") is None:
+        return None
+    try:
+        res = subprocess.run(
+            ["squeue", "-h", "-j", str(job_id), "-o", "%T"], capture_output=True, text=True, timeout=30
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if res.returncode != 0:
+        return "" if "invalid job id" in res.stderr.lower() else None
+    return res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
+
+
+def gone(holder: dict, mine: dict) -> str | None:
+    """Why the holder is gone, or None when it may be alive."""
+    if holder.get("host") == mine["host"] and isinstance(holder.get("pid"), int):
+        pid = holder["pid"]
+        if pid == mine["pid"]:
+            return "it is this process (an earlier start in it)"
+        start = process_start(pid)
+        if start is None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return f"process {pid} has ended"
+            except PermissionError:
+                return None
+            return None
+        if holder.get("pid_start") not in (None, start):
+            return f"process {pid} has ended (its pid now belongs to another process)"
+        return None
+    job = holder.get("slurm_job_id")
+    if job:
+        if job == mine["slurm_job_id"] and int(holder.get("slurm_restart", 0)) < mine["slurm_restart"]:
+            return f"it is an earlier run of this job ({job}, requeued)"
+        state = slurm_job_state(job)
+        if state == "":
+            return f"SLURM job {job} has ended"
+        if state is not None and state not in ALIVE_STATES:
+            return f"SLURM job {job} is {state}"
+    return None
+
+
+_held: list[RunLock] = []
+
+
+def release_held() -> None:
+    """Give back every lock this process holds (a command's end, normal or not)."""
+    while _held:
+        _held.pop().release()
+
+
+atexit.register(release_held)
+
+
+class RunLock:
+    def __init__(self, path: Path, record: dict) -> None:
+        self.path, self.record = path, record
+
+    def release(self) -> None:
+        """Remove the lock if it is still ours (never one that another job has taken over)."""
+        try:
+            if json.loads(self.path.read_text()) == self.record:
+                self.path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def read_holder(path: Path) -> dict | None:
+    """The lock's record; None when it vanished. A file still empty after a moment (its writer died
+    between creating and writing it) reads as a holder nobody can check."""
+    for _ in range(2):
+        try:
+            return json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError):
+            time.sleep(0.5)  # being written right now
+    return {"host": "?", "pid": None, "started": "?", "unreadable": True}
+
+
+def acquire(folder: Path, take_over: bool = False, log: Callable[[str], None] = print) -> RunLock:
+    """Take the run folder's lock (the main process, before it writes anything there)."""
+    path, mine = folder / LOCK, me()
+    for _ in range(10):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = read_holder(path)
+            if holder is None:
+                continue
+            why = "unreadable lock file" if holder.get("unreadable") else gone(holder, mine)
+            if why is None and not take_over:
+                raise LockError(
+                    f"run folder {folder} is in use by {describe(holder)}: wait for that job to end or cancel it; "
+                    f"if it is gone (another host, no SLURM), pass --take_over"
+                ) from None
+            if not steal(path, holder):
+                continue  # another job took it over first: look again
+            log(f"took over the lock of {folder} from {describe(holder)}: {why or '--take_over'}")
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(json.dumps(mine) + "\n")
+        lock = RunLock(path, mine)
+        _held.append(lock)
+        return lock
+    raise LockError(f"run folder {folder}: could not take its lock {path} (other jobs keep taking it): try again")
+
+
+def steal(path: Path, holder: dict) -> bool:
+    """Move the judged lock away; False (and nothing lost) when it is no longer that holder's."""
+    aside = path.with_name(f".{LOCK}.{os.getpid()}.stale")
+    try:
+        os.rename(path, aside)
+    except FileNotFoundError:
+        return False
+    taken = read_holder(aside)
+    if taken is not None and taken != holder and not taken.get("unreadable"):
+        try:
+            os.link(aside, path)  # a fresh lock of a live job: put it back unless yet another exists
+        except OSError:
+            pass
+        aside.unlink(missing_ok=True)
+        return False
+    aside.unlink(missing_ok=True)
+    return True

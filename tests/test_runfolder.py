@@ -1,0 +1,305 @@
+"""A run folder knows what it is and belongs to one job: the lock (lock.json) and the run's own
+record (config.json: identity, history of changed options, finished)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from adept_dist import lock
+from tests.conftest import REPO, run_cmd, write_jsonl
+
+
+# ----------------------------------------------------------------------------- the lock itself
+def holder_record(pid: int, **more) -> dict:
+    return {"host": socket.gethostname(), "pid": pid, "pid_start": lock.process_start(pid), "slurm_job_id": None,
+            "slurm_restart": 0, "started": "earlier", **more}  # fmt: skip
+
+
+def write_lock(folder: Path, record: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / lock.LOCK).write_text(json.dumps(record))
+    return folder / lock.LOCK
+
+
+@pytest.fixture
+def live_process():
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_lock_refuses_a_second_job_and_is_given_back(tmp_path):
+    held = lock.acquire(tmp_path)
+    assert json.loads((tmp_path / lock.LOCK).read_text())["pid"] == os.getpid()
+    other = subprocess.run(  # another process (job) on the same folder
+        [sys.executable, "-c", f"from pathlib import Path; from adept_dist.lock import acquire; acquire(Path({str(tmp_path)!r}))"],
+        cwd=REPO, capture_output=True, text=True,
+    )  # fmt: skip
+    assert other.returncode != 0 and f"is in use by pid {os.getpid()} on {socket.gethostname()}" in other.stderr
+    lock.release_held()
+    assert not (tmp_path / lock.LOCK).exists()
+    held.release()  # a second release is harmless
+
+
+def test_lock_of_a_live_process_needs_take_over(tmp_path, live_process):
+    path = write_lock(tmp_path, holder_record(live_process.pid))
+    with pytest.raises(lock.LockError, match=f"in use by pid {live_process.pid} .* pass --take_over"):
+        lock.acquire(tmp_path)
+    assert json.loads(path.read_text())["pid"] == live_process.pid  # refused: left as it was
+    said = []
+    lock.acquire(tmp_path, take_over=True, log=said.append)
+    assert json.loads(path.read_text())["pid"] == os.getpid() and "--take_over" in said[0]
+    lock.release_held()
+
+
+def test_lock_of_a_dead_or_reused_pid_is_taken_over(tmp_path, live_process):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    said = []
+    write_lock(tmp_path, holder_record(dead.pid))
+    lock.acquire(tmp_path, log=said.append)
+    assert f"process {dead.pid} has ended" in said[-1]
+    lock.release_held()
+    # a live pid whose process started at another time than the holder's: the pid was reused
+    write_lock(tmp_path, holder_record(live_process.pid, pid_start="1"))
+    lock.acquire(tmp_path, log=said.append)
+    assert "pid now belongs to another process" in said[-1]
+    lock.release_held()
+
+
+def test_lock_of_the_same_slurm_job_before_its_requeue_is_taken_over(tmp_path, monkeypatch):
+    """A requeued job keeps its job id with a higher SLURM_RESTART_COUNT: the holder on another node
+    is its own dead predecessor. A holder on another host without SLURM cannot be checked."""
+    record = {"host": "node-elsewhere", "pid": 1234, "slurm_job_id": "777", "slurm_restart": 0, "started": "x"}
+    write_lock(tmp_path, record)
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    said = []
+    lock.acquire(tmp_path, log=said.append)
+    assert "earlier run of this job (777, requeued)" in said[-1]
+    lock.release_held()
+    write_lock(tmp_path, {**record, "slurm_job_id": None})
+    with pytest.raises(lock.LockError, match="in use by pid 1234 on node-elsewhere"):
+        lock.acquire(tmp_path)
+
+
+def test_release_never_removes_a_lock_taken_over_by_another_job(tmp_path):
+    held = lock.acquire(tmp_path)
+    write_lock(tmp_path, holder_record(os.getppid()))  # taken over meanwhile (--take_over elsewhere)
+    held.release()
+    assert json.loads((tmp_path / lock.LOCK).read_text())["pid"] == os.getppid()
+    lock._held.clear()
+
+
+# ----------------------------------------------------------------------------- runs
+def train_py(*args: str, **kw) -> subprocess.CompletedProcess:
+    return run_cmd([sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero2.json", *args], **kw)
+
+
+def snapshot(folder: Path) -> dict:
+    return {
+        str(p.relative_to(folder)): (p.read_bytes(), p.stat().st_mtime_ns) for p in folder.rglob("*") if p.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_resume_finished_run_history_reschedule_batch_and_lock(tmp_path, tiny_model_dir, live_process):
+    """A finished 2-step run on the user's data: --resume says so and exits 0 touching nothing; another
+    --method is refused; another --max_steps needs
+    --reschedule; a changed global batch is refused; a live holder of the lock refuses the start; a
+    resume with --reschedule continues and records what changed in config.json's history."""
+    out = tmp_path / "out"
+    train = write_jsonl(tmp_path / "train.jsonl", [{"input": "review : the food was great", "target": "positive"}] * 8)
+    proc = train_py("--model", str(tiny_model_dir), "--train_file", str(train), "--output_dir", str(out),
+                    "--max_steps", "2")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    first = json.loads((out / "config.json").read_text())
+    assert first["finished"]["step"] == 2 and first["history"] == [] and len(first["identity"]["id"]) == 32
+    assert not (out / lock.LOCK).exists()  # given back at the end
+    before = snapshot(out)
+
+    proc = train_py("--output_dir", str(out), "--resume")
+    assert proc.returncode == 0 and "finished at step 2" in proc.stdout and "nothing to do" in proc.stdout
+    proc = train_py("--output_dir", str(out), "--resume", "--method", "dept")
+    assert proc.returncode == 2 and "started with other settings (method 'adept' -> 'dept')" in proc.stderr
+    proc = train_py("--output_dir", str(out), "--resume", "--max_steps", "3")
+    assert proc.returncode == 2 and "--max_steps 3 differs from this run's 2" in proc.stderr, proc.stderr[-2000:]
+    assert "add --reschedule" in proc.stderr
+    proc = train_py("--output_dir", str(out), "--resume", "--max_steps", "3", "--reschedule", "--micro_batch_size", "4")
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "global batch would change from 8 to 4" in proc.stderr and "set --grad_accum 2 to keep 8" in proc.stderr
+    write_lock(out, holder_record(live_process.pid))
+    proc = train_py("--output_dir", str(out), "--resume", "--max_steps", "3", "--reschedule")
+    assert proc.returncode == 2 and f"is in use by pid {live_process.pid}" in proc.stderr, proc.stderr[-2000:]
+    (out / lock.LOCK).unlink()
+    assert snapshot(out) == before  # every refusal above left the run as it was
+
+    proc = train_py("--output_dir", str(out), "--resume", "--max_steps", "3", "--reschedule", "--log_every", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--reschedule: max_steps 2 -> 3" in proc.stdout
+    cfg = json.loads((out / "config.json").read_text())
+    assert cfg["identity"] == first["identity"] and cfg["finished"]["step"] == 3
+    assert [(h["step"], h["changed"]) for h in cfg["history"]] == [(2, {"log_every": [10, 1], "max_steps": [2, 3]})]
+    assert (cfg["optim"]["max_steps"], cfg["run"]["log_every"], cfg["run"]["reschedule"]) == (3, 1, True)
+    assert (cfg["model"]["model"], cfg["data"]["train_file"]) == (str(tiny_model_dir), str(train))  # the run's own
+    metrics = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [m["step"] for m in metrics if "loss" in m] == [2, 3]
+    # linear decay to 0 at the new max_steps from the resumed step: step 3 of warmup 0, total 3 -> 1/3 of the peak
+    assert metrics[-1]["lr"] == pytest.approx(0.3 / 3)  # the old schedule had reached 0 at step 2
+
+
+@pytest.mark.slow
+def test_a_second_job_on_a_live_run_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, tiny_model_dir):
+    """Two real jobs: while the first trains, a second --resume on its folder is refused before it
+    reads anything; after the first is killed (SIGKILL: its lock stays), the next --resume takes the
+    lock over, names the dead holder and continues from the first job's checkpoint."""
+    out = tmp_path / "out"
+    train = write_jsonl(tmp_path / "train.jsonl", [{"input": "review : the food was great", "target": "positive"}] * 8)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    first = subprocess.Popen(
+        [sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero2.json", "--model", str(tiny_model_dir),
+         "--train_file", str(train), "--output_dir", str(out), "--max_steps", "100000", "--warmup_steps", "0", "--save_every", "2",
+         "--log_every", "1"],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "latest").exists():
+            assert first.poll() is None and time.time() < deadline, "the first job did not reach a checkpoint"
+            time.sleep(0.5)
+        proc = train_py("--output_dir", str(out), "--resume")
+        assert proc.returncode == 2 and f"is in use by pid {first.pid} on {socket.gethostname()}" in proc.stderr
+        assert first.poll() is None  # the first job never noticed
+    finally:
+        first.kill()
+        first.wait()
+    assert json.loads((out / lock.LOCK).read_text())["pid"] == first.pid  # a killed job leaves its lock
+    saved = int((out / "checkpoints" / "latest").read_text().removeprefix("step"))
+    proc = train_py("--output_dir", str(out), "--resume", "--max_steps", str(saved + 1), "--reschedule")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"took over the lock of {out} from pid {first.pid}" in proc.stdout
+    assert f"process {first.pid} has ended" in proc.stdout and f"resumed from step{saved:08d}" in proc.stdout
+
+
+# ----------------------------------------------------------------------------- a full disk
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 16 MB tmpfs: a disk that really fills up (mounting needs root, as in CI)."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here (needs root): {res.stderr.strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Take every free byte of `disk`."""
+    filler = disk / "filler"
+    with open(filler, "wb") as f:
+        try:
+            while True:
+                f.write(b"\0" * 2**16)
+                f.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_adapter_export_on_a_full_disk_leaves_the_old_adapter_and_no_temp_folder(small_disk):
+    from adept_dist.adapters import build_adapter
+    from adept_dist.export import WEIGHTS, adapter_config, save_adapter
+    from adept_dist.fileio import write_error
+
+    adapter = build_adapter("adept", 60, 64)
+    out = save_adapter(small_disk / "adapter", adapter.state_dict(), adapter_config(adapter))
+    before = (out / WEIGHTS).read_bytes()
+    fill(small_disk)
+    with pytest.raises(Exception) as caught:
+        save_adapter(
+            small_disk / "adapter", {k: v + 1 for k, v in adapter.state_dict().items()}, adapter_config(adapter)
+        )
+    assert (out / WEIGHTS).read_bytes() == before
+    assert sorted(p.name for p in small_disk.iterdir()) == ["adapter", "filler"]  # no .adapter-* left behind
+    error = write_error(caught.value, "the adapter", small_disk, "the adapter written before is intact")
+    assert error is not None and error.exit_code == 4
+    assert f"could not write the adapter in {small_disk}: no space left on the device" in str(error)
+
+
+def test_a_read_only_folder_is_named_as_such(small_disk):
+    from adept_dist.fileio import disk_problem
+
+    assert disk_problem(small_disk) is None
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    assert disk_problem(small_disk) == "the file system is read-only"
+
+
+@pytest.mark.slow
+def test_disk_full_during_a_checkpoint_keeps_the_earlier_ones(tmp_path, tiny_model_dir, small_disk):
+    """The disk fills while a run trains (checkpoints every 2 steps): the run stops with exit code 4
+    and one line naming the checkpoint, the folder and the full disk; no partial checkpoint is left,
+    `latest` names a complete one, and once space is freed --resume continues from it."""
+    out = small_disk / "out"
+    train = write_jsonl(tmp_path / "train.jsonl", [{"input": "review : the food was great", "target": "positive"}] * 8)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(
+        [sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero2.json", "--model", str(tiny_model_dir),
+         "--train_file", str(train), "--output_dir", str(out), "--max_steps", "100000", "--warmup_steps", "0", "--save_every", "2",
+         "--log_every", "100000"],
+        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (out / "checkpoints" / "latest").exists():
+            assert job.poll() is None and time.time() < deadline, "the job did not reach a checkpoint"
+            time.sleep(0.2)
+        filler = fill(small_disk)
+        _, err = job.communicate(timeout=300)
+    finally:
+        job.kill()
+    lines = re.findall(r"error \(rank \d+\): [^\r\n]*", err)  # tqdm's bar may precede it on its line
+    assert job.returncode == 4 and len(lines) == 1, err[-3000:]
+    assert "could not write checkpoint step" in lines[0] and "no space left on the device" in lines[0], lines[0]
+    assert f"in {out / 'checkpoints'}" in lines[0] and "are intact" in lines[0]
+    ckpts = out / "checkpoints"
+    assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".tmp-")]
+    latest = (ckpts / "latest").read_text()
+    assert (ckpts / latest / "adept_meta.json").is_file()
+    filler.unlink()
+    saved = int(latest.removeprefix("step"))
+    proc = train_py("--output_dir", str(out), "--resume", "--max_steps", str(saved + 1), "--reschedule")
+    assert proc.returncode == 0 and f"resumed from {latest}" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_metrics_and_results_writes_on_a_full_disk_keep_what_was_there(small_disk):
+    """metrics.jsonl keeps its earlier lines; results.json (written whole, then renamed) stays the
+    old one; both failures are WriteError (exit code 4) naming the file and the full disk."""
+    import torch
+
+    from adept_dist.dist import Dist
+    from adept_dist.fileio import WriteError, write_json
+    from adept_dist.run import MetricsLog, on_main
+
+    d = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
+    log = MetricsLog(small_disk / "metrics.jsonl", d)
+    log.write({"step": 1, "loss": 1.0})
+    write_json(small_disk / "results.json", {"test": 1})
+    fill(small_disk)
+    with pytest.raises(WriteError, match=r"could not write metrics.jsonl \(step 2\) in .*: no space left"):
+        log.write({"step": 2, "loss": 0.5, "padding": "x" * 2**16})
+    assert (small_disk / "metrics.jsonl").read_text() == '{"step": 1, "loss": 1.0}\n'  # no half line
+    with pytest.raises(WriteError, match="could not write results.json in .*: no space left.*earlier results"):
+        on_main(d, lambda: write_json(small_disk / "results.json", {"test": 2, "x": "y" * 2**16}), "results.json",
+                small_disk, "earlier results are intact")  # fmt: skip
+    assert json.loads((small_disk / "results.json").read_text()) == {"test": 1}
