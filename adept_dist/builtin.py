@@ -267,6 +267,21 @@ def builtin_dir() -> Path:
     return home() / f"builtin-{VERSION}"
 
 
+def save_model_folder(model, folder: Path) -> None:
+    """The Hugging Face layout (config.json, generation_config.json, model.safetensors), written on any
+    rank: transformers' save_pretrained writes no weights on a global rank other than 0, and the first
+    rank of every node builds the built-in model (its home may be node-local)."""
+    from safetensors.torch import save_file
+
+    folder.mkdir(parents=True, exist_ok=True)
+    model.config.architectures = [type(model).__name__]  # as save_pretrained records them
+    model.config.dtype = next(model.parameters()).dtype
+    model.config.to_json_file(folder / "config.json")
+    model.generation_config.to_json_file(folder / "generation_config.json")
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}  # untied: no shared tensors
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+
+
 def ensure_builtin(pretrain_steps: int = 600, seed: int = 0, log=print) -> Path:
     """Build (once) and return the folder holding model/, train.jsonl and dev.jsonl."""
     root = builtin_dir()
@@ -281,13 +296,16 @@ def ensure_builtin(pretrain_steps: int = 600, seed: int = 0, log=print) -> Path:
     tokenizer = build_tokenizer()
     model = LlamaForCausalLM(model_config(len(tokenizer)))
     losses = pretrain(model, tokenizer, pretrain_steps, seed)
-    model.save_pretrained(tmp / "model")
+    save_model_folder(model, tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
     for name, n, s in (("train.jsonl", 4000, 100), ("dev.jsonl", 400, 200)):
         with open(tmp / name, "w") as f:
             for row in task_rows(n, s):
                 f.write(json.dumps(row) + "\n")
     (tmp / "pretrain_losses.json").write_text(json.dumps(losses))
+    missing = [n for n in ("config.json", "model.safetensors", "tokenizer.json") if not (tmp / "model" / n).is_file()]
+    if missing:  # never mark a cache complete that every later run would fail on
+        raise RuntimeError(f"building the built-in model in {tmp} wrote no {', '.join(missing)}")
     (tmp / "COMPLETE").write_text("ok\n")
     try:
         tmp.rename(root)

@@ -50,8 +50,11 @@ def commands(args, extra: list[str]) -> list[tuple[Path, list[str]]]:
                 else:
                     if not args.config:
                         raise SystemExit("error: --config is required with SLURM (launch/slurm/train.sbatch takes it)")
-                    cmd = ["sbatch", f"--job-name=adept-{task}-{method}-s{seed}", *shlex.split(args.slurm)]
-                    cmd += ["launch/slurm/train.sbatch", args.config, *flags]
+                    # submitted from here, so the config and the run folders mean the same to the job
+                    # as to this script; each job's log beside the runs (%x: the job name)
+                    cmd = ["sbatch", f"--job-name=adept-{task}-{method}-s{seed}"]
+                    cmd += [f"--output={Path(args.runs_dir) / '%x-%j.out'}", *shlex.split(args.slurm)]
+                    cmd += [str(REPO / "launch" / "slurm" / "train.sbatch"), args.config, *flags]
                 runs.append((out, cmd))
     return runs
 
@@ -79,8 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(shlex.join(cmd), flush=True)
         if not args.dry_run:
             if not args.local:
-                Path("logs").mkdir(exist_ok=True)  # train.sbatch writes logs/%x-%j.out
-            rc = subprocess.run(cmd, cwd=REPO).returncode
+                Path(args.runs_dir).mkdir(parents=True, exist_ok=True)  # SLURM does not create the log's folder
+            rc = subprocess.run(cmd, cwd=REPO if args.local else None).returncode
             if rc != 0:
                 print(f"# {out}: exit code {rc}", file=sys.stderr)
                 failed += 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -333,3 +334,33 @@ def test_checkpoint_module_load_checks_the_adapter_tensors(nf4_backbone):
         assert torch.equal(fresh.adapter.state_dict()[name], value), name
     with pytest.raises(CheckpointError, match=r"missing \[\], unexpected \['adapter.A', 'adapter.B'"):
         load_trainable_only(saved, AdeptLM(nf4_backbone, build_adapter("pt", 4, 64)))
+
+
+def _save_on_rank(rank: int, port: int, folder: str) -> None:
+    import torch.distributed as dist
+    from transformers import LlamaForCausalLM
+
+    from adept_dist.builtin import build_tokenizer, model_config, save_model_folder
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    if rank == 1:  # the first rank of a second node builds the built-in model where its home is
+        torch.manual_seed(0)
+        save_model_folder(LlamaForCausalLM(model_config(len(build_tokenizer()))), Path(folder))
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def test_the_builtin_model_is_written_whole_on_any_rank(tmp_path):
+    """transformers' save_pretrained writes no config or weights on a global rank other than 0; the
+    built-in model is built by every node's first rank, so it writes its folder itself (rank 1 here)."""
+    from transformers import LlamaForCausalLM
+
+    from adept_dist.dist import free_port
+
+    torch.multiprocessing.spawn(_save_on_rank, args=(free_port(), str(tmp_path / "model")), nprocs=2)
+    model = LlamaForCausalLM.from_pretrained(tmp_path / "model")
+    torch.manual_seed(0)
+    from adept_dist.builtin import build_tokenizer, model_config
+
+    fresh = LlamaForCausalLM(model_config(len(build_tokenizer())))
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))

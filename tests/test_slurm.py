@@ -5,21 +5,27 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
+import socket
+import subprocess
 import sys
 import time
+from pathlib import Path
 
 import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 
+from adept_dist import builtin
 from tests.conftest import REPO
 from tests.slurm_harness import LocalSlurm, ensure_slurm_installed
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
 STEPS = 40
+SCRIPT = REPO / "launch" / "slurm" / "train.sbatch"
 # partition "high" preempts "low" by requeue, with a grace time: SLURM then sends TERM to the tasks
 # only, and would end the job COMPLETED without requeueing it unless the batch script does.
 PREEMPTION = """
@@ -41,14 +47,22 @@ def cluster(tmp_path_factory):
     if reason:
         print(f"SLURM tests skipped: {reason}")
         pytest.skip(f"SLURM cannot be installed here: {reason}")
+    # the built-in model is built here, before any job: inside a job each node's first rank builds
+    # it into the shared cache, and transformers saves no weights on a rank other than 0, so a
+    # rank-1 build that renamed its folder first left a model folder without config.json
+    builtin.ensure_builtin()
     with LocalSlurm(tmp_path_factory.mktemp("slurm"), extra_conf=PREEMPTION) as c:
-        c.env.update(
-            ADEPT_DIR=str(REPO),
-            ADEPT_PYTHON=sys.executable,
-            GLOO_SOCKET_IFNAME="lo",
-            DS_ACCELERATOR="cpu",
-            PYTHONPATH=str(REPO),
-        )
+        # as a user runs it: the installed package only (no PYTHONPATH to the checkout, no ADEPT_DIR),
+        # the python found by the script's own default
+        for key in ("ADEPT_DIR", "ADEPT_PYTHON", "PYTHONPATH", "MASTER_PORT", "VIRTUAL_ENV"):
+            c.env.pop(key, None)
+        if sys.prefix != sys.base_prefix:  # a venv, as if activated; python3 on PATH is another python
+            venv_bin = Path(sys.prefix, "bin").resolve()
+            c.env["VIRTUAL_ENV"] = sys.prefix
+            c.env["PATH"] = os.pathsep.join(p for p in c.env["PATH"].split(os.pathsep) if Path(p).resolve() != venv_bin)
+        else:
+            c.env["ADEPT_PYTHON"] = sys.executable
+        c.env.update(GLOO_SOCKET_IFNAME="lo", DS_ACCELERATOR="cpu")
         yield c
 
 
@@ -63,7 +77,7 @@ def submit(cluster, tmp_path, name: str, sbatch_args: tuple = (), **extra) -> tu
             "--ntasks-per-node=1",
             f"--output={tmp_path}/{name}-%j.log",
             *sbatch_args,
-            str(REPO / "launch" / "slurm" / "train.sbatch"),
+            str(SCRIPT),
             str(config),
         ],
         cwd=tmp_path,
@@ -132,7 +146,7 @@ def test_killed_rank_ends_the_job_then_requeue_resumes(cluster, reference, tmp_p
     victims = [
         p
         for p in psutil.process_iter(["cmdline", "environ"])
-        if "launch/train.py" in " ".join(p.info["cmdline"] or [])
+        if "adept_dist.cli" in " ".join(p.info["cmdline"] or [])
         and (p.info["environ"] or {}).get("SLURM_PROCID") == "1"
         and (p.info["environ"] or {}).get("SLURM_JOB_ID") == str(job)
     ]
@@ -142,8 +156,6 @@ def test_killed_rank_ends_the_job_then_requeue_resumes(cluster, reference, tmp_p
     state = cluster.wait(job, timeout=60)
     assert state == "FAILED", cluster.diagnostics(job)
     print(f"job ended {time.time() - killed_at:.1f} s after the kill")
-    import subprocess
-
     subprocess.run(["scontrol", "requeue", str(job)], env=cluster.env, check=True)
     cluster.wait_restarted(job, restarts=1, timeout=300)
     assert cluster.wait(job, timeout=600) == "COMPLETED", cluster.diagnostics(job)
@@ -155,8 +167,6 @@ def test_external_scontrol_requeue_resumes_exactly(cluster, reference, tmp_path)
     """An admin's `scontrol requeue JOB` mid-run: SLURM sends TERM to the batch shell and the tasks,
     the ranks save on TERM and exit 3, SLURM requeues the job, and it resumes to the same losses
     and adapter as the uninterrupted job."""
-    import subprocess
-
     job, out = submit(cluster, tmp_path, "requeued")
     wait_for_step(cluster, job, out, 3)
     subprocess.run(["scontrol", "requeue", str(job)], env=cluster.env, check=True)
@@ -187,3 +197,73 @@ def test_gracetime_preemption_requeues_and_resumes_exactly(cluster, reference, t
     assert "stopped by a signal after step" in log and "requeueing job" in log and "resumed from step" in log
     assert losses(out) == losses(reference)
     assert same_adapter(out, reference)
+
+
+def short_run(folder: Path, output_dir: str) -> None:
+    """A 3-step run.yaml in `folder`, with a relative DeepSpeed config next to it."""
+    (folder / "ds.json").write_text((REPO / "ds_configs" / "zero3.json").read_text())
+    (folder / "run.yaml").write_text(
+        f"output_dir: {output_dir}\nds_config: ds.json\nmax_steps: 3\nlog_every: 1\nmax_eval_samples: 8\n"
+    )
+
+
+def test_submitted_from_another_folder_runs_there_and_logs_there(cluster, tmp_path):
+    """A user's `sbatch /path/to/train.sbatch run.yaml` from their own folder (not the checkout, no
+    ADEPT_DIR, no --output): the job runs in that folder, so the relative config path and the relative
+    paths inside it (output_dir, ds_config) resolve there, and its log is that folder's
+    adept-JOBID.out, with no logs/ folder needed. A torch.py of the user's there shadows nothing."""
+    work = tmp_path / "my project"  # a space too: every path in the script must be quoted
+    work.mkdir()
+    short_run(work, "out")
+    (work / "torch.py").write_text("raise SystemExit('the submit folder was on sys.path')\n")
+    job = cluster.sbatch(["--nodes=2", "--ntasks-per-node=1", str(SCRIPT), "run.yaml"], cwd=work)
+    assert cluster.wait(job, timeout=600) == "COMPLETED", cluster.diagnostics(job)
+    log = work / f"adept-{job}.out"
+    assert log.is_file(), sorted(os.listdir(work))
+    text = log.read_text(errors="replace")
+    assert "2 nodes, 2 ranks, master localnode1:" in text and f"in {work}" in text, text
+    if "VIRTUAL_ENV" in cluster.env:  # the activated venv's python, though python3 on PATH is another one
+        assert f"python {sys.prefix}/bin/python," in text, text
+    assert (work / "out" / "adapter" / "adapter_model.safetensors").is_file(), text
+    assert len(losses(work / "out")) == 3
+    assert not list(work.glob(".adept-stopped-*"))
+    assert not (REPO / "out").exists() and not (REPO / f"adept-{job}.out").exists()
+
+
+def test_python_without_the_project_is_refused_with_one_line(cluster, tmp_path):
+    """ADEPT_PYTHON naming a python without adept-dist/torch/deepspeed (a bare venv), or no python
+    at all: the job fails at once with exit code 2 and one line in its log saying what to set,
+    instead of a traceback per rank."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    short_run(tmp_path, "out")
+    for python, why in ((f"{bare}/bin/python", "No module named 'adept_dist'"), ("/nonexistent/python", "")):
+        job = cluster.sbatch(
+            ["--nodes=2", "--ntasks-per-node=1", f"--export=ALL,ADEPT_PYTHON={python}", str(SCRIPT), "run.yaml"],
+            cwd=tmp_path,
+        )
+        assert cluster.wait(job, timeout=120) == "FAILED", cluster.diagnostics(job)
+        assert cluster.job_info(job)["ExitCode"] == "2:0"
+        text = (tmp_path / f"adept-{job}.out").read_text(errors="replace")
+        errors = [line for line in text.splitlines() if line.startswith("error:")]
+        assert len(errors) == 1 and f"error: {python} cannot import adept-dist" in errors[0], text
+        assert why in errors[0] and "set ADEPT_PYTHON" in errors[0], errors
+        assert "Traceback" not in text and f"job {job} start" not in text, text  # refused before srun
+    assert not (tmp_path / "out").exists()
+
+
+def test_port_taken_on_the_first_node_is_not_used(cluster, tmp_path):
+    """Another program on the first node listens on the port the old script derived from the job id
+    (20000 + id % 20000): the job asks the OS for a free port instead and trains."""
+    short_run(tmp_path, "out")
+    job = cluster.sbatch(["--hold", "--nodes=2", "--ntasks-per-node=1", str(SCRIPT), "run.yaml"], cwd=tmp_path)
+    derived = 20000 + job % 20000
+    with socket.socket() as held:
+        held.bind(("", derived))
+        held.listen()
+        subprocess.run(["scontrol", "release", str(job)], env=cluster.env, check=True)
+        assert cluster.wait(job, timeout=600) == "COMPLETED", cluster.diagnostics(job)
+    text = (tmp_path / f"adept-{job}.out").read_text(errors="replace")
+    port = int(re.search(r"master localnode1:(\d+)", text).group(1))
+    assert port != derived
+    assert len(losses(tmp_path / "out")) == 3
