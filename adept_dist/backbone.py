@@ -52,6 +52,8 @@ def weight_files(folder: Path) -> list[Path]:
     """The weight files transformers would read from a model folder: the safetensors checkpoint
     (its index's shards, or the single file), else the PyTorch .bin one; [] when there is neither."""
     for index, single in (SAFETENSORS, PYTORCH_BIN):
+        if (folder / single).is_file():  # transformers' order: the single file before an index
+            return [folder / single]
         if (folder / index).is_file():
             try:
                 names = json.loads((folder / index).read_text())["weight_map"].values()
@@ -60,8 +62,6 @@ def weight_files(folder: Path) -> list[Path]:
                 raise ModelError(
                     f"model file {folder / index} is corrupt ({first_line(exc)}): download it again"
                 ) from None
-        if (folder / single).is_file():
-            return [folder / single]
     return []
 
 

@@ -36,6 +36,7 @@ from .errors import EXIT_OK, UserError
 from .export import load_adapter
 from .fileio import write_json
 from .loader import load_layerwise
+from .merge import shard_map
 from .model import AdeptLM
 from .optim import make_optimizer
 from .run import MetricsLog, Run, RunParts, TrainError, log0, on_main
@@ -50,15 +51,16 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     """Everything before DeepSpeed: folder, data, backbone, adapter (collective). Nothing is
     written into the output folder yet. --resume starts from the run's own config.json."""
     out = Path(cfg.run.output_dir)
-    if cfg.run.resume and (out / CONFIG_FILE).is_file():
-        cfg = resumed_config(cfg, out / CONFIG_FILE, str(builtin.builtin_dir() / "model"))
-        check_not_finished(out, cfg)
+    if cfg.run.resume and (text := run_config_text(out / CONFIG_FILE, d)):
+        cfg = resumed_config(cfg, out / CONFIG_FILE, str(builtin.builtin_dir() / "model"), text)
+        check_not_finished(out, cfg, read_run_config(out / CONFIG_FILE, text))
     cfg.model.compute_dtype = resolve_compute_dtype(cfg.model.compute_dtype, d.device)
     check_output_dir(out, cfg.run.resume)
     dist.barrier()  # every rank has looked before the main one writes
     if d.main:
         out.mkdir(parents=True, exist_ok=True)
-    on_main(d, lambda: lock.acquire(out, cfg.run.take_over, log=lambda m: log0(d, m)))
+    on_main(d, lambda: lock.acquire(out, cfg.run.take_over, log=lambda m: log0(d, m)), lock.LOCK, out,
+            "nothing was written")  # fmt: skip
 
     model_name, files = sources(cfg, d)
     model_config = load_config(model_name)  # refuse a missing or non-decoder model before reading data
@@ -67,12 +69,14 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    tokenizer = load_tokenizer(model_name)
-    data = load_data(cfg, d, tokenizer, files)
-
     ds_config = resolve_ds_config(cfg.run.ds_config, cfg, d.world)
     zero3 = zero_stage(ds_config) == 3
     cfg.model.loader = choose_loader(cfg.model.loader, zero3, model_config.model_type, cfg.run.ds_config)
+    if cfg.model.loader == "layerwise" and Path(model_name).is_dir():  # a .bin-only model: refused before the data
+        shard_map(Path(model_name), model_name, "the layerwise loader (the default under ZeRO-3)",
+                  "pass --loader transformers, or ")  # fmt: skip
+    tokenizer = load_tokenizer(model_name)
+    data = load_data(cfg, d, tokenizer, files)
 
     dtype = DTYPES[cfg.model.compute_dtype]
     mc = cfg.model
@@ -108,7 +112,7 @@ def assemble(parts: RunParts) -> Run:
     run = Run(**fields, engine=engine, metrics=MetricsLog(parts.out / "metrics.jsonl", parts.d))
     if run.cfg.run.resume:
         resume_state(run)
-        run.metrics.drop_after(run.step)
+        run.metrics.drop_after(run.step, final=run.step == run.cfg.optim.max_steps)
 
     def record() -> None:  # only a run that could start writes what it runs: the resolved options and DeepSpeed JSON
         write_json(run.out / CONFIG_FILE, run_record(run))
@@ -144,8 +148,25 @@ class RunFinished(UserError):
     exit_code = EXIT_OK
 
 
-def check_not_finished(out: Path, cfg: Config) -> None:
-    finished = read_run_config(out / CONFIG_FILE).get("finished")
+def run_config_text(path: Path, d: Dist) -> str:
+    """The run's config.json as the main process reads it, on every rank ("" when there is none), so
+    all ranks decide alike even while the file changes (collective)."""
+    text = ""
+    if d.main and path.is_file():
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            text = f"unreadable: {exc}"  # every rank then refuses it alike
+    return broadcast_packed({}, text, d.device)[1]
+
+
+def check_not_finished(out: Path, cfg: Config, stored: dict) -> None:
+    finished = stored.get("finished")
+    if finished and cfg.optim.max_steps < finished.get("step", -1):
+        raise ConfigError(
+            f"--max_steps {cfg.optim.max_steps} is below the step this run finished at ({finished['step']}): give "
+            f"--max_steps {finished['step']} or more"
+        )
     if finished and finished.get("step", -1) >= cfg.optim.max_steps:
         raise RunFinished(
             f"run {out} finished at step {finished['step']} on {finished.get('at')}: nothing to do (its results are "

@@ -69,9 +69,14 @@ def save(engine, named_params, root: Path, meta: dict, keep: int, main: bool) ->
     meta = {**meta, "adam_step": adam_step_count(engine), "scheduler": scheduler_state(engine)}
     tag = tag_of(meta["step"])
     tmp = root / f".tmp-{tag}"
+    failure = None
     if main:
-        shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a save that was killed
-    dist.barrier()
+        try:
+            root.mkdir(parents=True, exist_ok=True)  # DeepSpeed's own makedirs would fail on rank 0 alone
+            shutil.rmtree(tmp, ignore_errors=True)  # leftovers of a save that was killed
+        except OSError as exc:
+            failure = exc
+    agree(failure, tag, root, main)
     try:
         engine.save_checkpoint(str(root), tag=tmp.name, client_state=meta, save_latest=False,
                                exclude_frozen_parameters=True)  # fmt: skip
@@ -110,10 +115,10 @@ def agree(failure: BaseException | None, tag: str, root: Path, main: bool) -> No
     failed = all_reduce_sum(torch.tensor([0.0 if failure is None else 1.0])).item()
     if not failed:
         return
+    kept = f"the checkpoints before {tag} are intact"
+    error = write_error(failure, f"checkpoint {tag}", root, kept) if failure is not None else None  # before cleanup
     if main:
         shutil.rmtree(root / f".tmp-{tag}", ignore_errors=True)
-    kept = f"the checkpoints before {tag} are intact"
-    error = write_error(failure, f"checkpoint {tag}", root, kept) if failure is not None else None
     if failure is not None and error is None:
         raise failure
     raise error or WriteError(f"could not write checkpoint {tag} in {root} on another rank (see its line); {kept}")
@@ -214,10 +219,12 @@ def resume_state(run: Run) -> None:
             f"set {fix} to keep {saved_batch}"
         )
     run.step, run.position = meta["step"], meta["position"]
-    if "max_steps" in run.cfg.changes:  # --reschedule: the next step already follows the new schedule
-        sched = run.engine.lr_scheduler
-        for group, base, f in zip(run.engine.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
-            group["lr"] = base * f(sched.last_epoch)
+    # the rate of the next step from this run's schedule (what LambdaLR computes; the same value as
+    # the one restored unless --reschedule changed the schedule, now or in a start that died since)
+    sched = run.engine.lr_scheduler
+    for group, base, f in zip(run.engine.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * f(sched.last_epoch)
+    if "max_steps" in run.cfg.changes:
         old, new = run.cfg.changes["max_steps"]
         log0(run.d, f"--reschedule: max_steps {old} -> {new}; the learning rate at step {run.step + 1} is now "
                     f"{run.engine.get_lr()[0]:.4g} and decays to 0 at step {new}")  # fmt: skip

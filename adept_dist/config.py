@@ -342,10 +342,11 @@ CHANGEABLE_ON_RESUME = frozenset(
 PER_START = ("resume", "reschedule", "take_over", "output_dir")  # what one start says about itself, never inherited
 
 
-def read_run_config(path: Path) -> dict:
-    """A run's config.json as written by build.assemble (sections, identity, history, finished)."""
+def read_run_config(path: Path, text: str | None = None) -> dict:
+    """A run's config.json as written by build.assemble (sections, identity, history, finished);
+    `text`: its content as read already (by the main process, for every rank)."""
     try:
-        stored = json.loads(path.read_text(), object_pairs_hook=refuse_duplicate_keys)
+        stored = json.loads(path.read_text() if text is None else text, object_pairs_hook=refuse_duplicate_keys)
         for sec in SECTIONS:
             if not isinstance(stored[sec], dict):
                 raise TypeError(f"section {sec} is not a mapping")
@@ -355,11 +356,11 @@ def read_run_config(path: Path) -> dict:
                           f"in another --output_dir") from None  # fmt: skip
 
 
-def resumed_config(cfg: Config, path: Path, builtin_model: str) -> Config:
+def resumed_config(cfg: Config, path: Path, builtin_model: str, text: str | None = None) -> Config:
     """--resume: the run's own config (`path`, its config.json) with the options given now on top.
     A given option that changes the optimisation or the data is refused, naming each difference;
     the changeable ones that differ are kept in the result's ``changes`` (for config.json's history)."""
-    stored = read_run_config(path)
+    stored = read_run_config(path, text)
     flat = {k: v for sec in SECTIONS for k, v in stored[sec].items() if k in FIELD_SECTION}
     if flat.get("model") == builtin_model:
         flat["model"] = None  # the built-in model: recorded by its folder, named "builtin" in adapters
@@ -368,7 +369,7 @@ def resumed_config(cfg: Config, path: Path, builtin_model: str) -> Config:
         new, old = cfg.value(name), flat.get(name)
         if name == "model" and new is not None and old is not None and Path(new).resolve() == Path(old).resolve():
             continue
-        if new == old or (name == "loader" and new == "auto"):
+        if new == old or (name in ("loader", "compute_dtype") and new == "auto"):  # resolved again, recorded
             continue
         if name not in CHANGEABLE_ON_RESUME:
             diffs.append(f"{name} {old!r} -> {new!r}")

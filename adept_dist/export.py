@@ -18,7 +18,7 @@ import torch
 
 from .adapters import PromptAdapter, build_adapter
 from .errors import UserError
-from .fileio import replace_folder, temp_folder_for
+from .fileio import replace_folder, temp_folder_for, write_error
 
 FORMAT = "adept-dist-adapter"
 FORMAT_VERSION = 1
@@ -61,8 +61,12 @@ def save_adapter(out_dir: str | Path, state: dict[str, torch.Tensor], config: di
         )
         (tmp / CONFIG).write_text(json.dumps(config, indent=2) + "\n")
         return replace_folder(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)  # a failed write (disk full) leaves no half folder behind
+    except Exception as exc:
+        failed = write_error(exc, "the adapter", out.parent, f"{out} is as it was")  # before the cleanup
+        shutil.rmtree(tmp, ignore_errors=True)  # no half folder left behind
+        if failed is None:
+            raise
+        raise failed from exc
 
 
 def read_adapter_config(adapter_dir: str | Path) -> dict:

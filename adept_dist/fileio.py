@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -62,15 +63,17 @@ def disk_problem(folder: Path) -> str | None:
 
 def write_error(exc: BaseException, what: str, folder: Path, kept: str) -> WriteError | None:
     """`exc` (raised writing `what` into `folder`) as one line when the disk caused it, else None
-    (a bug keeps its traceback). `kept` says what is intact."""
+    (a bug keeps its traceback). `kept` says what is intact. Call it before removing the partial
+    files: a full disk is seen by looking only while they still take the space."""
     if isinstance(exc, WriteError):
         return exc
-    if isinstance(exc, OSError) and exc.errno in DISK_ERRNOS:
-        reason = DISK_ERRNOS[exc.errno]
-    elif isinstance(exc, Exception):
-        reason = disk_problem(folder)
-    else:
+    if not isinstance(exc, Exception):
         return None
+    code = exc.errno if isinstance(exc, OSError) else None
+    if code is None:  # safetensors says "(os error 28)"; torch.save only "file write failed"
+        m = re.search(r"os error (\d+)|\[Errno (\d+)\]", str(exc))
+        code = int(m.group(1) or m.group(2)) if m else None
+    reason = DISK_ERRNOS.get(code) or disk_problem(folder)
     if reason is None:
         return None
     return WriteError(

@@ -2,9 +2,11 @@
 that process's start time, SLURM job id and restart count, start time). A second job is refused
 while the holder lives; a lock whose holder is gone is taken over, with a line saying why:
 
-- the holder ran on this host and its process has ended (or its pid now belongs to another process);
+- the holder ran on this host (same boot, same pid namespace) and its process has ended (or its
+  pid now belongs to another process);
 - the holder is an earlier run of this SLURM job (requeued: same job id, lower restart count);
-- the holder's SLURM job is no longer known to ``squeue`` (finished, cancelled, failed);
+- the holder's SLURM job (of this cluster) has ended by ``squeue`` (completed, cancelled, failed,
+  ..., or no longer listed);
 - the user says so (``--take_over``): a holder on another host without SLURM cannot be checked.
 
 The main process takes the lock before anything is written into the folder and gives it back when
@@ -28,7 +30,9 @@ from pathlib import Path
 from .errors import UserError
 
 LOCK = "lock.json"
-ALIVE_STATES = ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "SUSPENDED", "REQUEUED", "RESIZING", "STOPPED")
+# the states of a job that will never run again (anything else, e.g. SIGNALING or STAGE_OUT, may)
+ENDED_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT_OF_MEMORY", "BOOT_FAIL",
+                "DEADLINE", "PREEMPTED", "SPECIAL_EXIT")  # fmt: skip
 
 
 class LockError(UserError, RuntimeError):
@@ -44,13 +48,26 @@ def process_start(pid: int) -> str | None:
     return stat.rsplit(")", 1)[1].split()[19]  # field 22; the command name may hold spaces
 
 
+def machine() -> dict:
+    """What makes a pid comparable: the same boot of the same kernel and the same pid namespace
+    (containers with the host's hostname have their own pids)."""
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        ns = os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        boot, ns = None, None
+    return {"boot_id": boot, "pid_ns": ns}
+
+
 def me() -> dict:
     pid = os.getpid()
     env = os.environ
     return {
         "host": socket.gethostname(),
+        **machine(),
         "pid": pid,
         "pid_start": process_start(pid),
+        "slurm_cluster": env.get("SLURM_CLUSTER_NAME"),
         "slurm_job_id": env.get("SLURM_JOB_ID"),
         "slurm_restart": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -58,12 +75,15 @@ def me() -> dict:
 
 
 def describe(holder: dict) -> str:
+    if holder.get("unreadable"):
+        return "an unreadable lock"
     job = f", SLURM job {holder['slurm_job_id']}" if holder.get("slurm_job_id") else ""
     return f"pid {holder.get('pid')} on {holder.get('host')}{job}, started {holder.get('started')}"
 
 
 def slurm_job_state(job_id: str) -> str | None:
-    """The job's state from squeue ("" when squeue no longer knows it), None without squeue."""
+    """The job's state from squeue ("" when squeue no longer knows it), None without squeue. Only
+    meaningful for a job of this cluster."""
     if shutil.which("squeue") is None:
         return None
     try:
@@ -79,7 +99,10 @@ def slurm_job_state(job_id: str) -> str | None:
 
 def gone(holder: dict, mine: dict) -> str | None:
     """Why the holder is gone, or None when it may be alive."""
-    if holder.get("host") == mine["host"] and isinstance(holder.get("pid"), int):
+    same_pids = holder.get("host") == mine["host"] and all(
+        holder.get(k) == mine[k] for k in ("boot_id", "pid_ns") if mine[k] is not None
+    )
+    if same_pids and isinstance(holder.get("pid"), int):
         pid = holder["pid"]
         if pid == mine["pid"]:
             return "it is this process (an earlier start in it)"
@@ -96,13 +119,14 @@ def gone(holder: dict, mine: dict) -> str | None:
             return f"process {pid} has ended (its pid now belongs to another process)"
         return None
     job = holder.get("slurm_job_id")
-    if job:
+    theirs, ours = holder.get("slurm_cluster"), mine["slurm_cluster"]
+    if job and (theirs is None or ours is None or theirs == ours):  # squeue answers for its own cluster only
         if job == mine["slurm_job_id"] and int(holder.get("slurm_restart", 0)) < mine["slurm_restart"]:
             return f"it is an earlier run of this job ({job}, requeued)"
         state = slurm_job_state(job)
         if state == "":
-            return f"SLURM job {job} has ended"
-        if state is not None and state not in ALIVE_STATES:
+            return f"SLURM job {job} has ended (squeue no longer knows it)"
+        if state is not None and state.split()[0] in ENDED_STATES:
             return f"SLURM job {job} is {state}"
     return None
 
@@ -142,7 +166,7 @@ def read_holder(path: Path) -> dict | None:
             return None
         except (OSError, ValueError):
             time.sleep(0.5)  # being written right now
-    return {"host": "?", "pid": None, "started": "?", "unreadable": True}
+    return {"unreadable": True}
 
 
 def acquire(folder: Path, take_over: bool = False, log: Callable[[str], None] = print) -> RunLock:
@@ -155,7 +179,12 @@ def acquire(folder: Path, take_over: bool = False, log: Callable[[str], None] = 
             holder = read_holder(path)
             if holder is None:
                 continue
-            why = "unreadable lock file" if holder.get("unreadable") else gone(holder, mine)
+            why = None if holder.get("unreadable") else gone(holder, mine)
+            if why is None and not take_over and holder.get("unreadable"):
+                raise LockError(
+                    f"run folder {folder}: its lock {path} is unreadable (a job died writing it?): if no job runs "
+                    f"in that folder, pass --take_over"
+                ) from None
             if why is None and not take_over:
                 raise LockError(
                     f"run folder {folder} is in use by {describe(holder)}: wait for that job to end or cancel it; "
@@ -165,8 +194,12 @@ def acquire(folder: Path, take_over: bool = False, log: Callable[[str], None] = 
                 continue  # another job took it over first: look again
             log(f"took over the lock of {folder} from {describe(holder)}: {why or '--take_over'}")
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(json.dumps(mine) + "\n")
+        try:
+            with os.fdopen(fd, "w") as f:
+                f.write(json.dumps(mine) + "\n")
+        except OSError:
+            path.unlink(missing_ok=True)  # a full disk: no empty lock that later starts cannot check
+            raise
         lock = RunLock(path, mine)
         _held.append(lock)
         return lock

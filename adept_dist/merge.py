@@ -81,12 +81,12 @@ def shard_map(
     say what the user ran and how to fix it."""
     from safetensors import safe_open
 
+    if (folder / SINGLE).is_file():  # transformers' order: the single file before an index
+        with safe_open(str(folder / SINGLE), "pt") as f:
+            return {k: SINGLE for k in f.keys()}, None
     if (folder / INDEX).is_file():
         index = json.loads((folder / INDEX).read_text())
         return dict(index["weight_map"]), index
-    if (folder / SINGLE).is_file():
-        with safe_open(str(folder / SINGLE), "pt") as f:
-            return {k: SINGLE for k in f.keys()}, None
     found = sorted(p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json"))
     raise ModelError(
         f"model {name} has no safetensors weights ({SINGLE} or {INDEX}; found: {', '.join(found) or 'no weight files'}"

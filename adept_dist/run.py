@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from tqdm.auto import tqdm
 
 from .dist import broadcast_packed
-from .errors import UserError
+from .errors import UserError, first_line
 from .fileio import write_error, write_text
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ def on_main(d: Dist, fn, what: str = "", where: Path | None = None, kept: str = 
     folder `where`, a disk failure: WriteError, saying `kept` is intact) is raised on every rank
     (collective), so no rank waits for a main process that has given up. Every rank returns after
     the main one is done."""
-    error = None
+    error, bug = None, None
     if d.main:
         try:
             fn()
@@ -58,10 +58,14 @@ def on_main(d: Dist, fn, what: str = "", where: Path | None = None, kept: str = 
             error = exc
         except Exception as exc:
             error = write_error(exc, what, where, kept) if where is not None else None
-            if error is None:
-                raise
-    meta = json.dumps({"message": str(error), "code": error.exit_code}) if error is not None else ""
+            bug = exc if error is None else None
+    if bug is not None:  # a bug keeps its traceback here; the other ranks stop too instead of waiting
+        meta = json.dumps({"message": f"the main process failed: {first_line(bug, 300)}", "code": 1})
+    else:
+        meta = json.dumps({"message": str(error), "code": error.exit_code}) if error is not None else ""
     _, meta = broadcast_packed({}, meta, d.device)
+    if bug is not None:
+        raise bug
     if error is not None:
         raise error
     if meta:
@@ -75,13 +79,20 @@ class MetricsLog:
     def __init__(self, path: Path, d: Dist) -> None:
         self.path, self.d = path, d
 
-    def drop_after(self, step: int) -> None:
-        """Resume: forget the lines of steps after the checkpoint (the resumed run writes them again)."""
+    def drop_after(self, step: int, final: bool = False) -> None:
+        """Resume: forget the lines of steps after the checkpoint (the resumed run writes them again);
+        from the final checkpoint (`final`: a run that failed in its last writes) also the closing
+        evaluations, which run again."""
+
+        def keep(rec: dict) -> bool:
+            if final and (rec.get("split") == "test" or (rec.get("split") == "validation" and rec["step"] == step)):
+                return False
+            return rec.get("step", 0) <= step
 
         def drop() -> None:
             if self.path.is_file():
                 lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-                kept = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
+                kept = [ln for ln in lines if keep(json.loads(ln))]
                 write_text(self.path, "".join(ln + "\n" for ln in kept))
 
         on_main(self.d, drop, self.path.name, self.path.parent, "it is as it was")

@@ -150,7 +150,7 @@ def test_folder_without_weights_is_one_line(tmp_path, tiny_model_dir):
 # ----------------------------------------------------------------------------- .bin-only models
 def test_bin_only_model(tmp_path, tiny_model_dir, cli):
     """transformers reads .bin weights, the layerwise loader and the merged export do not: a run
-    with the layerwise loader (the default under ZeRO-3) is refused before the backbone is built,
+    with the layerwise loader (the default under ZeRO-3) is refused before its data is read,
     naming the file and both fixes; --loader transformers trains; the convert command in the
     message works as given."""
     from safetensors.torch import load_file

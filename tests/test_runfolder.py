@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -20,8 +21,8 @@ from tests.conftest import REPO, run_cmd, write_jsonl
 
 # ----------------------------------------------------------------------------- the lock itself
 def holder_record(pid: int, **more) -> dict:
-    return {"host": socket.gethostname(), "pid": pid, "pid_start": lock.process_start(pid), "slurm_job_id": None,
-            "slurm_restart": 0, "started": "earlier", **more}  # fmt: skip
+    return {"host": socket.gethostname(), **lock.machine(), "pid": pid, "pid_start": lock.process_start(pid),
+            "slurm_job_id": None, "slurm_restart": 0, "started": "earlier", **more}  # fmt: skip
 
 
 def write_lock(folder: Path, record: dict) -> Path:
@@ -74,6 +75,23 @@ def test_lock_of_a_dead_or_reused_pid_is_taken_over(tmp_path, live_process):
     write_lock(tmp_path, holder_record(live_process.pid, pid_start="1"))
     lock.acquire(tmp_path, log=said.append)
     assert "pid now belongs to another process" in said[-1]
+    lock.release_held()
+
+
+def test_locks_that_cannot_be_checked_need_take_over(tmp_path):
+    """A dead pid seen from another pid namespace (a container with the host's name) proves nothing;
+    neither does an empty lock file (its writer died between creating and writing it)."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    write_lock(tmp_path, holder_record(dead.pid, pid_ns=1))
+    with pytest.raises(lock.LockError, match=f"in use by pid {dead.pid}"):
+        lock.acquire(tmp_path)
+    (tmp_path / lock.LOCK).write_text("")
+    with pytest.raises(lock.LockError, match="is unreadable .* pass --take_over"):
+        lock.acquire(tmp_path)
+    said = []
+    lock.acquire(tmp_path, take_over=True, log=said.append)
+    assert "from an unreadable lock: --take_over" in said[-1]
     lock.release_held()
 
 
@@ -144,6 +162,19 @@ def test_resume_finished_run_history_reschedule_batch_and_lock(tmp_path, tiny_mo
     (out / lock.LOCK).unlink()
     assert snapshot(out) == before  # every refusal above left the run as it was
 
+    # a rescheduled start that died before its next checkpoint: config.json has the new schedule, the
+    # checkpoint the old one; a plain --resume continues on the new schedule (0.3 * (4 - 2) / 4 at step 3)
+    died = tmp_path / "died"
+    shutil.copytree(out, died)
+    record = json.loads((died / "config.json").read_text())
+    record["optim"]["max_steps"] = 4
+    del record["finished"]
+    (died / "config.json").write_text(json.dumps(record))
+    proc = train_py("--output_dir", str(died), "--resume", "--log_every", "1")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lrs = {m["step"]: m["lr"] for m in map(json.loads, (died / "metrics.jsonl").read_text().splitlines()) if "lr" in m}
+    assert lrs[3] == pytest.approx(0.15) and lrs[4] == pytest.approx(0.075)
+
     proc = train_py("--output_dir", str(out), "--resume", "--max_steps", "3", "--reschedule", "--log_every", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "--reschedule: max_steps 2 -> 3" in proc.stdout
@@ -158,25 +189,34 @@ def test_resume_finished_run_history_reschedule_batch_and_lock(tmp_path, tiny_mo
     assert metrics[-1]["lr"] == pytest.approx(0.3 / 3)  # the old schedule had reached 0 at step 2
 
 
+def start_long_run(tmp_path: Path, model: Path, out: Path, *args: str, **popen) -> subprocess.Popen:
+    """A run of 100000 steps (it never ends by itself) saving every 2 steps, returned once its first
+    checkpoint is complete."""
+    train = write_jsonl(tmp_path / "train.jsonl", [{"input": "review : the food was great", "target": "positive"}] * 8)
+    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    job = subprocess.Popen(
+        [sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero2.json", "--model", str(model),
+         "--train_file", str(train), "--output_dir", str(out), "--max_steps", "100000", "--warmup_steps", "0",
+         "--save_every", "2", "--log_every", "1", *args],
+        cwd=REPO, env=env, **popen,
+    )  # fmt: skip
+    deadline = time.time() + 300
+    while not (out / "checkpoints" / "latest").exists():
+        if job.poll() is not None or time.time() > deadline:
+            job.kill()
+            raise AssertionError(f"the run did not reach a checkpoint (exit code {job.poll()})")
+        time.sleep(0.2)
+    return job
+
+
 @pytest.mark.slow
 def test_a_second_job_on_a_live_run_is_refused_and_a_dead_ones_lock_taken_over(tmp_path, tiny_model_dir):
     """Two real jobs: while the first trains, a second --resume on its folder is refused before it
     reads anything; after the first is killed (SIGKILL: its lock stays), the next --resume takes the
     lock over, names the dead holder and continues from the first job's checkpoint."""
     out = tmp_path / "out"
-    train = write_jsonl(tmp_path / "train.jsonl", [{"input": "review : the food was great", "target": "positive"}] * 8)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    first = subprocess.Popen(
-        [sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero2.json", "--model", str(tiny_model_dir),
-         "--train_file", str(train), "--output_dir", str(out), "--max_steps", "100000", "--warmup_steps", "0", "--save_every", "2",
-         "--log_every", "1"],
-        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    first = start_long_run(tmp_path, tiny_model_dir, out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        deadline = time.time() + 300
-        while not (out / "checkpoints" / "latest").exists():
-            assert first.poll() is None and time.time() < deadline, "the first job did not reach a checkpoint"
-            time.sleep(0.5)
         proc = train_py("--output_dir", str(out), "--resume")
         assert proc.returncode == 2 and f"is in use by pid {first.pid} on {socket.gethostname()}" in proc.stderr
         assert first.poll() is None  # the first job never noticed
@@ -251,19 +291,9 @@ def test_disk_full_during_a_checkpoint_keeps_the_earlier_ones(tmp_path, tiny_mod
     and one line naming the checkpoint, the folder and the full disk; no partial checkpoint is left,
     `latest` names a complete one, and once space is freed --resume continues from it."""
     out = small_disk / "out"
-    train = write_jsonl(tmp_path / "train.jsonl", [{"input": "review : the food was great", "target": "positive"}] * 8)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
-    job = subprocess.Popen(
-        [sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero2.json", "--model", str(tiny_model_dir),
-         "--train_file", str(train), "--output_dir", str(out), "--max_steps", "100000", "--warmup_steps", "0", "--save_every", "2",
-         "--log_every", "100000"],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    job = start_long_run(tmp_path, tiny_model_dir, out, "--log_every", "100000", stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
     try:
-        deadline = time.time() + 300
-        while not (out / "checkpoints" / "latest").exists():
-            assert job.poll() is None and time.time() < deadline, "the job did not reach a checkpoint"
-            time.sleep(0.2)
         filler = fill(small_disk)
         _, err = job.communicate(timeout=300)
     finally:
@@ -280,6 +310,40 @@ def test_disk_full_during_a_checkpoint_keeps_the_earlier_ones(tmp_path, tiny_mod
     saved = int(latest.removeprefix("step"))
     proc = train_py("--output_dir", str(out), "--resume", "--max_steps", str(saved + 1), "--reschedule")
     assert proc.returncode == 0 and f"resumed from {latest}" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_write_that_fills_the_disk_itself_is_named(small_disk):
+    """The partial file is removed before anyone looks, so the disk has room again: the failure is
+    recognised from the write's own error (safetensors: "os error 28")."""
+    import torch
+
+    from adept_dist.export import save_adapter
+    from adept_dist.fileio import WriteError
+
+    filler = fill(small_disk)
+    os.truncate(filler, filler.stat().st_size - 3 * 2**20)  # 3 MB free, the adapter needs 8
+    with pytest.raises(WriteError, match=f"could not write the adapter in {small_disk}: no space left on the device"):
+        save_adapter(small_disk / "big", {"prompt": torch.zeros(2 * 2**20)}, {"method": "pt"})
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]
+
+
+def test_resume_from_the_final_checkpoint_drops_the_closing_evaluations(tmp_path):
+    """A run that failed in its last writes (exit 4) resumes at its final step: the closing validation
+    and the test record are run and logged again, so they are dropped, not duplicated."""
+    import torch
+
+    from adept_dist.dist import Dist
+    from adept_dist.run import MetricsLog
+
+    log = MetricsLog(tmp_path / "metrics.jsonl", Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu")))
+    records = [{"step": 5, "loss": 1.0}, {"step": 5, "split": "validation"}, {"step": 10, "loss": 0.5},
+               {"step": 10, "split": "validation"}, {"step": 5, "split": "test"}]  # fmt: skip
+    for r in records:
+        log.write(r)
+    log.drop_after(10, final=True)
+    assert [json.loads(ln) for ln in log.path.read_text().splitlines()] == records[:3]
+    log.drop_after(5)
+    assert [json.loads(ln) for ln in log.path.read_text().splitlines()] == records[:2]
 
 
 def test_metrics_and_results_writes_on_a_full_disk_keep_what_was_there(small_disk):

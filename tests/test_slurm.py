@@ -163,6 +163,36 @@ def test_killed_rank_ends_the_job_then_requeue_resumes(cluster, reference, tmp_p
     assert same_adapter(out, reference)
 
 
+def test_one_job_per_run_folder_and_an_ended_jobs_lock_is_taken_over(cluster, tmp_path):
+    """The same run.yaml submitted twice: the second job is refused (one line naming the first job)
+    and the first goes on undisturbed; scancel of the first ends it (saved, not requeued). A lock left by a job that squeue reports ended, written as if
+    from another host (so only SLURM can tell), is taken over by the next job."""
+    first, out = submit(cluster, tmp_path, "twice", max_steps=100_000)  # runs until cancelled
+    wait_for_step(cluster, first, out, 2)
+    second, _ = submit(cluster, tmp_path, "twice", max_steps=100_000)
+    assert cluster.wait(second, timeout=300) == "FAILED", cluster.diagnostics(second)
+    log = (tmp_path / f"twice-{second}.log").read_text(errors="replace")
+    assert "is in use by pid" in log and f"SLURM job {first}" in log, log[-3000:]
+    assert cluster.job_state(first) == "RUNNING"  # undisturbed
+    wait_for_step(cluster, first, out, len(losses(out)) + 2)
+    subprocess.run(["scancel", str(first)], env=cluster.env, check=True)  # TERM: save, end, no requeue
+    assert cluster.wait(first, timeout=120) == "CANCELLED", cluster.diagnostics(first)
+    time.sleep(15)  # a requeue would show within the cluster's ~11 s restart latency
+    assert cluster.restarts(first) == 0 and cluster.job_state(first) == "CANCELLED", cluster.diagnostics(first)
+    log = (tmp_path / f"twice-{first}.log").read_text(errors="replace")
+    assert "got TERM" in log and "not requeued by this script" in log, log[-3000:]
+
+    stale = tmp_path / "stale"
+    stale.mkdir()
+    (stale / "lock.json").write_text(json.dumps({"host": "node-elsewhere", "pid": 1, "slurm_job_id": str(second),
+                                                 "slurm_restart": 0, "started": "earlier"}))  # fmt: skip
+    job, out = submit(cluster, tmp_path, "stale", max_steps=2)
+    assert cluster.wait(job, timeout=600) == "COMPLETED", cluster.diagnostics(job)
+    log = next(tmp_path.glob("stale-*.log")).read_text(errors="replace")
+    assert re.search(rf"took over the lock of .* SLURM job {second} (has ended|is FAILED)", log), log[-3000:]
+    assert not (out / "lock.json").exists()
+
+
 def test_external_scontrol_requeue_resumes_exactly(cluster, reference, tmp_path):
     """An admin's `scontrol requeue JOB` mid-run: SLURM sends TERM to the batch shell and the tasks,
     the ranks save on TERM and exit 3, SLURM requeues the job, and it resumes to the same losses
