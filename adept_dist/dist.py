@@ -48,12 +48,15 @@ def init_distributed(local_rank: int | None = None) -> Dist:
     import deepspeed
     from deepspeed.accelerator import get_accelerator
 
+    acc = get_accelerator()
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:  # plain python: world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
-        os.environ.setdefault("MASTER_PORT", str(free_port()))
+        os.environ.setdefault("MASTER_PORT", str(free_port()))  # names only (DeepSpeed's shm buffers)
+        if not dist.is_initialized():  # its store on a port the OS picks while binding: no port race
+            dist.init_process_group(acc.communication_backend_name(), init_method="tcp://127.0.0.1:0", rank=0,
+                                    world_size=1)  # fmt: skip
     if local_rank is None or local_rank < 0:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    acc = get_accelerator()
     if acc.device_name() != "cpu":
         acc.set_device(local_rank)
     if not dist.is_initialized():
