@@ -64,15 +64,19 @@ def tokenizer(tiny_model_dir):
     return load_tokenizer(str(tiny_model_dir))
 
 
+# set in this process by in-process runs (cli.main -> init_distributed): a child that inherited them
+# would join that (long gone) world's rendezvous port instead of starting its own
+DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+def child_env() -> dict[str, str]:
+    """The environment of a command the tests start: this one, without a process group's variables."""
+    env = {k: v for k, v in os.environ.items() if k not in DIST_ENV}
+    return {**env, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1", "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+
+
 def run_cmd(args: list[str], timeout: int = 600, **kw) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "PYTHONUNBUFFERED": "1",
-        "DS_ACCELERATOR": "cpu",
-        "OMP_NUM_THREADS": "1",
-    }
-    return subprocess.run(args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout, **kw)
+    return subprocess.run(args, cwd=REPO, env=child_env(), capture_output=True, text=True, timeout=timeout, **kw)
 
 
 def deepspeed_cmd(script: str, *args: str, num_gpus: int = 2) -> list[str]:

@@ -17,9 +17,8 @@ from adept_dist.backbone import ModelError, load_backbone, load_config, load_tok
 from adept_dist.cli import main
 from adept_dist.config import ConfigError, make_config
 from adept_dist.dist import ADAMW_BETAS, resolve_ds_config
-from tests.conftest import REPO, run_cmd, save_tiny_llama, write_jsonl
+from tests.conftest import DIST_ENV, REPO, run_cmd, save_tiny_llama, write_jsonl
 
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 ROWS = [{"input": "review : the food was great", "target": "positive"}] * 8
 
 

@@ -8,9 +8,7 @@ import sys
 import pytest
 
 from adept_dist.cli import main
-from tests.conftest import deepspeed_cmd, run_cmd, write_jsonl
-
-DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+from tests.conftest import DIST_ENV, deepspeed_cmd, run_cmd, write_jsonl
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -13,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conftest import REPO, deepspeed_cmd, run_cmd
+from tests.conftest import REPO, child_env, deepspeed_cmd, run_cmd
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
@@ -49,7 +48,7 @@ def test_signal_to_one_rank_stops_all_and_resume_is_exact(tmp_path):
     proc = run_cmd(deepspeed_cmd(*COMMON, "--output_dir", str(ref)))
     assert proc.returncode == 0, proc.stderr[-3000:]
 
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    env = child_env()
     log = open(tmp_path / "preempted.log", "w")
     launcher = subprocess.Popen(
         deepspeed_cmd(*COMMON, "--output_dir", str(cut)), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from adept_dist import lock
-from tests.conftest import REPO, run_cmd, write_jsonl
+from tests.conftest import REPO, child_env, run_cmd, write_jsonl
 
 
 # ----------------------------------------------------------------------------- the lock itself
@@ -193,12 +193,11 @@ def start_long_run(tmp_path: Path, model: Path, out: Path, *args: str, **popen) 
     """A run of 100000 steps (it never ends by itself) saving every 2 steps, returned once its first
     checkpoint is complete."""
     train = write_jsonl(tmp_path / "train.jsonl", [{"input": "review : the food was great", "target": "positive"}] * 8)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
     job = subprocess.Popen(
         [sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero2.json", "--model", str(model),
          "--train_file", str(train), "--output_dir", str(out), "--max_steps", "100000", "--warmup_steps", "0",
          "--save_every", "2", "--log_every", "1", *args],
-        cwd=REPO, env=env, **popen,
+        cwd=REPO, env=child_env(), **popen,
     )  # fmt: skip
     deadline = time.time() + 300
     while not (out / "checkpoints" / "latest").exists():
