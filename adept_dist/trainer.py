@@ -190,7 +190,9 @@ def train(run: Run) -> dict:
         results = write_results(run, test)
         log0(d, f"results written to {run.out / 'results.json'} and results.md")
         final["results"] = results
-    on_main(d, lambda: mark_finished(run), CONFIG_FILE, run.out, "the run's adapter, results and checkpoints")
+    on_main(
+        d, lambda: mark_finished(run), CONFIG_FILE, run.out, "the run's adapter, results and checkpoints are intact"
+    )
     return final
 
 
