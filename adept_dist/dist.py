@@ -8,6 +8,7 @@ and resolved here only (``read_ds_config``, ``resolve_ds_config``, ``inference_d
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import os
@@ -61,11 +62,23 @@ def init_distributed(local_rank: int | None = None) -> Dist:
         acc.set_device(local_rank)
     if not dist.is_initialized():
         deepspeed.init_distributed(verbose=False)
+    atexit.unregister(close_process_group)  # once, however often a process joins
+    atexit.register(close_process_group)
     device = torch.device(acc.device_name(local_rank)) if acc.device_name() != "cpu" else torch.device("cpu")
     if device.type == "cpu":
         share_cpu_cores(dist.get_world_size())
         unlink_shm_buffer()
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def close_process_group() -> None:
+    """Shut the process group down while the interpreter is still whole. A process that exits with
+    it alive can abort in its last moment ("terminate called without an active exception", exit
+    -6, seen in CI after a finished run): gloo's worker threads still hold work whose tensors are
+    freed during finalisation. Registered at exit by `init_distributed`; a no-op once torn down."""
+    if dist.is_available() and dist.is_initialized():
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
 
 
 def unlink_shm_buffer() -> None:
