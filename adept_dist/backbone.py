@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from . import gguf_model
 from .errors import UserError, first_line
 
 # Decoder-only families that share LLaMA's layout (embed_tokens -> decoder layers -> norm -> lm_head).
@@ -37,7 +38,10 @@ class ModelError(UserError, ValueError):
 
 
 def resolve_source(name: str) -> str:
-    """A local folder stays a path; 'name' or 'org/name' that is no local path is a hub id."""
+    """A local folder stays a path; 'name' or 'org/name' that is no local path is a hub id; a
+    .gguf file becomes its converted folder (converted on first use, see gguf_model)."""
+    if gguf_model.is_gguf(name):
+        return str(gguf_model.converted_folder(name))
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():

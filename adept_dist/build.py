@@ -25,9 +25,17 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import builtin, lock, taskdata
+from . import builtin, gguf_model, lock, taskdata
 from .adapters import PromptAdapter, build_adapter
-from .backbone import DENSE_TYPES, DTYPES, load_backbone, load_config, load_tokenizer, resolve_compute_dtype
+from .backbone import (
+    DENSE_TYPES,
+    DTYPES,
+    load_backbone,
+    load_config,
+    load_tokenizer,
+    resolve_compute_dtype,
+    resolve_source,
+)
 from .checkpoint import resume_state
 from .config import CONFIG_FILE, Config, ConfigError, read_run_config, resumed_config
 from .data import DataError, make_stream
@@ -40,7 +48,7 @@ from .merge import shard_map
 from .model import AdeptLM
 from .optim import make_optimizer
 from .run import MetricsLog, Run, RunParts, TrainError, log0, on_main
-from .tasks import TASKS
+from .tasks import get_task
 
 
 def build(cfg: Config, d: Dist) -> Run:
@@ -72,8 +80,8 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     ds_config = resolve_ds_config(cfg.run.ds_config, cfg, d.world)
     zero3 = zero_stage(ds_config) == 3
     cfg.model.loader = choose_loader(cfg.model.loader, zero3, model_config.model_type, cfg.run.ds_config)
-    if cfg.model.loader == "layerwise" and Path(model_name).is_dir():  # a .bin-only model: refused before the data
-        shard_map(Path(model_name), model_name, "the layerwise loader (the default under ZeRO-3)",
+    if cfg.model.loader == "layerwise" and Path(resolve_source(model_name)).is_dir():  # .bin-only: refused before data
+        shard_map(Path(resolve_source(model_name)), model_name, "the layerwise loader (the default under ZeRO-3)",
                   "pass --loader transformers, or ")  # fmt: skip
     tokenizer = load_tokenizer(model_name)
     data = load_data(cfg, d, tokenizer, files)
@@ -198,6 +206,11 @@ def sources(cfg: Config, d: Dist) -> tuple[str, dict]:
         model_name = model_name or str(root / "model")
         if dc.train_file is None and dc.task is None:
             files = {"train_file": str(root / "train.jsonl"), "eval_file": str(root / "dev.jsonl")}
+    if gguf_model.is_gguf(model_name):  # converted once, by the main process (its errors reach every rank)
+        on_main(d, lambda: gguf_model.converted_folder(model_name, log=lambda s: log0(d, s)))
+        if d.local_rank == 0 and not d.main:  # another node, whose cache may be its own
+            gguf_model.converted_folder(model_name, log=lambda s: None)
+        dist.barrier()
     if cfg.model.model is None and dc.task is not None:
         log0(d, f"warning: --task {dc.task} without --model runs the built-in tiny demo model, which knows only "
                 f"the demo's words: its scores mean nothing; pass --model for real results")  # fmt: skip
@@ -239,7 +252,7 @@ def load_data(cfg: Config, d: Dist, tokenizer, files: dict) -> taskdata.TaskData
         "k_shot": dc.k_shot,
         "seed": cfg.optim.seed,
     }
-    task = TASKS[dc.task] if dc.task else None
+    task = get_task(dc.task) if dc.task else None
     tensors, meta, data, failure = None, None, None, None
     if d.main:
         try:

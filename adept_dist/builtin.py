@@ -20,6 +20,8 @@ from pathlib import Path
 
 import torch
 
+from .fileio import home
+
 VERSION = "v2"
 SUBJECTS = [
     "food",
@@ -257,10 +259,6 @@ def pretrain(model, tokenizer, steps: int, seed: int, batch: int = 64) -> list[f
         opt.zero_grad(set_to_none=True)
         losses.append(loss.item())
     return losses
-
-
-def home() -> Path:
-    return Path(os.environ.get("ADEPT_DIST_HOME", Path.home() / ".cache" / "adept_dist"))
 
 
 def builtin_dir() -> Path:

@@ -19,7 +19,7 @@ from pathlib import Path
 from .adapters import METHODS
 from .errors import UserError
 from .fileio import refuse_duplicate_keys
-from .tasks import TASKS
+from .tasks import TASKS, get_task
 
 CONFIG_FILE = "config.json"  # a run folder's record of what it runs (build.run_record)
 
@@ -72,7 +72,11 @@ class AdapterConfig:
 
 @dataclass
 class DataConfig:
-    task: str | None = opt(None, "a task of the paper (loads, splits, scores it as the paper does)", tuple(TASKS))
+    task: str | None = opt(
+        None,
+        f"a task of the paper ({', '.join(TASKS)}; loads, splits, scores it as the paper does), or bigbench:NAME "
+        f"(a BIG-bench JSON task, from --data_dir: a checkout, a task folder or the sdist tarball; else the hub)",
+    )
     data_dir: str | None = opt(None, "local copy of the task's dataset in the hub's schema; none = the hub")
     train_file: str | None = opt(None, "JSONL or CSV with 'input' and 'target' columns; none = built-in task")
     eval_file: str | None = opt(None, "validation JSONL or CSV, same columns (selects the best checkpoint)")
@@ -103,7 +107,8 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     max_steps: int | None = opt(
-        None, "optimizer steps (0: evaluate only); default: the task's reference budget, 30000, 300 built-in"
+        None, "optimizer steps (0: evaluate only); default: the task's reference budget (BIG-bench: 1000), 30000 for "
+        "files, 300 built-in"
     )
     lr_prompt: float = opt(0.3, "learning rate of the soft prompt")
     lr_ffn: float | None = opt(
@@ -431,6 +436,10 @@ def check_config(cfg: Config) -> None:
     if o.max_steps is not None and o.max_steps < 0:
         raise ConfigError(f"option max_steps must be >= 0, got {o.max_steps}")
     builtin_task = d.train_file is None and d.task is None
+    try:
+        task = get_task(d.task) if d.task is not None else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if o.lr_ffn is None:  # both values are in the reference's grid (1e-4, 5e-4, 1e-3, 5e-3)
         o.lr_ffn = 1e-3 if builtin_task else 1e-4
     for name in ("lr_prompt", "lr_ffn", "adam_eps"):
@@ -448,13 +457,13 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("--data_dir needs --task: it is a local copy of that task's dataset")
     if d.task is None and d.k_shot is not None:
         raise ConfigError("--k_shot needs --task (classes come from the task's labels)")
-    if d.task is not None and "pass@1" in TASKS[d.task].metrics and not d.allow_code_execution:
+    if task is not None and "pass@1" in task.metrics and not d.allow_code_execution:
         raise ConfigError(
             f"task {d.task} is scored by running the generated programs: pass --allow_code_execution "
             f"(in a container or VM) to accept that"
         )
     if o.max_steps is None:
-        o.max_steps = TASKS[d.task].max_steps if d.task else 300 if builtin_task else 30000
+        o.max_steps = task.max_steps if task else 300 if builtin_task else 30000
     if r.eval_every is None and d.task is not None and o.max_steps > 1000:
         r.eval_every = 1000  # the reference evaluates every 1000 steps
     if o.warmup_steps is None:

@@ -24,7 +24,7 @@ from .dist import Dist, all_reduce_sum, broadcast_object, full_fp32_state, full_
 from .fileio import WriteError, write_error, write_json, write_jsonl, write_text
 from .model import AdeptLM, Sampling
 from .run import Run, TrainError, log0, on_main
-from .tasks import TASKS
+from .tasks import find_task
 
 
 # ----------------------------------------------------------------------------- decoding, any world size
@@ -124,7 +124,7 @@ def evaluate(run: Run, split: str) -> dict:
     d, dc, data = run.d, run.cfg.data, run.data
     es = data.evals[split]
     tok = run.tokenizer
-    task = TASKS.get(data.name)
+    task = find_task(data.name)
     max_new = dc.max_new_tokens or (task and task.max_new_tokens) or max(e.n_target for e in es.examples)
     mine, sums = decode_examples(
         run.model, es.examples, tok.pad_token_id, tok.eos_token_id, d, dc.eval_batch_size, max_new,

@@ -17,6 +17,12 @@ from pathlib import Path
 
 from .errors import EXIT_WRITE_FAILED, UserError
 
+
+def home() -> Path:
+    """adept-dist's own files (built-in demo, converted models, tokenised data): $ADEPT_DIST_HOME,
+    default ~/.cache/adept_dist."""
+    return Path(os.environ.get("ADEPT_DIST_HOME", Path.home() / ".cache" / "adept_dist"))
+
 DISK_ERRNOS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",

@@ -29,7 +29,7 @@ from .fileio import write_jsonl
 from .merge import load_merged_prompt, read_merge_info, resolve_base_model
 from .model import AdeptLM, Sampling
 from .run import log0
-from .tasks import TASKS
+from .tasks import find_task
 
 DEFAULT_MAX_NEW_TOKENS = 32
 
@@ -178,7 +178,7 @@ def predict(args, d: Dist) -> dict:
     if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         raise DataError("--batch_size and --max_new_tokens must be >= 1")
     loaded = load_for_inference(args, d, log)
-    task = TASKS.get(loaded.task) if loaded.task else None
+    task = find_task(loaded.task)
     rows = read_inputs(args.input, task)
     max_length = args.max_length or loaded.max_length
     examples, truncated = encode_sources([t for _, t in rows], loaded.tokenizer, max_length, loaded.separator)

@@ -20,6 +20,7 @@ import torch
 
 from .data import DataError, Example, encode, read_rows
 from .fileio import atomic_write
+from . import bigbench
 from .tasks import Task
 
 CACHE_VERSION = 1  # bump when formatting or encoding changes
@@ -136,6 +137,9 @@ def subset_indices(task: Task, ds) -> list[int]:
 def make_splits(task: Task, raw: dict, split_seed: int, validation_size: int | None) -> dict[str, tuple]:
     """{"train"|"validation"|"test": (hub split, row indices)} by the task's split rule."""
     idx = {s: subset_indices(task, ds) for s, ds in raw.items()}
+    if task.splits == "pool":  # one pool of examples (BIG-bench): a seeded held-out part, halved
+        parts = bigbench.pool_splits(len(idx[task.train_split]), split_seed, attempt_permutation)
+        return {name: (task.train_split, [idx[task.train_split][i] for i in rows]) for name, rows in parts.items()}
     train_idx = idx[task.train_split]
     if task.splits == "small":  # official validation halved: validation, test
         val = idx[task.validation_split]
@@ -344,18 +348,24 @@ def prepare_main(task: Task | None, tokenizer, opts: dict, cache_dir: Path | Non
     """Main process: a task's data from the cache, or built and cached."""
     if task is None:
         return build_file_data(opts, tokenizer)
-    raw = {s: load_split(task, opts["data_dir"], s) for s in task.hub_splits()}
+    if bigbench.is_bigbench(task.name):  # its labels and metric follow from the examples
+        task, raw, read_info = bigbench.load(task, opts["data_dir"])
+    else:
+        raw, read_info = {s: load_split(task, opts["data_dir"], s) for s in task.hub_splits()}, {}
     for s, ds in raw.items():
         check_columns(task, ds, f"split {s}")
     keyed_opts = {k: opts[k] for k in ("max_length", "separator", "split_seed", "validation_size", "k_shot")}
     if opts.get("k_shot"):
         keyed_opts["seed"] = opts["seed"]
-    key = cache_key([source_fingerprint(task, opts["data_dir"], raw), tokenizer_fingerprint(tokenizer), keyed_opts])
-    path = cache_dir / f"{task.name}-{key}.safetensors" if cache_dir else None
+    source = read_info.pop("fingerprint", None) or source_fingerprint(task, opts["data_dir"], raw)
+    key = cache_key([source, tokenizer_fingerprint(tokenizer), keyed_opts])
+    safe = task.name.replace(":", "-").replace("/", "-")  # bigbench:NAME/SUB is no file name
+    path = cache_dir / f"{safe}-{key}.safetensors" if cache_dir else None
     if path is not None and (hit := load_cached(path)) is not None:
         log(f"task {task.name}: tokenised data from the cache {path}")
         return hit
     data = _from_raw(task, raw, tokenizer, opts)
+    data.info.update({k: v for k, v in read_info.items() if v})
     if path is not None:
         save_cached(path, data)
     return data

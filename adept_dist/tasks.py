@@ -108,7 +108,7 @@ class Task:
     target: Callable[[Row], list[str]]  # training targets; the first is also the eval target
     metrics: tuple[str, ...]  # the first one selects the best checkpoint
     labels: tuple[str, ...] | None = None  # label words of a classification task
-    splits: str = "small"  # small | large | official
+    splits: str = "small"  # small | large | official | pool (BIG-bench: one pool, see bigbench.py)
     train_split: str = "train"
     validation_split: str = "validation"  # the hub split that holds the official validation set
     test_split: str | None = None  # official/large: the hub split used as test (default: validation_split)
@@ -212,7 +212,52 @@ TASK_LIST: list[Task] = [
 TASKS: dict[str, Task] = {t.name: t for t in TASK_LIST}
 
 
+# ----------------------------------------------------------------------------- BIG-bench (see bigbench.py)
+BIGBENCH = "bigbench:"
+BIGBENCH_HUB = "tasksource/bigbench"
+BIGBENCH_STEPS = 1000  # no reference budget exists; ~10-40 epochs of these tasks' training splits at batch 32
+
+
+def is_bigbench(name: str | None) -> bool:
+    return bool(name) and name.startswith(BIGBENCH)
+
+
+def parse_name(name: str) -> tuple[str, str | None]:
+    """'bigbench:NAME' or 'bigbench:NAME/SUB' -> (NAME, SUB or None); a malformed name is refused."""
+    rest = name[len(BIGBENCH) :]
+    parts = rest.split("/")
+    ok = all(p and p.replace("_", "").replace("-", "").isalnum() for p in parts) and len(parts) <= 2
+    if not ok:
+        raise ValueError(
+            f"task {name!r}: a BIG-bench task is named bigbench:NAME or bigbench:NAME/SUBTASK "
+            f"(NAME as its folder in bigbench/benchmark_tasks, e.g. bigbench:navigate)"
+        )
+    return parts[0], parts[1] if len(parts) > 1 else None
+
+
+def bigbench_task(name: str) -> Task:
+    """The task's entry before its data is read (labels and metric follow from the data)."""
+    task, sub = parse_name(name)
+    return Task(
+        name, BIGBENCH_HUB, task, ("input", "targets"), lambda r: r["input"], lambda r: list(r["targets"]), ("accuracy",),
+        splits="pool", train_split="all", validation_split="all", max_steps=BIGBENCH_STEPS, family="bigbench",
+        notes=f"BIG-bench task {task}{'/' + sub if sub else ''}",
+    )  # fmt: skip
+
+
 def get_task(name: str) -> Task:
+    """A task of the paper, or a BIG-bench task named bigbench:NAME (see bigbench.py); a ValueError
+    names the known tasks."""
+    if is_bigbench(name):
+        return bigbench_task(name)
     if name not in TASKS:
-        raise KeyError(f"unknown task {name!r}; known tasks: {', '.join(TASKS)}")
+        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}, or bigbench:NAME (a BIG-bench task)")
     return TASKS[name]
+
+
+def find_task(name: str | None) -> Task | None:
+    """get_task for a name recorded by a run (None or an unknown name: None)."""
+    try:
+        return get_task(name) if name else None
+    except ValueError:
+        return None

@@ -251,7 +251,7 @@ def test_wsc_marks_spans_by_word_index():
 def test_unknown_task_and_config_conflicts():
     from adept_dist.config import ConfigError, make_config
 
-    with pytest.raises(KeyError, match="unknown task 'rtee'"):
+    with pytest.raises(ValueError, match="unknown task 'rtee'"):
         get_task("rtee")
     with pytest.raises(ConfigError, match="exclude each other"):
         make_config({"task": "rte", "train_file": "x.jsonl", "model": "m"})
