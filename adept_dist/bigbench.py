@@ -46,12 +46,12 @@ DEFAULTS = {"task_prefix": "", "example_input_prefix": "\nQ: ", "example_output_
 def read_local(data_dir: str, task: str, sub: str | None) -> list[tuple[str, dict]]:
     """[(subtask path, parsed task.json)] of a task from a checkout, a folder or the sdist tarball."""
     root = Path(data_dir).expanduser()
-    if root.is_file() and tarfile.is_tarfile(root):
+    if root.is_file():
         return read_tarball(root, task, sub)
     if not root.is_dir():
         raise DataError(
-            f"--data_dir {data_dir} is neither a folder nor a tar archive: give a BIG-bench checkout, a task "
-            f"folder, or the sdist bigbench-1.0.0.tar.gz"
+            f"--data_dir {data_dir} does not exist: give a BIG-bench checkout, a task folder, or the sdist "
+            f"bigbench-1.0.0.tar.gz"
         )
     folder = None
     for cand in (root / "bigbench" / "benchmark_tasks" / task, root / "benchmark_tasks" / task, root / task, root):
@@ -81,7 +81,10 @@ def read_tarball(path: Path, task: str, sub: str | None) -> list[tuple[str, dict
                 if rel and rel[0] == task and len(rel) <= 2:
                     found["/".join(rel[1:]) or "."] = tf.extractfile(member).read()
     except (tarfile.TarError, OSError, EOFError) as exc:
-        raise DataError(f"--data_dir {path} is a damaged tar archive ({exc}): download it again") from None
+        raise DataError(
+            f"--data_dir {path} is not a readable tar archive ({exc}): give the sdist bigbench-1.0.0.tar.gz "
+            f"(download it again if it is damaged), a checkout or a task folder"
+        ) from None
     if not found:
         raise DataError(
             f"task bigbench:{task}: {path} holds no benchmark_tasks/{task}/task.json: check the task's name "
@@ -95,7 +98,9 @@ def pick(files: dict, task: str, sub: str | None, where: str, read) -> list[tupl
     subs = sorted(k for k in files if k != ".")
     if sub is not None:
         if sub not in files:
-            raise DataError(f"task bigbench:{task}/{sub}: no such subtask in {where}; it has {', '.join(subs) or 'none'}")
+            raise DataError(
+                f"task bigbench:{task}/{sub}: no such subtask in {where}; it has {', '.join(subs) or 'none'}"
+            )
         keys = [sub]
     else:
         keys = ["."] if "." in files else subs

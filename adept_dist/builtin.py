@@ -12,7 +12,6 @@ through exactly the loading code of a real model.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 import tempfile

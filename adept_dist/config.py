@@ -107,8 +107,9 @@ class DataConfig:
 @dataclass
 class OptimConfig:
     max_steps: int | None = opt(
-        None, "optimizer steps (0: evaluate only); default: the task's reference budget (BIG-bench: 1000), 30000 for "
-        "files, 300 built-in"
+        None,
+        "optimizer steps (0: evaluate only); default: the task's reference budget (BIG-bench: 1000), 30000 for "
+        "files, 300 built-in",
     )
     lr_prompt: float = opt(0.3, "learning rate of the soft prompt")
     lr_ffn: float | None = opt(

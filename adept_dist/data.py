@@ -1,6 +1,8 @@
 """Rows of ``input``/``target`` text -> token ids with target-only labels -> padded batches.
 
 Decoder-only format: ``<bos> input separator target <eos>``; the loss is on ``target <eos>`` only.
+``<bos>`` is what the tokenizer itself puts first (nothing for some); see ``Joiner`` for where the
+separator's trailing space goes.
 An input too long for ``max_length`` loses tokens from its end (the separator and the target are
 kept whole); a target that cannot fit at all is an error naming the row.
 
@@ -108,17 +110,59 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
+def leading_ids(tokenizer) -> list[int]:
+    """The ids the tokenizer itself puts before a text: LLaMA's <s> / <|begin_of_text|>, or none
+    (GPT-2-style BPE tokenizers such as SmolLM2's: their bos_token <|im_start|> opens a chat turn
+    and the model never saw it in front of plain text)."""
+    plain = tokenizer("a", add_special_tokens=False).input_ids
+    full = tokenizer("a", add_special_tokens=True).input_ids
+    for k in range(len(full) - len(plain) + 1):
+        if full[k : k + len(plain)] == plain:
+            return full[:k]
+    return []
+
+
+class Joiner:
+    """How `source separator target` is cut into ids, the same in training and generation.
+
+    A separator that ends in whitespace (" Label : ") gives that whitespace to the target where the
+    tokenizer writes a word with its leading space (BPE: " plausible" is one token, while " " then
+    "plausible" is a lone space token and word pieces the model never saw at a word's start): the
+    source ends with the ids of the stripped separator and the target's ids are what tokenising
+    `separator target` as one text adds after them. Where that text does not begin with the
+    stripped separator's ids (a target that merges into it), the target is tokenised alone."""
+
+    def __init__(self, tokenizer, separator: str) -> None:
+        self.tokenizer = tokenizer
+        core = separator.rstrip()
+        self.core, self.space = (core, separator[len(core) :]) if core else (separator, "")
+        self.sep_ids = self._ids(self.core)
+
+    def _ids(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False).input_ids
+
+    def targets(self, texts: list[str]) -> list[list[int]]:
+        if not self.space:
+            return self.tokenizer(texts, add_special_tokens=False).input_ids
+        n, out = len(self.sep_ids), []
+        joined = self.tokenizer([self.core + self.space + t for t in texts], add_special_tokens=False).input_ids
+        for text, ids in zip(texts, joined):
+            out.append(ids[n:] if ids[:n] == self.sep_ids and len(ids) > n else self._ids(text))
+        return out
+
+
 def encode(
     rows: list[dict], tokenizer, max_length: int, separator: str, path: str = "data"
 ) -> tuple[list[Example], int]:
     """Tokenize rows; return the examples and the number of rows whose input was truncated."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    bos = leading_ids(tokenizer)
     eos = tokenizer.eos_token_id
     if eos is None:
         raise DataError("the tokenizer has no EOS token: set eos_token in its tokenizer_config.json")
-    sep_ids = tokenizer(separator, add_special_tokens=False).input_ids
+    joiner = Joiner(tokenizer, separator)
+    sep_ids = joiner.sep_ids
     inputs = tokenizer([r["input"] for r in rows], add_special_tokens=False).input_ids
-    targets = tokenizer([r["target"] for r in rows], add_special_tokens=False).input_ids
+    targets = joiner.targets([r["target"] for r in rows])
     out, truncated = [], 0
     for i, (row, inp, tgt) in enumerate(zip(rows, inputs, targets)):
         tgt = tgt + [eos]

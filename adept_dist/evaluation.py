@@ -194,6 +194,7 @@ def write_results(run: Run, test: dict | None) -> dict:
         "model": run.base_model,
         "k_shot": cfg.data.k_shot,
         "max_steps": cfg.optim.max_steps,
+        "init_adapter": cfg.run.init_adapter,
         "trainable_parameters": sum(full_numel(p) for p in run.model.adapter.parameters()),
         "metrics": list(data.metrics),
         "selection": {"metric": data.metrics[0], "step": run.best["step"]} if run.best else None,

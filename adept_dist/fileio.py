@@ -23,6 +23,7 @@ def home() -> Path:
     default ~/.cache/adept_dist."""
     return Path(os.environ.get("ADEPT_DIST_HOME", Path.home() / ".cache" / "adept_dist"))
 
+
 DISK_ERRNOS = {
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",

@@ -86,7 +86,9 @@ def read_architecture(path: Path) -> str:
         field = reader.fields["general.architecture"]
         return bytes(field.parts[field.data[0]]).decode("utf-8")
     except KeyError:
-        raise GGUFError(f"GGUF file {path} has no general.architecture field: it is damaged; download it again") from None
+        raise GGUFError(
+            f"GGUF file {path} has no general.architecture field: it is damaged; download it again"
+        ) from None
     except Exception as exc:  # noqa: BLE001 - any parse failure of a damaged file: one line naming it
         raise GGUFError(
             f"GGUF file {path} is truncated or corrupt ({first_line(exc, 200)}): download it again"

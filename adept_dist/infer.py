@@ -20,7 +20,7 @@ import torch
 import torch.distributed as dist
 
 from .backbone import DTYPES, load_backbone, load_config, load_tokenizer, resolve_compute_dtype
-from .data import DataError, Example, read_records
+from .data import DataError, Example, Joiner, leading_ids, read_records
 from .dist import Dist, build_inference_engine, full_numel, inference_ds_config, local_numel
 from .errors import EXIT_USER_ERROR, guarded
 from .evaluation import decode_examples, gather_to_main
@@ -108,8 +108,8 @@ def read_inputs(path: str, task) -> list[tuple[dict, str]]:
 
 def encode_sources(texts: list[str], tokenizer, max_length: int, separator: str) -> tuple[list[Example], int]:
     """<bos> input separator, the input cut from its end to fit max_length (as in training)."""
-    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
-    sep = tokenizer(separator, add_special_tokens=False).input_ids
+    bos = leading_ids(tokenizer)
+    sep = Joiner(tokenizer, separator).sep_ids
     room = max_length - len(bos) - len(sep) - 1  # training kept at least one target token + EOS
     if room < 1:
         raise DataError(f"--max_length {max_length} leaves no room for the input: raise it")

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import torch
 
+from . import bigbench
 from .data import DataError, Example, encode, read_rows
 from .fileio import atomic_write
-from . import bigbench
 from .tasks import Task
 
-CACHE_VERSION = 1  # bump when formatting or encoding changes
+CACHE_VERSION = 2  # bump when formatting or encoding changes (2: data.leading_ids, data.Joiner)
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
 
 

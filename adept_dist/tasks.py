@@ -251,7 +251,9 @@ def get_task(name: str) -> Task:
     if is_bigbench(name):
         return bigbench_task(name)
     if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}: choose one of {', '.join(TASKS)}, or bigbench:NAME (a BIG-bench task)")
+        raise ValueError(
+            f"unknown task {name!r}: choose one of {', '.join(TASKS)}, or bigbench:NAME (a BIG-bench task)"
+        )
     return TASKS[name]
 
 

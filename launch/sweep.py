@@ -11,6 +11,9 @@ training path, then collect the table.
 
 --dry_run prints the commands instead. Flags after "--" go to every run (e.g. -- --max_steps 3000).
 A run whose folder already holds results.json is skipped, so the sweep can be re-submitted.
+Tasks are the paper's or BIG-bench's (bigbench:NAME; its folder is named bigbench-NAME). The method
+"untrained" is the zero-training baseline: ADePT's initial prompt evaluated with --max_steps 0
+(its offset starts at zero), run for the first seed only (nothing in it depends on the seed).
 """
 
 from __future__ import annotations
@@ -22,7 +25,9 @@ import sys
 from pathlib import Path
 
 from adept_dist.adapters import METHODS
-from adept_dist.tasks import TASKS
+from adept_dist.tasks import TASKS, get_task
+
+UNTRAINED = "untrained"  # the zero-training baseline
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -36,13 +41,25 @@ def parse_list(text: str, known=None, what: str = "") -> list[str]:
     return items
 
 
+def known_task(name: str) -> bool:
+    try:
+        get_task(name)
+        return True
+    except ValueError:
+        return False
+
+
 def commands(args, extra: list[str]) -> list[tuple[Path, list[str]]]:
     runs = []
-    for task in parse_list(args.tasks, TASKS, "task(s)"):
-        for method in parse_list(args.methods, METHODS, "method(s)"):
-            for seed in parse_list(args.seeds):
-                out = Path(args.runs_dir) / f"{task}-{method}-s{seed}"
-                flags = ["--task", task, "--method", method, "--seed", seed, "--output_dir", str(out), *extra]
+    tasks = parse_list(args.tasks)
+    if bad := [t for t in tasks if not known_task(t)]:
+        raise SystemExit(f"error: unknown task(s) {', '.join(bad)}; known: {', '.join(TASKS)}, bigbench:NAME")
+    for task in tasks:
+        for method in parse_list(args.methods, (*METHODS, UNTRAINED), "method(s)"):
+            for seed in parse_list(args.seeds)[: 1 if method == UNTRAINED else None]:
+                out = Path(args.runs_dir) / f"{task.replace(':', '-').replace('/', '-')}-{method}-s{seed}"
+                how = ["--method", "adept", "--max_steps", "0"] if method == UNTRAINED else ["--method", method]
+                flags = ["--task", task, "--seed", seed, "--output_dir", str(out), *extra, *how]  # how wins
                 if args.local:
                     cmd = ["deepspeed", "--num_gpus", str(args.num_gpus), "launch/train.py"]
                     cmd += (["--config", args.config] if args.config else []) + flags
@@ -52,7 +69,7 @@ def commands(args, extra: list[str]) -> list[tuple[Path, list[str]]]:
                         raise SystemExit("error: --config is required with SLURM (launch/slurm/train.sbatch takes it)")
                     # submitted from here, so the config and the run folders mean the same to the job
                     # as to this script; each job's log beside the runs (%x: the job name)
-                    cmd = ["sbatch", f"--job-name=adept-{task}-{method}-s{seed}"]
+                    cmd = ["sbatch", f"--job-name=adept-{out.name}"]
                     cmd += [f"--output={Path(args.runs_dir) / '%x-%j.out'}", *shlex.split(args.slurm)]
                     cmd += [str(REPO / "launch" / "slurm" / "train.sbatch"), args.config, *flags]
                 runs.append((out, cmd))

@@ -61,11 +61,52 @@ def test_sweep_dry_run_lists_every_run_and_skips_finished(tmp_path, capsys):
     assert lines[0] == f"# {tmp_path}/rte-adept-s42: done, skipped"
     assert len(lines) == 4 and all(line.startswith("sbatch --job-name=adept-") for line in lines[1:])
     assert lines[1].endswith(
-        f"launch/slurm/train.sbatch run.yaml --task rte --method pt --seed 42 --output_dir {tmp_path}/rte-pt-s42 "
-        "--max_steps 100"
+        f"launch/slurm/train.sbatch run.yaml --task rte --seed 42 --output_dir {tmp_path}/rte-pt-s42 "
+        "--max_steps 100 --method pt"
     )
     local = sweep.commands(
         sweep.argparse.Namespace(tasks="cb", methods="dept", seeds="1", runs_dir="r", local=True, num_gpus=2,
                                  config=None, slurm=""), [])  # fmt: skip
-    assert local[0][1] == ["deepspeed", "--num_gpus", "2", "launch/train.py", "--task", "cb", "--method", "dept",
-                           "--seed", "1", "--output_dir", "r/cb-dept-s1", "--resume"]  # fmt: skip
+    assert local[0][1] == ["deepspeed", "--num_gpus", "2", "launch/train.py", "--task", "cb", "--seed", "1",
+                           "--output_dir", "r/cb-dept-s1", "--method", "dept", "--resume"]  # fmt: skip
+
+
+def test_sweep_of_bigbench_tasks_with_the_untrained_baseline(capsys):
+    args = sweep.argparse.Namespace(tasks="bigbench:navigate", methods="adept,untrained", seeds="1,2", runs_dir="r",
+                                    local=True, num_gpus=1, config=None, slurm="")  # fmt: skip
+    runs = sweep.commands(args, ["--max_steps", "80"])
+    assert [str(out) for out, _ in runs] == ["r/bigbench-navigate-adept-s1", "r/bigbench-navigate-adept-s2",
+                                             "r/bigbench-navigate-untrained-s1"]  # untrained: one seed  # fmt: skip
+    # the baseline's own --max_steps 0 comes after the shared flags, so it wins
+    assert runs[2][1][-5:] == ["--method", "adept", "--max_steps", "0", "--resume"]
+    try:
+        sweep.commands(sweep.argparse.Namespace(**{**vars(args), "tasks": "rtee"}), [])
+        raise AssertionError("an unknown task must be refused")
+    except SystemExit as exc:
+        assert "unknown task(s) rtee" in str(exc)
+
+
+def test_collect_untrained_and_majority_rows_and_the_plot(tmp_path, capsys):
+    targets = ["True"] * 6 + ["False"] * 4  # majority: 60%
+    for method, seed, acc, steps in (("adept", 1, 80.0, 40), ("adept", 2, 70.0, 40), ("pt", 1, 60.0, 40),
+                                     ("adept", 1, 50.0, 0)):  # fmt: skip
+        r = result("bigbench:navigate", method, seed, {"accuracy": acc})
+        r["max_steps"] = steps
+        d = tmp_path / f"{method}-{seed}-{steps}"
+        (d / "predictions").mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({**r, "test": {"accuracy": acc, "examples": 10},
+                                                     "validation": {"accuracy": acc, "examples": 10}}))  # fmt: skip
+        for split in ("test", "validation"):
+            (d / "predictions" / f"{split}.jsonl").write_text(
+                "".join(json.dumps({"target": t}) + "\n" for t in targets)
+            )
+        evals = [{"step": s, "split": "validation", "eval_accuracy": acc - 10 + s / 4} for s in range(0, steps + 1, 20)]
+        (d / "metrics.jsonl").write_text("".join(json.dumps(e) + "\n" for e in evals or [{"step": 0}]))
+    assert collect_results.main([str(tmp_path), "--plot", str(tmp_path / "c.png")]) == 0
+    text = capsys.readouterr().out
+    rows = [line for line in text.splitlines() if line.startswith("| ") and "(accuracy)" not in line][:4]
+    # fixed order: adept, pt, untrained (the max_steps 0 run), majority class (6 of 10 targets)
+    assert rows == ["| adept | 75.0 ± 7.1 (n=2) | 75.0 |", "| pt | 60.0 | 60.0 |", "| untrained | 50.0 | 50.0 |",
+                    "| majority class | 60.0 | 60.0 |"]  # fmt: skip
+    assert "BIG-bench avg" in text
+    assert (tmp_path / "c.png").stat().st_size > 1000

@@ -33,7 +33,7 @@ PAPER_TASKS = (
 def byte_tokenizer():
     """A byte-level tokenizer (every byte one token, no merges): any text round-trips exactly, so
     decoded ids can be compared with the formatted text character for character."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
     from transformers import PreTrainedTokenizerFast
 
     specials = ["<unk>", "<s>", "</s>", "<pad>"]
@@ -41,6 +41,7 @@ def byte_tokenizer():
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])  # as LLaMA's
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="<unk>", pad_token="<pad>"
     )
@@ -94,9 +95,11 @@ def test_task_fixture_through_the_whole_pipeline(name, tmp_path, byte_tokenizer)
         assert ex.input_ids[0] == byte_tokenizer.bos_token_id and ex.input_ids[-1] == eos
         assert ex.n_target == len(ex.input_ids) - ex.source_len
         source = byte_tokenizer.decode(ex.input_ids[1 : ex.source_len])
-        assert source.endswith(SEP)
+        # the separator's trailing space opens the target (data.Joiner), as " Label : " + target reads
+        assert source.endswith(SEP.rstrip())
         target = byte_tokenizer.decode(ex.input_ids[ex.source_len : -1])
-        found.setdefault(source[: -len(SEP)], []).append(target)
+        assert target.startswith(" ")
+        found.setdefault(source[: -len(SEP.rstrip())], []).append(target[1:])
     batch = collate(data.train[:3], byte_tokenizer.pad_token_id)
     for i, ex in enumerate(data.train[:3]):
         labels = batch["labels"][i]
@@ -104,7 +107,7 @@ def test_task_fixture_through_the_whole_pipeline(name, tmp_path, byte_tokenizer)
         assert labels[ex.source_len : len(ex.input_ids)].tolist() == ex.input_ids[ex.source_len :]
     val = data.evals["validation"]
     for ex, ref in zip(val.examples, val.refs):
-        source = byte_tokenizer.decode(ex.input_ids[1 : ex.source_len])[: -len(SEP)]
+        source = byte_tokenizer.decode(ex.input_ids[1 : ex.source_len])[: -len(SEP.rstrip())]
         found.setdefault(source, ref.get("answers", [ref["target"]]))
     for exp in fx["expected"]:  # the row is in train, or held out as validation (large tasks)
         assert found[exp["source"]] == exp["targets"]
@@ -189,7 +192,7 @@ def test_few_shot_is_class_balanced_and_seeded():
 def test_k_shot_through_the_pipeline(tmp_path, byte_tokenizer):
     root = write_copy(tmp_path / "cb", FIXTURES["cb"]["files"], "jsonl")
     data = prepare_main(TASKS["cb"], byte_tokenizer, opts(root, k_shot=1), None)
-    targets = sorted(byte_tokenizer.decode(e.input_ids[e.source_len : -1]) for e in data.train)
+    targets = sorted(byte_tokenizer.decode(e.input_ids[e.source_len : -1]).strip() for e in data.train)
     assert targets == ["0", "1", "2"]
 
 
