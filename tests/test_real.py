@@ -212,3 +212,44 @@ def test_real_bigbench_run_learns_and_predict_and_merged_export_agree(gguf_file,
                     "--output", str(tmp_path / "m.jsonl")])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [json.loads(x)["prediction"] for x in (tmp_path / "m.jsonl").read_text().splitlines()] == preds
+
+
+def test_real_model_prompt_tuning_loss_equals_peft(smollm2, bigbench_dir):
+    """An independent implementation: Hugging Face PEFT's prompt tuning, given the same soft prompt,
+    gives the real model the same loss as adept-dist's PT path (fp32, unquantised, right padding:
+    both number the prompt positions 0..m-1 and the tokens after them). Tolerance: the same fp32
+    operations in another order (PEFT averages over the batch's target tokens, adept-dist sums
+    and divides); measured: equal to the last bit (2026-12-01), bound 1e-5 relative."""
+    from peft import PromptTuningConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from adept_dist.adapters import build_adapter
+    from adept_dist.backbone import load_backbone, load_tokenizer
+    from adept_dist.data import collate
+    from adept_dist.model import AdeptLM
+    from adept_dist.taskdata import prepare_main
+    from adept_dist.tasks import get_task
+
+    tok = load_tokenizer(str(smollm2))
+    opts = {"data_dir": str(bigbench_dir), "max_length": 96, "separator": " Label : ", "split_seed": 42,
+            "validation_size": None, "k_shot": None, "seed": 42}  # fmt: skip
+    data = prepare_main(get_task(TASK), tok, opts, cache_dir=None, log=lambda m: None)
+    batch = collate(data.train[:6], tok.pad_token_id)
+    m = 10
+    torch.manual_seed(0)
+    prompt = torch.randn(m, 576) * 0.02
+    ours = AdeptLM(load_backbone(str(smollm2), "none", torch.device("cpu"), dtype=torch.float32),
+                   build_adapter("pt", m, 576).eval())  # fmt: skip
+    with torch.no_grad():
+        ours.adapter.prompt.copy_(prompt)
+        loss_sum, n = ours(**batch)
+    base = AutoModelForCausalLM.from_pretrained(smollm2, dtype=torch.float32, attn_implementation="sdpa")
+    peft_model = get_peft_model(base, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=m)).eval()
+    with torch.no_grad():
+        peft_model.prompt_encoder["default"].embedding.weight.copy_(prompt)
+        theirs = peft_model(**batch).loss
+    assert n == sum(e.n_target for e in data.train[:6])
+    assert (loss_sum / n).item() == pytest.approx(theirs.item(), rel=1e-5)
+    with torch.no_grad():  # and the check can fail: another prompt gives another loss
+        peft_model.prompt_encoder["default"].embedding.weight.mul_(3)
+        assert abs(peft_model(**batch).loss.item() - theirs.item()) > 1e-3
