@@ -14,8 +14,10 @@ An example becomes text to text, as BIG-bench prompts a model zero-shot: ``task_
 example_input_prefix + input (+ the choices, where the task appends them) + example_output_prefix``
 (BIG-bench's defaults where the task sets none), stripped; the run's ``--separator`` follows.
 - Multiple choice (``target_scores``): the target is the best-scoring option; an example whose
-  best score is shared by several options is dropped and counted (``*_dropped_tied``). When every
-  example has the same options, they are the task's label words (``--k_shot`` balances them).
+  best score is shared by several options is dropped and counted (``dropped_tied`` in the run's data info). When every
+  example has the same options (in any order), they are the task's label words (``--k_shot``
+  balances them). Options and targets are compared stripped (what evaluation compares); options
+  that then coincide make the example a tie.
   The metric is exact-match accuracy: a generated answer outside the options scores wrong.
 - Free text (``target``: a string or a list): every target is a training example; the metric is
   exact match against any of them (SQuAD-normalised, as for the paper's QA tasks).
@@ -55,13 +57,15 @@ def read_local(data_dir: str, task: str, sub: str | None) -> list[tuple[str, dic
         )
     folder = None
     for cand in (root / "bigbench" / "benchmark_tasks" / task, root / "benchmark_tasks" / task, root / task, root):
-        if (cand / "task.json").is_file() or (cand.is_dir() and cand.name == task and any(cand.glob("*/task.json"))):
+        # a task folder is named after its task: another task's folder is never read by mistake
+        if cand.name == task and ((cand / "task.json").is_file() or any(cand.glob("*/task.json"))):
             folder = cand
             break
     if folder is None:
         raise DataError(
             f"task bigbench:{task}: no {task}/task.json under --data_dir {data_dir} (looked in bigbench/benchmark_tasks/, "
-            f"benchmark_tasks/ and the folder itself): give a BIG-bench checkout or the sdist tarball"
+            f"benchmark_tasks/ and the folder itself, which must be named {task}): give a BIG-bench checkout or the "
+            f"sdist tarball"
         )
     files = {p.relative_to(folder).parent.as_posix(): p for p in [folder / "task.json", *folder.glob("*/task.json")]
              if p.is_file()}  # fmt: skip
@@ -133,6 +137,18 @@ def source_text(spec: dict, text: str, options: list[str] | None) -> str:
     return (s["task_prefix"] + s["example_input_prefix"] + text + choices + s["example_output_prefix"]).strip()
 
 
+def choice_row(text: str, scores: list[tuple[str, float]]) -> dict | None:
+    """A multiple-choice row: the best option as the target, options compared as the stripped text
+    that is generated and scored; None when the best is not unique (a tie, or two options that
+    differ only in surrounding whitespace)."""
+    options = [(o.strip(), v) for o, v in scores]
+    best = max(v for _, v in options)
+    winners = {o for o, v in options if v == best}
+    if len(winners) != 1 or sum(o in winners for o, _ in options) > 1:
+        return None
+    return {"input": text, "targets": sorted(winners), "options": list(dict.fromkeys(o for o, _ in options))}
+
+
 def rows_from_specs(name: str, specs: list[tuple[str, dict]]) -> tuple[list[dict], dict]:
     """Rows {"input", "targets", "options"} in file order, and counts (tied and malformed examples)."""
     rows, tied = [], 0
@@ -142,21 +158,22 @@ def rows_from_specs(name: str, specs: list[tuple[str, dict]]) -> tuple[list[dict
             if not isinstance(ex, dict) or not isinstance(ex.get("input"), str):
                 raise DataError(f"{where} has no text 'input'")
             if isinstance(ex.get("target_scores"), dict) and ex["target_scores"]:
-                scores = ex["target_scores"]
                 try:
-                    best = max(float(v) for v in scores.values())
+                    scores = [(o, float(v)) for o, v in ex["target_scores"].items()]
                 except (TypeError, ValueError):
                     raise DataError(f"{where}: target_scores must map options to numbers") from None
-                winners = [o for o, v in scores.items() if float(v) == best]
-                if len(winners) > 1:
+                row = choice_row(source_text(spec, ex["input"], list(ex["target_scores"])), scores)
+                if row is None:
                     tied += 1
                     continue
-                options = list(scores)
-                rows.append({"input": source_text(spec, ex["input"], options), "targets": winners, "options": options})
+                rows.append(row)
             elif isinstance(ex.get("target"), (str, list)):
                 targets = [ex["target"]] if isinstance(ex["target"], str) else ex["target"]
                 if not all(isinstance(t, str) for t in targets):
                     raise DataError(f"{where}: target must be text or a list of texts")
+                targets = [t.strip() for t in targets if t.strip()]
+                if not targets:
+                    raise DataError(f"{where}: empty target")
                 rows.append({"input": source_text(spec, ex["input"], None), "targets": targets, "options": None})
             else:
                 raise DataError(f"{where} has neither target_scores nor target")
@@ -166,17 +183,20 @@ def rows_from_specs(name: str, specs: list[tuple[str, dict]]) -> tuple[list[dict
 def rows_from_hub(ds) -> tuple[list[dict], dict]:
     """tasksource/bigbench rows (`inputs`, the prompt as the hub gives it; options and scores in two lists)."""
     rows, tied = [], 0
-    for r in ds:
+    for i, r in enumerate(ds):
         options, scores = list(r.get("multiple_choice_targets") or []), list(r.get("multiple_choice_scores") or [])
         if options:
-            best = max(scores)
-            winners = [o for o, v in zip(options, scores) if v == best]
-            if len(winners) > 1:
+            if len(scores) != len(options):
+                raise DataError(f"{BIGBENCH_HUB} row {i}: {len(options)} options but {len(scores)} scores")
+            row = choice_row(r["inputs"].strip(), list(zip(options, map(float, scores))))
+            if row is None:
                 tied += 1
                 continue
-            rows.append({"input": r["inputs"].strip(), "targets": winners, "options": options})
+            rows.append(row)
         else:
-            rows.append({"input": r["inputs"].strip(), "targets": list(r["targets"]), "options": None})
+            targets = [t.strip() for t in r["targets"] if t.strip()]
+            if targets:
+                rows.append({"input": r["inputs"].strip(), "targets": targets, "options": None})
     return rows, {"dropped_tied": tied}
 
 
@@ -187,6 +207,11 @@ def load(task: Task, data_dir: str | None) -> tuple[Task, dict, dict]:
     name, sub = parse_name(task.name)
     if data_dir is not None:
         rows, info = rows_from_specs(task.name, read_local(data_dir, name, sub))
+    elif sub is not None:
+        raise DataError(
+            f"task {task.name}: one subtask is read from a BIG-bench checkout or the sdist tarball: pass --data_dir "
+            f"(the hub's {BIGBENCH_HUB} holds the task {name} as a whole)"
+        )
     else:
         datasets.disable_progress_bars()
         try:
@@ -201,10 +226,10 @@ def load(task: Task, data_dir: str | None) -> tuple[Task, dict, dict]:
             ) from None
         rows, info = rows_from_hub(ds)
     if not rows:
-        raise DataError(f"task {task.name}: no usable examples (all {info['dropped_tied']} had tied best options)")
-    option_sets = {tuple(r["options"]) if r["options"] else None for r in rows}
+        raise DataError(f"task {task.name}: no usable examples ({info['dropped_tied']} dropped for tied best options)")
+    option_sets = {frozenset(r["options"]) if r["options"] else None for r in rows}
     labels = None
-    if len(option_sets) == 1 and None not in option_sets:
+    if len(option_sets) == 1 and None not in option_sets:  # the same options (in any order) everywhere
         labels = tuple(rows[0]["options"])
     generative = all(r["options"] is None for r in rows)
     refined = dataclasses.replace(

@@ -38,7 +38,7 @@ from .backbone import (
 )
 from .checkpoint import resume_state
 from .config import CONFIG_FILE, Config, ConfigError, read_run_config, resumed_config
-from .data import DataError, make_stream
+from .data import ENCODING, DataError, make_stream
 from .dist import Dist, broadcast_packed, build_engine, gathered, resolve_ds_config, zero_stage
 from .errors import EXIT_OK, UserError
 from .export import load_adapter
@@ -62,6 +62,7 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     if cfg.run.resume and (text := run_config_text(out / CONFIG_FILE, d)):
         cfg = resumed_config(cfg, out / CONFIG_FILE, str(builtin.builtin_dir() / "model"), text)
         check_not_finished(out, cfg, read_run_config(out / CONFIG_FILE, text))
+        check_encoding(out, read_run_config(out / CONFIG_FILE, text))
     cfg.model.compute_dtype = resolve_compute_dtype(cfg.model.compute_dtype, d.device)
     check_output_dir(out, cfg.run.resume)
     dist.barrier()  # every rank has looked before the main one writes
@@ -137,7 +138,12 @@ def run_record(run: Run) -> dict:
     record["model"]["model"] = run.model_path
     path = run.out / CONFIG_FILE
     old = read_run_config(path) if run.cfg.run.resume and path.is_file() else {}
-    record["identity"] = old.get("identity") or {"id": uuid.uuid4().hex, "created": now(), "host": socket.gethostname()}
+    record["identity"] = old.get("identity") or {
+        "id": uuid.uuid4().hex,
+        "created": now(),
+        "host": socket.gethostname(),
+        "encoding": ENCODING,
+    }
     history = list(old.get("history", []))
     if run.cfg.changes:
         history.append({"at": now(), "step": run.step, "changed": run.cfg.changes})
@@ -166,6 +172,19 @@ def run_config_text(path: Path, d: Dist) -> str:
         except OSError as exc:
             text = f"unreadable: {exc}"  # every rank then refuses it alike
     return broadcast_packed({}, text, d.device)[1]
+
+
+def check_encoding(out: Path, stored: dict) -> None:
+    """A run tokenised by an older adept-dist is not continued with another encoding of its data."""
+    if not stored:
+        return
+    was = (stored.get("identity") or {}).get("encoding", 1)
+    if was != ENCODING:
+        raise ConfigError(
+            f"run {out} turned its text into ids with data encoding {was}, this adept-dist uses {ENCODING} (see "
+            f"data.ENCODING): resuming would change its data; finish it with the version that started it, or start "
+            f"a new --output_dir"
+        )
 
 
 def check_not_finished(out: Path, cfg: Config, stored: dict) -> None:
@@ -206,15 +225,24 @@ def sources(cfg: Config, d: Dist) -> tuple[str, dict]:
         model_name = model_name or str(root / "model")
         if dc.train_file is None and dc.task is None:
             files = {"train_file": str(root / "train.jsonl"), "eval_file": str(root / "dev.jsonl")}
-    if gguf_model.is_gguf(model_name):  # converted once, by the main process (its errors reach every rank)
-        on_main(d, lambda: gguf_model.converted_folder(model_name, log=lambda s: log0(d, s)))
-        if d.local_rank == 0 and not d.main:  # another node, whose cache may be its own
-            gguf_model.converted_folder(model_name, log=lambda s: None)
-        dist.barrier()
+    convert_gguf(model_name, d)
     if cfg.model.model is None and dc.task is not None:
         log0(d, f"warning: --task {dc.task} without --model runs the built-in tiny demo model, which knows only "
                 f"the demo's words: its scores mean nothing; pass --model for real results")  # fmt: skip
     return model_name, files
+
+
+def convert_gguf(model_name: str, d: Dist) -> None:
+    """A .gguf --model converted once, by the main process (its errors reach every rank), before any
+    rank resolves it (collective; nothing for other models). Another node's first rank then converts
+    into its own cache, if that is not shared."""
+    if not gguf_model.is_gguf(model_name):
+        return
+    on_main(d, lambda: gguf_model.converted_folder(model_name, log=lambda s: log0(d, s)))
+    if d.local_rank == 0 and not d.main:
+        gguf_model.converted_folder(model_name, log=lambda s: None)
+    if d.world > 1:
+        dist.barrier()
 
 
 def check_positions(cfg: Config, model_config, model_name: str) -> None:

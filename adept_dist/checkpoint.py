@@ -27,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from .data import ENCODING
 from .dist import (
     adam_step_count,
     all_reduce_sum,
@@ -269,6 +270,7 @@ def export_adapter(run: Run, out_dir: Path, state: dict | None = None, **more) -
             "vocab_size": run.model.backbone.config.vocab_size,
             "separator": cfg.data.separator,
             "max_length": cfg.data.max_length,
+            "encoding": ENCODING,  # how text became ids (data.ENCODING): predict.py encodes alike
             "step": run.step,
             **more,
         }

@@ -110,10 +110,18 @@ def read_rows(path: str) -> list[dict]:
     return rows
 
 
-def leading_ids(tokenizer) -> list[int]:
+# How text becomes ids, recorded in every run and adapter. 1: the tokenizer's bos_token always put
+# first, the separator tokenised as it is; 2: leading_ids and Joiner below. Adapters written with 1
+# are still predicted with 1; runs started with 1 are not resumed with 2 (their data would change).
+ENCODING = 2
+
+
+def leading_ids(tokenizer, encoding: int = ENCODING) -> list[int]:
     """The ids the tokenizer itself puts before a text: LLaMA's <s> / <|begin_of_text|>, or none
     (GPT-2-style BPE tokenizers such as SmolLM2's: their bos_token <|im_start|> opens a chat turn
     and the model never saw it in front of plain text)."""
+    if encoding < 2:
+        return [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     plain = tokenizer("a", add_special_tokens=False).input_ids
     full = tokenizer("a", add_special_tokens=True).input_ids
     for k in range(len(full) - len(plain) + 1):
@@ -132,9 +140,9 @@ class Joiner:
     `separator target` as one text adds after them. Where that text does not begin with the
     stripped separator's ids (a target that merges into it), the target is tokenised alone."""
 
-    def __init__(self, tokenizer, separator: str) -> None:
+    def __init__(self, tokenizer, separator: str, encoding: int = ENCODING) -> None:
         self.tokenizer = tokenizer
-        core = separator.rstrip()
+        core = separator.rstrip() if encoding >= 2 else separator
         self.core, self.space = (core, separator[len(core) :]) if core else (separator, "")
         self.sep_ids = self._ids(self.core)
 
@@ -147,7 +155,7 @@ class Joiner:
         n, out = len(self.sep_ids), []
         joined = self.tokenizer([self.core + self.space + t for t in texts], add_special_tokens=False).input_ids
         for text, ids in zip(texts, joined):
-            out.append(ids[n:] if ids[:n] == self.sep_ids and len(ids) > n else self._ids(text))
+            out.append(ids[n:] if ids[:n] == self.sep_ids and len(ids) > n and text else self._ids(text))
         return out
 
 

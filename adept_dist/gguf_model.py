@@ -6,7 +6,7 @@ it returns is marked quantized and cannot be saved, so the weights are moved int
 the same config and written as ``model.safetensors`` in bf16 (the dtype these models are trained
 and shipped in: rounding a de-quantised 4-bit weight to bf16 changes it by at most 2^-9 of its
 value, far below the 4-bit step), beside the tokenizer and config. The folder lives in
-``$ADEPT_DIST_HOME/gguf/<first 16 hex digits of the file's sha256>``, so a renamed or moved copy of
+``$ADEPT_DIST_HOME/gguf/<first 16 hex digits of the file's sha256>-c<CONVERSION>``, so a renamed or moved copy of
 the same file reuses it and a changed file gets its own. The hash of a (path, size, mtime) is
 remembered, so a 40 GB file is read once, not at every start.
 
@@ -46,10 +46,16 @@ def cache_root() -> Path:
     return home() / "gguf"
 
 
+CONVERSION = 1  # bump when convert() writes something else: older folders are then not reused
+_hashes: dict[str, str] = {}  # this process's, in case hashes.json cannot be written
+
+
 def file_sha256(path: Path) -> str:
     """The file's sha256, remembered per (path, size, mtime) in the cache's hashes.json."""
     st = path.stat()
     key = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if key in _hashes:
+        return _hashes[key]
     index_path = cache_root() / "hashes.json"
     try:
         index = json.loads(index_path.read_text())
@@ -61,7 +67,7 @@ def file_sha256(path: Path) -> str:
     with path.open("rb") as f:
         while chunk := f.read(1 << 24):
             h.update(chunk)
-    digest = h.hexdigest()
+    digest = _hashes[key] = h.hexdigest()
     index = index if isinstance(index, dict) else {}
     index[key] = digest
     try:
@@ -95,8 +101,7 @@ def read_architecture(path: Path) -> str:
         ) from None
 
 
-def check_file(path: Path) -> str:
-    """Refuse what cannot be converted before anything heavy happens; the architecture otherwise."""
+def check_magic(path: Path) -> None:
     if not path.is_file():
         what = "is a folder" if path.is_dir() else "does not exist"
         raise GGUFError(f"--model {path} {what}: give the path of a .gguf file")
@@ -106,6 +111,11 @@ def check_file(path: Path) -> str:
         raise GGUFError(
             f"--model {path} is not a GGUF file (it starts with {head!r}, not {MAGIC!r}): download it again"
         )
+
+
+def check_file(path: Path) -> str:
+    """Refuse what cannot be converted before anything heavy happens; the architecture otherwise."""
+    check_magic(path)
     arch = read_architecture(path)
     if arch not in ARCHITECTURES:
         raise GGUFError(
@@ -122,10 +132,11 @@ def converted_folder(name: str, log=None) -> Path:
     rename wins."""
     log = log or (lambda msg: print(f"[adept-dist] {msg}", flush=True))
     path = Path(name).expanduser()
-    check_file(path)
-    folder = cache_root() / file_sha256(path)[:16]
+    check_magic(path)
+    folder = cache_root() / f"{file_sha256(path)[:16]}-c{CONVERSION}"
     if (folder / MARKER).is_file():
         return folder
+    check_file(path)
     log(f"converting {path} to a Hugging Face folder in {folder} (once; the file is de-quantised)")
     t0 = time.perf_counter()
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -135,13 +146,13 @@ def converted_folder(name: str, log=None) -> Path:
         convert(path, tmp)
         (tmp / MARKER).write_text(json.dumps({"file": str(path.resolve()), "size": path.stat().st_size,
                                               "sha256": file_sha256(path)}, indent=1) + "\n")  # fmt: skip
-        if folder.exists() and not (folder / MARKER).is_file():
-            shutil.rmtree(folder, ignore_errors=True)  # an interrupted conversion of an older version
         try:
-            os.rename(tmp, folder)
+            os.rename(tmp, folder)  # the marker is inside: a folder appears complete or not at all
         except OSError:
             if not (folder / MARKER).is_file():  # not another process's finished copy
-                raise
+                raise GGUFError(
+                    f"{folder} exists but holds no finished conversion ({MARKER} is missing): delete it and start again"
+                ) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log(f"converted in {time.perf_counter() - t0:.0f} s")

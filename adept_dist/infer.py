@@ -20,7 +20,8 @@ import torch
 import torch.distributed as dist
 
 from .backbone import DTYPES, load_backbone, load_config, load_tokenizer, resolve_compute_dtype
-from .data import DataError, Example, Joiner, leading_ids, read_records
+from .build import convert_gguf
+from .data import ENCODING, DataError, Example, Joiner, leading_ids, read_records
 from .dist import Dist, build_inference_engine, full_numel, inference_ds_config, local_numel
 from .errors import EXIT_USER_ERROR, guarded
 from .evaluation import decode_examples, gather_to_main
@@ -44,6 +45,7 @@ class Loaded:
     task: str | None
     base_model: str
     merged: bool
+    encoding: int  # data.ENCODING of the run that trained the adapter (1 when it predates the record)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,10 +108,13 @@ def read_inputs(path: str, task) -> list[tuple[dict, str]]:
     return out
 
 
-def encode_sources(texts: list[str], tokenizer, max_length: int, separator: str) -> tuple[list[Example], int]:
-    """<bos> input separator, the input cut from its end to fit max_length (as in training)."""
-    bos = leading_ids(tokenizer)
-    sep = Joiner(tokenizer, separator).sep_ids
+def encode_sources(
+    texts: list[str], tokenizer, max_length: int, separator: str, encoding: int = ENCODING
+) -> tuple[list[Example], int]:
+    """<bos> input separator, the input cut from its end to fit max_length (as in training, with
+    the adapter's own data encoding)."""
+    bos = leading_ids(tokenizer, encoding)
+    sep = Joiner(tokenizer, separator, encoding).sep_ids
     room = max_length - len(bos) - len(sep) - 1  # training kept at least one target token + EOS
     if room < 1:
         raise DataError(f"--max_length {max_length} leaves no room for the input: raise it")
@@ -143,6 +148,7 @@ def load_for_inference(args, d: Dist, log) -> Loaded:
         if d.world > 1:
             dist.barrier()
         name = resolve_base_model(name)
+    convert_gguf(name, d)  # a .gguf base: converted once, not by every rank at once
     config = load_config(name)
     if merged:
         adapter = load_merged_prompt(folder, info, config.hidden_size)
@@ -155,7 +161,14 @@ def load_for_inference(args, d: Dist, log) -> Loaded:
     model.requires_grad_(False)
     log(f"{'merged export' if merged else cfg['method'] + ' adapter'} {folder} on {name} ({quant}, {dtype_name})")
     return Loaded(
-        model, tokenizer, cfg.get("separator", " Label : "), cfg.get("max_length", 256), cfg.get("task"), name, merged
+        model,
+        tokenizer,
+        cfg.get("separator", " Label : "),
+        cfg.get("max_length", 256),
+        cfg.get("task"),
+        name,
+        merged,
+        cfg.get("encoding", 1),
     )
 
 
@@ -181,7 +194,9 @@ def predict(args, d: Dist) -> dict:
     task = find_task(loaded.task)
     rows = read_inputs(args.input, task)
     max_length = args.max_length or loaded.max_length
-    examples, truncated = encode_sources([t for _, t in rows], loaded.tokenizer, max_length, loaded.separator)
+    examples, truncated = encode_sources(
+        [t for _, t in rows], loaded.tokenizer, max_length, loaded.separator, loaded.encoding
+    )
     max_new = args.max_new_tokens or (task and task.max_new_tokens) or DEFAULT_MAX_NEW_TOKENS
     limit = getattr(loaded.model.backbone.config, "max_position_embeddings", None)
     longest = loaded.model.adapter.m + max(len(e.input_ids) for e in examples) + max_new

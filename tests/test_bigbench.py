@@ -158,3 +158,26 @@ def test_through_the_task_pipeline_with_k_shot(tmp_path, tokenizer):
     again = prepare_main(task, tokenizer, opts, cache_dir=tmp_path / "cache", log=lambda m: None)
     assert [e.input_ids for e in again.train] == [e.input_ids for e in data.train]
     assert list((tmp_path / "cache").glob("*.safetensors")) == cached
+
+
+def test_options_are_compared_as_generated_text_and_in_any_order(tmp_path):
+    spec = {"append_choices_to_input": False, "examples": [
+        {"input": "a", "target_scores": {"yes\n": 1, "no\n": 0}},  # stripped: what generation can produce
+        {"input": "b", "target_scores": {"no": 1, "yes": 0}},  # the same options in another order
+        {"input": "c", "target_scores": {"yes": 1, " yes ": 0, "no": 0}},  # two options read alike: a tie
+    ]}  # fmt: skip
+    rows, info = rows_from_specs("bigbench:t", [(".", spec)])
+    assert [r["targets"] for r in rows] == [["yes"], ["no"]] and info["dropped_tied"] == 1
+    write_task(tmp_path, "t", spec)
+    spec2 = {**spec, "examples": spec["examples"] * 2}
+    write_task(tmp_path, "t", spec2)
+    task, _, _ = load(get_task("bigbench:t"), str(tmp_path))
+    assert task.labels == ("yes", "no")  # one label set although the order varies
+
+
+def test_another_tasks_folder_and_a_hub_subtask_are_refused(tmp_path):
+    folder = write_task(tmp_path, "navigate", MC).parent
+    with pytest.raises(DataError, match=r"no strategyqa/task.json under --data_dir .* must be named strategyqa"):
+        read_local(str(folder), "strategyqa", None)
+    with pytest.raises(DataError, match="one subtask is read from a BIG-bench checkout or the sdist tarball"):
+        load(get_task("bigbench:logical_deduction/three_objects"), None)

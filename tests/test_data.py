@@ -174,3 +174,33 @@ def test_length_grouped_stream_pads_less_and_keeps_the_epoch():
     # the trainer's split of a global batch over ranks works on it as on the plain stream
     parts, global_idx = zip(*[step_batches(grouped, 16, 4, 1, 2, r) for r in range(2)])
     assert global_idx[0] == grouped.take(16, 8) and sorted(parts[0][0] + parts[1][0]) == sorted(global_idx[0])
+
+
+def test_encoding_1_is_kept_for_adapters_and_runs_that_used_it(tmp_path):
+    """Encoding 2 (data.ENCODING) puts first only what the tokenizer itself does and gives the
+    separator's trailing space to the target; adapters recorded without an encoding (1) predict
+    with the old rule, and a run started with it is not resumed with the new one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from adept_dist.build import check_encoding
+    from adept_dist.config import ConfigError
+    from adept_dist.data import ENCODING, Joiner, leading_ids
+    from adept_dist.infer import encode_sources
+
+    specials = ["<unk>", "<s>", "</s>"]  # byte-level BPE without merges, no BOS added: SmolLM2's kind
+    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+    assert leading_ids(tok) == [] and leading_ids(tok, 1) == [tok.bos_token_id]
+    new, old = Joiner(tok, " Label : "), Joiner(tok, " Label : ", 1)
+    assert tok.decode(new.sep_ids) == " Label :" and tok.decode(old.sep_ids) == " Label : "
+    assert tok.decode(new.targets(["yes"])[0]) == " yes" and tok.decode(old.targets(["yes"])[0]) == "yes"
+    [ex2], _ = encode_sources(["hi"], tok, 32, " Label : ")
+    [ex1], _ = encode_sources(["hi"], tok, 32, " Label : ", 1)
+    assert tok.decode(ex2.input_ids) == "hi Label :" and tok.decode(ex1.input_ids) == "<s>hi Label : "
+    check_encoding(tmp_path, {"identity": {"encoding": ENCODING}})  # the same encoding resumes
+    with pytest.raises(ConfigError, match="data encoding 1, this adept-dist uses 2 .* start a new --output_dir"):
+        check_encoding(tmp_path, {"identity": {"id": "x"}})  # written before encodings were recorded
