@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import socket
-import time
 import uuid
 from pathlib import Path
 
@@ -42,7 +41,7 @@ from .data import ENCODING, DataError, make_stream
 from .dist import Dist, broadcast_packed, build_engine, gathered, resolve_ds_config, zero_stage
 from .errors import EXIT_OK, UserError
 from .export import load_adapter
-from .fileio import write_json
+from .fileio import now, write_json
 from .loader import load_layerwise
 from .merge import shard_map
 from .model import AdeptLM
@@ -149,10 +148,6 @@ def run_record(run: Run) -> dict:
         history.append({"at": now(), "step": run.step, "changed": run.cfg.changes})
     record["history"] = history
     return record
-
-
-def now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 # ----------------------------------------------------------------------------- the steps

@@ -12,10 +12,16 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 from .errors import EXIT_WRITE_FAILED, UserError
+
+
+def now() -> str:
+    """Local time with its UTC offset, as every record of a run writes it."""
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def home() -> Path:

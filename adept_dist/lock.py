@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from .errors import UserError
+from .fileio import now
 
 LOCK = "lock.json"
 # the states of a job that will never run again (anything else, e.g. SIGNALING or STAGE_OUT, may)
@@ -70,7 +71,7 @@ def me() -> dict:
         "slurm_cluster": env.get("SLURM_CLUSTER_NAME"),
         "slurm_job_id": env.get("SLURM_JOB_ID"),
         "slurm_restart": int(env.get("SLURM_RESTART_COUNT", "0") or 0),
-        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "started": now(),
     }
 
 

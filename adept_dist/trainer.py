@@ -30,7 +30,7 @@ from .dist import (
     total_norm,
 )
 from .evaluation import run_validation, score_test, write_results
-from .fileio import write_json
+from .fileio import now, write_json
 from .run import Run, TrainError, log0, on_main
 
 
@@ -199,5 +199,5 @@ def train(run: Run) -> dict:
 def mark_finished(run: Run) -> None:
     """config.json says the run is done: a later --resume of it stops at once (build.check_not_finished)."""
     record = read_run_config(run.out / CONFIG_FILE)
-    record["finished"] = {"step": run.step, "at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    record["finished"] = {"step": run.step, "at": now()}
     write_json(run.out / CONFIG_FILE, record)
