@@ -168,7 +168,10 @@ def test_real_model_zero3_world2_matches_single_process_reference(smollm2, bigbe
     assert r["world"] == 2 and r["zero_stage"] == 3 and r["backbone_frozen"]
     for h in r["held"]:
         assert 0.45 <= h["local_bytes"] / h["full_bytes"] <= 0.55, h
+    # as on the tiny model (test_distributed.GRAD_TOL): fp32, only the summation order differs.
+    # Measured on SmolLM2 (2026-12-01): loss bitwise equal, gradient relative errors 3.1e-7 to 4.3e-7
     assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-6)
+    assert set(r["grad_rel_err"]) == {"prompt", "A", "a", "B", "b"}
     for name, err in r["grad_rel_err"].items():
         assert r["ref_grad_norm"][name] > 0, name
         assert err < GRAD_TOL["fp32"], (name, err)
