@@ -60,8 +60,9 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     out = Path(cfg.run.output_dir)
     if cfg.run.resume and (text := run_config_text(out / CONFIG_FILE, d)):
         cfg = resumed_config(cfg, out / CONFIG_FILE, str(builtin.builtin_dir() / "model"), text)
-        check_not_finished(out, cfg, read_run_config(out / CONFIG_FILE, text))
-        check_encoding(out, read_run_config(out / CONFIG_FILE, text))
+        stored = read_run_config(out / CONFIG_FILE, text)
+        check_not_finished(out, cfg, stored)
+        check_encoding(out, stored)
     cfg.model.compute_dtype = resolve_compute_dtype(cfg.model.compute_dtype, d.device)
     check_output_dir(out, cfg.run.resume)
     dist.barrier()  # every rank has looked before the main one writes
