@@ -6,6 +6,7 @@ training path, then collect the table.
         --runs_dir runs/sweep --slurm "--nodes=1 --ntasks-per-node=8 --gpus-per-node=8"
     # on one machine: the runs one after another under the deepspeed launcher
     python launch/sweep.py --config run.yaml --tasks rte --methods adept,pt --seeds 42 --local --num_gpus 8
+    # (a second local sweep beside it needs its own --master_port)
     # then
     python launch/collect_results.py runs/sweep
 
@@ -61,7 +62,10 @@ def commands(args, extra: list[str]) -> list[tuple[Path, list[str]]]:
                 how = ["--method", "adept", "--max_steps", "0"] if method == UNTRAINED else ["--method", method]
                 flags = ["--task", task, "--seed", seed, "--output_dir", str(out), *extra, *how]  # how wins
                 if args.local:
-                    cmd = ["deepspeed", "--num_gpus", str(args.num_gpus), "launch/train.py"]
+                    cmd = ["deepspeed", "--num_gpus", str(args.num_gpus)]
+                    if getattr(args, "master_port", None):  # two sweeps side by side need two ports
+                        cmd += ["--master_port", str(args.master_port)]
+                    cmd += ["launch/train.py"]
                     cmd += (["--config", args.config] if args.config else []) + flags
                     cmd += ["--resume"]
                 else:
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runs_dir", default="runs/sweep")
     p.add_argument("--local", action="store_true", help="run here, one after another, instead of sbatch")
     p.add_argument("--num_gpus", type=int, default=1, help="with --local: ranks of each run")
+    p.add_argument("--master_port", type=int, help="with --local: the launcher's port (default 29500)")
     p.add_argument("--slurm", default="", help="extra sbatch options, e.g. '--nodes=2 --gpus-per-node=8'")
     p.add_argument("--dry_run", action="store_true", help="print the commands only")
     args = p.parse_args(argv)

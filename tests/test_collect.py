@@ -69,6 +69,10 @@ def test_sweep_dry_run_lists_every_run_and_skips_finished(tmp_path, capsys):
                                  config=None, slurm=""), [])  # fmt: skip
     assert local[0][1] == ["deepspeed", "--num_gpus", "2", "launch/train.py", "--task", "cb", "--seed", "1",
                            "--output_dir", "r/cb-dept-s1", "--method", "dept", "--resume"]  # fmt: skip
+    beside = sweep.commands(
+        sweep.argparse.Namespace(tasks="cb", methods="dept", seeds="1", runs_dir="r", local=True, num_gpus=1,
+                                 config=None, slurm="", master_port=29611), [])  # fmt: skip
+    assert beside[0][1][:6] == ["deepspeed", "--num_gpus", "1", "--master_port", "29611", "launch/train.py"]
 
 
 def test_sweep_of_bigbench_tasks_with_the_untrained_baseline(capsys):
