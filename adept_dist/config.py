@@ -368,8 +368,9 @@ def resumed_config(cfg: Config, path: Path, builtin_model: str, text: str | None
     the changeable ones that differ are kept in the result's ``changes`` (for config.json's history)."""
     stored = read_run_config(path, text)
     flat = {k: v for sec in SECTIONS for k, v in stored[sec].items() if k in FIELD_SECTION}
-    if flat.get("model") == builtin_model:
+    if flat.get("model") == builtin_model and flat.get("train_file") is None:
         flat["model"] = None  # the built-in model: recorded by its folder, named "builtin" in adapters
+        # (with --train_file it was given by its folder, as --train_file needs: it stays given)
     diffs, changes = [], {}
     for name in sorted(cfg.given - set(PER_START)):
         new, old = cfg.value(name), flat.get(name)

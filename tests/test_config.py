@@ -161,3 +161,8 @@ def test_resume_starts_from_the_runs_own_config(tmp_path):
     path.write_text(json.dumps(builtin))
     plain, _ = parse_config(["--resume", "--output_dir", str(tmp_path)])
     assert resumed_config(plain, path, builtin_model="/home/x/builtin/model").model.model is None
+    # the built-in model's folder given as --model with the user's own data (found probing, 2026-12-04: the
+    # resume was refused with "--train_file needs --model"): it stays that folder
+    own = make_config({"model": "/home/x/builtin/model", "train_file": "t.csv", "compute_dtype": "fp32"}).to_dict()
+    path.write_text(json.dumps(own))
+    assert resumed_config(plain, path, builtin_model="/home/x/builtin/model").model.model == "/home/x/builtin/model"
