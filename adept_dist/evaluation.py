@@ -14,7 +14,6 @@ import math
 
 import torch
 import torch.distributed as dist
-from tqdm.auto import tqdm
 
 from . import metrics
 from .adapters import IGNORE_INDEX
@@ -23,6 +22,7 @@ from .data import Example, collate
 from .dist import Dist, all_reduce_sum, broadcast_object, full_fp32_state, full_numel, set_full_weights
 from .fileio import WriteError, write_error, write_json, write_jsonl, write_text
 from .model import AdeptLM, Sampling
+from .progress import Progress
 from .run import Run, TrainError, log0, on_main
 from .tasks import find_task
 
@@ -69,7 +69,7 @@ def decode_examples(
     model.eval()
     sums = torch.zeros(2, dtype=torch.float64)
     out: list[tuple[int, list[int]]] = []
-    bar = tqdm(total=rounds, disable=not d.main, desc=desc, leave=False, dynamic_ncols=True, mininterval=2)
+    bar = Progress(rounds, desc, enabled=d.main, nested=True)
     for r in range(rounds):
         real = r < len(mine)
         number, idx = mine[r] if real else (0, [0])

@@ -15,7 +15,6 @@ import signal
 import time
 
 import torch
-from tqdm.auto import tqdm
 
 from .checkpoint import export_adapter, save_checkpoint
 from .config import CONFIG_FILE, read_run_config
@@ -31,6 +30,7 @@ from .dist import (
 )
 from .evaluation import run_validation, score_test, write_results
 from .fileio import now, write_json
+from .progress import Progress, duration
 from .run import Run, TrainError, log0, on_main
 
 
@@ -150,7 +150,8 @@ def train(run: Run) -> dict:
     total = cfg.optim.max_steps
     stop = StopRequest()
     run.engine.train()
-    bar = tqdm(total=total, initial=run.step, disable=not d.main, desc="train", dynamic_ncols=True)
+    bar = Progress(total, "train", enabled=d.main, initial=run.step)
+    first = run.step + 1
     window_tokens, window_start = 0, time.perf_counter()
     last: dict = {}
     has_val = "validation" in run.data.evals
@@ -158,8 +159,10 @@ def train(run: Run) -> dict:
         rec = train_step(run, stop.signum)
         stopping = rec.pop("stop")
         window_tokens += rec["input_tokens"]
-        bar.update(1)
-        bar.set_postfix(loss=f"{rec['loss']:.4f}")
+        bar.update(1, loss=f"{rec['loss']:.4f}")
+        if run.step == first and run.step < total and bar.first_s is not None:
+            log0(d, f"step {run.step} took {duration(bar.first_s)}: the {total - run.step} steps left need about "
+                    f"{duration(bar.first_s * (total - run.step))} (evaluations not included)")  # fmt: skip
         if run.step % rc.log_every == 0 or run.step == total:
             elapsed = time.perf_counter() - window_start
             last = {"step": run.step, **rec, "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
