@@ -6,11 +6,13 @@ reference code forgets the offset of generated tokens after the first step).
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers import DynamicCache
 
 from .adapters import IGNORE_INDEX, PromptAdapter
 
@@ -18,6 +20,13 @@ from .adapters import IGNORE_INDEX, PromptAdapter
 def positions_of(mask: torch.Tensor) -> torch.Tensor:
     """Token positions from an attention mask (B, T): 0, 1, ... over real tokens, any padding side."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def cache_argument(decoder: nn.Module) -> str:
+    """The name under which `decoder.forward` takes the KV cache: `cache` from transformers 5.x on
+    (`past_key_values` is deprecated there, removed in 5.40), `past_key_values` before."""
+    params = inspect.signature(decoder.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
 
 
 class AdeptLM(nn.Module):
@@ -70,7 +79,9 @@ class AdeptLM(nn.Module):
         decoder = self.backbone.get_decoder()
         head = self.backbone.get_output_embeddings()
         embeds, mask, _ = self._inputs(input_ids, attention_mask)
-        out = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_of(mask), use_cache=True)
+        # One cache object, filled in place by every call (the current API; no deprecated argument).
+        kv = {cache_argument(decoder): DynamicCache(config=decoder.config)}
+        out = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_of(mask), use_cache=True, **kv)
         token_pos = positions_of(attention_mask)[:, -1:]  # position of the last input token
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         generated, all_logits = [], []
@@ -91,8 +102,8 @@ class AdeptLM(nn.Module):
                 inputs_embeds=e,
                 attention_mask=mask,
                 position_ids=positions_of(mask)[:, -1:],
-                past_key_values=out.past_key_values,
                 use_cache=True,
+                **kv,
             )
         ids = torch.stack(generated, dim=1)
         return (ids, torch.stack(all_logits, dim=1)) if return_logits else ids
