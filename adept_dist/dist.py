@@ -10,9 +10,14 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import fcntl
+import hashlib
+import io
 import json
 import os
 import socket
+import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,9 +25,10 @@ import torch
 import torch.distributed as dist
 
 from .config import Config, ConfigError
-from .fileio import refuse_duplicate_keys
+from .fileio import home, refuse_duplicate_keys
 
 AUTO = "auto"
+STALE_BUILD_LOCK_S = 600  # building DeepSpeed's CPU comm op takes about a minute
 
 
 @dataclass
@@ -50,6 +56,8 @@ def init_distributed(local_rank: int | None = None) -> Dist:
     from deepspeed.accelerator import get_accelerator
 
     acc = get_accelerator()
+    if acc.device_name() == "cpu":
+        prepare_cpu_comm_op()  # before DeepSpeed's comm backend loads it
     if "RANK" not in os.environ and "OMPI_COMM_WORLD_RANK" not in os.environ:  # plain python: world of one
         os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1")
         os.environ.setdefault("MASTER_PORT", str(free_port()))  # names only (DeepSpeed's shm buffers)
@@ -60,7 +68,7 @@ def init_distributed(local_rank: int | None = None) -> Dist:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if acc.device_name() != "cpu":
         acc.set_device(local_rank)
-    if not dist.is_initialized():
+    with without_op_banner():  # DeepSpeed's comm backend now (it creates the shm buffers), not at initialize
         deepspeed.init_distributed(verbose=False)
     atexit.unregister(close_process_group)  # once, however often a process joins
     atexit.register(close_process_group)
@@ -69,6 +77,69 @@ def init_distributed(local_rank: int | None = None) -> Dist:
         share_cpu_cores(dist.get_world_size())
         unlink_shm_buffer()
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def extensions_dir() -> tuple[Path, bool]:
+    """Where torch JIT-builds DeepSpeed's ops, and whether adept-dist owns that folder. One folder
+    per Python environment: torch's default (~/.cache/torch_extensions/py311_cpu) is shared by
+    every environment on the machine (or cluster, with a shared home), and each rebuilds the op
+    (45-78 s) whenever another built it last. Inside the virtual environment when it is writable,
+    else $ADEPT_DIST_HOME/torch_extensions/<hash of the environment's path>. TORCH_EXTENSIONS_DIR,
+    when set, wins."""
+    if os.environ.get("TORCH_EXTENSIONS_DIR"):
+        return Path(os.environ["TORCH_EXTENSIONS_DIR"]), False
+    if sys.prefix != sys.base_prefix and os.access(sys.prefix, os.W_OK):
+        return Path(sys.prefix) / "torch_extensions", True
+    key = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+    return home() / "torch_extensions" / key, True
+
+
+def prepare_cpu_comm_op() -> None:
+    """Build (or load) DeepSpeed's CPU shared-memory comm op once per environment, one process at a
+    time, and never hang on a dead build. torch's build lock is a bare file (`<dir>/<op>/lock`): a
+    job killed while building leaves it, and every later launch waits on it forever. Here the
+    build runs under an OS lock (flock, released when its holder dies) on a file beside it, so a
+    torch lock found while holding ours was left by a dead process: in adept-dist's own folder it
+    is removed (with a line saying so). In a folder the user chose (TORCH_EXTENSIONS_DIR), other
+    programs may be building: removed there only when older than STALE_BUILD_LOCK_S, else named."""
+    import deepspeed.ops
+    from deepspeed.accelerator import get_accelerator
+
+    builder = get_accelerator().create_op_builder("ShareMemCommBuilder")
+    if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
+        return  # DeepSpeed falls back to plain gloo collectives
+    root, ours = extensions_dir()
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(root)
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".adept-dist-build.lock", "a") as baton:
+        fcntl.flock(baton, fcntl.LOCK_EX)
+        torch_lock = root / builder.NAME / "lock"
+        with contextlib.suppress(FileNotFoundError):
+            age = time.time() - torch_lock.stat().st_mtime
+            if ours or age > STALE_BUILD_LOCK_S:
+                torch_lock.unlink(missing_ok=True)
+                print(
+                    f"[adept-dist] removed {torch_lock}: a build lock left by a job killed while building",
+                    file=sys.stderr,
+                )
+            else:
+                print(f"[adept-dist] waiting on {torch_lock} ({age:.0f} s old): if no job is building DeepSpeed's "
+                      f"op now, a killed job left it; delete that file", file=sys.stderr)  # fmt: skip
+        with without_op_banner():
+            builder.load()  # DeepSpeed keeps the module: its comm backend reuses it
+
+
+@contextlib.contextmanager
+def without_op_banner():
+    """Everything printed inside, except DeepSpeed's "... built successfully" (every rank prints it
+    on every launch, even when nothing was built)."""
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            yield
+    finally:
+        kept = [line for line in out.getvalue().splitlines(keepends=True) if "built successfully" not in line]
+        sys.stdout.write("".join(kept))
 
 
 def close_process_group() -> None:
@@ -85,10 +156,10 @@ def unlink_shm_buffer() -> None:
     """DeepSpeed's CPU shared-memory allreduce creates /dev/shm/deepspeed_allreduce_buffer_{uid}_
     {addr}_{port}_{rank} (66 MB per rank) and never removes it. Each rank maps every peer's buffer
     while the process group starts, so once all ranks are past that (the barrier), each can unlink
-    its own name; the mappings stay valid until the processes end."""
-    if dist.get_world_size() == 1:
-        return
-    dist.barrier()
+    its own name; the mappings stay valid until the processes end. A world of one creates one too
+    (under the deepspeed launcher): nothing to wait for then."""
+    if dist.get_world_size() > 1:
+        dist.barrier()
     port, rank = os.environ.get("MASTER_PORT", ""), dist.get_rank()
     for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_{rank}"):
         with contextlib.suppress(OSError):

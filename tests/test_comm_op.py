@@ -1,0 +1,83 @@
+"""DeepSpeed's CPU comm op and its shared-memory buffers (issue 14): built once per environment,
+no hang on a build lock a killed job left, quiet launches, nothing left in /dev/shm."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+from adept_dist import dist as ddist
+from tests.conftest import deepspeed_cmd, run_cmd
+
+
+def test_the_op_is_built_inside_the_environment(monkeypatch, tmp_path):
+    """Each virtual environment builds into its own folder (torch's default is one folder for every
+    environment, so two environments rebuilt it in turn); outside a venv, a folder per interpreter
+    under $ADEPT_DIST_HOME; a TORCH_EXTENSIONS_DIR the user set wins."""
+    monkeypatch.delenv("TORCH_EXTENSIONS_DIR", raising=False)
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    assert ddist.extensions_dir() == (venv / "torch_extensions", True)
+    other = tmp_path / "other"
+    other.mkdir()
+    monkeypatch.setattr(sys, "prefix", str(other))
+    assert ddist.extensions_dir()[0] != venv / "torch_extensions"
+    monkeypatch.setenv("ADEPT_DIST_HOME", str(tmp_path / "home"))
+    monkeypatch.setattr(sys, "base_prefix", str(other))  # no venv: the interpreter's own prefix
+    where, ours = ddist.extensions_dir()
+    assert ours and where.parent == tmp_path / "home" / "torch_extensions"
+    monkeypatch.setattr(sys, "prefix", "/opt/python")
+    assert ddist.extensions_dir()[0] != where  # another interpreter, another folder
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path / "mine"))
+    assert ddist.extensions_dir() == (tmp_path / "mine", False)
+
+
+BUILD = """
+import sys
+from pathlib import Path
+from adept_dist import dist
+root = Path(sys.argv[1])
+dist.extensions_dir = lambda: (root, True)
+dist.prepare_cpu_comm_op()
+from deepspeed.ops.op_builder.builder import OpBuilder
+assert "deepspeed_shm_comm" in OpBuilder._loaded_ops
+print("loaded")
+"""
+
+
+@pytest.mark.slow
+def test_a_build_lock_left_by_a_killed_job_does_not_hang_the_next_launch(tmp_path):
+    """torch waits forever while `<dir>/deepspeed_shm_comm/lock` exists (a job killed while building
+    leaves it). Before this fix the launch below hung until the timeout."""
+    lock = tmp_path / "ext" / "deepspeed_shm_comm" / "lock"
+    lock.parent.mkdir(parents=True)
+    lock.touch()
+    proc = run_cmd([sys.executable, "-c", BUILD, str(tmp_path / "ext")], timeout=400)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "loaded" in proc.stdout and "built successfully" not in proc.stdout
+    assert f"removed {lock}: a build lock left by a job killed while building" in proc.stderr
+    assert not lock.exists() and (lock.parent / "deepspeed_shm_comm.so").is_file()
+
+
+def shm_buffers(port: str) -> set[str]:
+    return {p.name for p in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_{os.getuid()}_*_{port}_*")}
+
+
+@pytest.mark.dist
+def test_a_world_of_one_under_the_launcher_leaves_no_shm_buffer_and_no_banner(tmp_path):
+    """DeepSpeed creates a 66 MB /dev/shm buffer per rank and never removes it; at world size 1 under
+    the deepspeed launcher adept-dist left it too (until reboot). Every rank also printed "...
+    built successfully" on every launch."""
+    cmd = deepspeed_cmd("launch/train.py", "--output_dir", str(tmp_path / "run"), "--max_steps", "2",
+                        "--max_eval_samples", "8", num_gpus=1)  # fmt: skip
+    port = cmd[cmd.index("--master_port") + 1]
+    proc = run_cmd(cmd)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "accuracy" in (tmp_path / "run" / "results.md").read_text()
+    assert shm_buffers(port) == set()
+    assert "built successfully" not in proc.stdout + proc.stderr
