@@ -37,7 +37,7 @@ from .backbone import (
 )
 from .checkpoint import resume_state
 from .config import CONFIG_FILE, Config, ConfigError, read_run_config, resumed_config
-from .data import ENCODING, DataError, make_stream
+from .data import ENCODING, UNKNOWN_WARN_SHARE, DataError, make_stream, unknown_shares
 from .dist import Dist, broadcast_packed, build_engine, gathered, resolve_ds_config, zero_stage
 from .errors import EXIT_OK, UserError
 from .export import load_adapter
@@ -299,6 +299,13 @@ def load_data(cfg: Config, d: Dist, tokenizer, files: dict) -> taskdata.TaskData
     sizes = ", ".join([f"train {len(data.train)}"] + [f"{k} {len(v.examples)}" for k, v in data.evals.items()])
     trunc = sum(v for k, v in data.info.items() if k.endswith("_truncated"))
     log0(d, f"data ({data.name}): {sizes} examples; {trunc} inputs truncated to max_length={dc.max_length}")
+    unk_in, unk_tgt = unknown_shares(data.train, tokenizer.unk_token_id)
+    if unk_in or unk_tgt:
+        log0(d, f"unknown tokens (<unk>): {unk_in:.1%} of the training inputs' tokens, {unk_tgt:.1%} of the targets'")
+    if unk_tgt > UNKNOWN_WARN_SHARE:
+        log0(d, f"warning: {unk_tgt:.0%} of the training targets' tokens are <unk>: the tokenizer of "
+                f"{cfg.model.model or 'the built-in model'} does not know these words, so the answers cannot be "
+                f"learnt; use a model whose tokenizer covers your data (--model)")  # fmt: skip
     return data
 
 

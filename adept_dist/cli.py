@@ -11,6 +11,11 @@ from pathlib import Path
 
 from .errors import EXIT_OK, EXIT_STOPPED, EXIT_USER_ERROR, guarded
 
+ONE_CPU_RANK = (
+    "one rank on this CPU machine; two ranks (ZeRO-3 sharding across processes, gloo) with "
+    "`deepspeed --num_gpus 2 launch/train.py ...`"
+)
+
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -28,9 +33,12 @@ def main(argv: list[str] | None = None) -> int:
     from .build import build
     from .dist import init_distributed
     from .lock import release_held
+    from .run import log0
     from .trainer import train
 
     d = init_distributed(local_rank)
+    if d.world == 1 and d.device.type == "cpu":
+        log0(d, ONE_CPU_RANK)
 
     def run_all() -> dict:
         try:

@@ -450,7 +450,10 @@ def check_config(cfg: Config) -> None:
     if o.grad_clip < 0 or o.weight_decay < 0:
         raise ConfigError("options grad_clip and weight_decay must be >= 0")
     if d.train_file is not None and cfg.model.model is None:
-        raise ConfigError("--train_file needs --model: the built-in tiny model only knows the built-in task's words")
+        raise ConfigError(
+            "--train_file needs --model: the built-in demo model only knows the built-in task's words; pass a "
+            "model whose tokenizer covers your data (a hub id, a local folder, or a .gguf file)"
+        )
     if (d.eval_file is not None or d.test_file is not None) and d.train_file is None:
         raise ConfigError("--eval_file/--test_file need --train_file (a task or the built-in task brings its own)")
     if d.task is not None and d.train_file is not None:

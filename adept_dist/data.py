@@ -189,6 +189,23 @@ def encode(
     return out, truncated
 
 
+UNKNOWN_WARN_SHARE = 0.05  # above this share of <unk> target tokens, the model cannot learn the targets
+
+
+def unknown_shares(examples: list[Example], unk_id: int | None) -> tuple[float, float]:
+    """The shares of `unk_id` among the examples' input tokens and target tokens (0, 0 for a
+    tokenizer without an unknown token, such as byte-level BPE). A tokenizer that does not know a
+    task's words turns them into <unk>: the target "quantum" and "positive" alike become one id."""
+    if unk_id is None:
+        return 0.0, 0.0
+    n_in = unk_in = n_tgt = unk_tgt = 0
+    for e in examples:
+        src, tgt = e.input_ids[: len(e.input_ids) - e.n_target], e.input_ids[len(e.input_ids) - e.n_target :]
+        n_in, unk_in = n_in + len(src), unk_in + src.count(unk_id)
+        n_tgt, unk_tgt = n_tgt + len(tgt), unk_tgt + tgt.count(unk_id)
+    return unk_in / max(n_in, 1), unk_tgt / max(n_tgt, 1)
+
+
 def collate(
     examples: list[Example], pad_id: int, pad_to: int | None = None, left: bool = False
 ) -> dict[str, torch.Tensor]:

@@ -348,3 +348,25 @@ def test_nonfinite_loss_stop_and_skip(tmp_path, poisoned_model):
     assert all(math.isfinite(m["loss"]) for m in steps if not m.get("skipped"))
     adapter = load_file(str(tmp_path / "skip" / "adapter" / "adapter_model.safetensors"))
     assert all(bool(v.isfinite().all()) for v in adapter.values())
+
+
+def test_targets_the_tokenizer_does_not_know_are_warned_of(tmp_path, tiny_model_dir, tokenizer):
+    """Words outside the tokenizer's vocabulary become <unk> (id 0 here): a target of unknown words
+    cannot be learnt, and the run said nothing (issue 14: accuracy 0 with the built-in model's
+    folder on a user's file). Known words: a share of 0, nothing reported."""
+    from adept_dist.data import encode, unknown_shares
+
+    def examples(target):
+        return encode([{"input": "review : the food was great", "target": target}], tokenizer, 64, " Label : ")[0]
+
+    assert unknown_shares(examples("positive"), tokenizer.unk_token_id) == (0.0, 0.0)
+    assert unknown_shares(examples("positive"), None) == (0.0, 0.0)  # a tokenizer without <unk>
+    unknown = write_jsonl(
+        tmp_path / "unknown.jsonl", [{"input": "review : the food was great", "target": "zqxj vwpk"}] * 8
+    )
+    proc = run_cmd([sys.executable, "launch/train.py", "--model", str(tiny_model_dir), "--train_file", str(unknown),
+                    "--max_steps", "1", "--output_dir", str(tmp_path / "run")])  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    # "zqxj vwpk" + EOS: 2 of 3 target tokens unknown; the input's words are all known
+    assert "unknown tokens (<unk>): 0.0% of the training inputs' tokens, 66.7% of the targets'" in proc.stdout
+    assert "warning: 67% of the training targets' tokens are <unk>" in proc.stdout

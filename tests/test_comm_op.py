@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from adept_dist import dist as ddist
+from adept_dist.cli import ONE_CPU_RANK
 from tests.conftest import deepspeed_cmd, run_cmd
 
 
@@ -81,3 +82,4 @@ def test_a_world_of_one_under_the_launcher_leaves_no_shm_buffer_and_no_banner(tm
     assert "accuracy" in (tmp_path / "run" / "results.md").read_text()
     assert shm_buffers(port) == set()
     assert "built successfully" not in proc.stdout + proc.stderr
+    assert proc.stdout.count(ONE_CPU_RANK) == 1  # one rank on a CPU machine: the hint, once

@@ -12,6 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from adept_dist.cli import ONE_CPU_RANK
 from tests.conftest import REPO, child_env, deepspeed_cmd, run_cmd
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
@@ -107,6 +108,7 @@ def test_resume_at_another_world_size_is_exact(tmp_path, stage):
     ref, cut = tmp_path / "world2", tmp_path / "world1"
     proc = run_cmd(deepspeed_cmd("launch/train.py", *opts, "--output_dir", str(ref)))
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert ONE_CPU_RANK not in proc.stdout  # two ranks: no hint to use two
     shutil.copytree(ref, cut)  # then forget everything after step 8, as if the job had died there
     shutil.rmtree(cut / "checkpoints" / "step00000016")
     shutil.rmtree(cut / "adapter")
