@@ -115,6 +115,12 @@ def gather_to_main(d: Dist, items: list, n: int) -> list | None:
     return [by_index[i] for i in range(n)]
 
 
+def source_text(tokenizer, e: Example) -> str:
+    """The text the model read before its answer: the task's formatting and the separator included,
+    cut as it was to max_length."""
+    return tokenizer.decode(e.input_ids[: e.source_len], skip_special_tokens=True)
+
+
 # ----------------------------------------------------------------------------- a run's evaluation
 @torch.no_grad()
 def evaluate(run: Run, split: str) -> dict:
@@ -141,7 +147,10 @@ def evaluate(run: Run, split: str) -> dict:
         except metrics.MetricError as exc:  # every rank must hear of it, or the others wait forever
             scores = {"error": str(exc)}
         pred_dir = run.out / "predictions"
-        rows = [{"index": i, "prediction": text, **ref} for i, (text, ref) in enumerate(zip(ordered, es.refs))]
+        rows = [
+            {"index": i, "input": source_text(tok, e), "prediction": text, **ref}
+            for i, (e, text, ref) in enumerate(zip(es.examples, ordered, es.refs))
+        ]
         try:
             pred_dir.mkdir(exist_ok=True)
             write_jsonl(pred_dir / f"{split}.jsonl", rows, ensure_ascii=True)

@@ -64,7 +64,11 @@ def test_task_run_selects_the_best_checkpoint_and_reports_its_test_score(rte_run
     assert len(test) == 1 and test[0]["test_accuracy"] == results["test"]["accuracy"]
 
     preds = read_jsonl(out / "predictions" / "test.jsonl")
-    assert len(preds) == 60 and all({"prediction", "target"} <= set(p) for p in preds)
+    assert len(preds) == 60 and all({"input", "prediction", "target"} <= set(p) for p in preds)
+    # the input is what the model read: the task's formatting ("sentence1 : ...") up to the separator
+    # (the built-in tokenizer lowercases)
+    assert all(p["input"].startswith("sentence1 :") and p["input"].endswith("label :") for p in preds), preds[0]
+    assert len({p["input"] for p in preds}) > 50
     right = sum(p["prediction"] == p["target"] for p in preds)
     assert results["test"]["accuracy"] == pytest.approx(100 * right / 60)  # accuracy = exact label match
     table = (out / "results.md").read_text()
