@@ -3,7 +3,9 @@
     python launch/plot_metrics.py runs/builtin            # writes runs/builtin/metrics.png
     python launch/plot_metrics.py runs/a runs/b -o cmp.png # several runs on one figure
 
-Needs matplotlib (pip install matplotlib); it is not a training dependency.
+The loss is on a log scale (it falls by orders of magnitude, then looks flat on a linear one), with
+the validation loss as points; the evaluation panel marks the test score of the selected adapter
+with a star. Needs matplotlib (pip install -e ".[plot]"); it is not a training dependency.
 """
 
 from __future__ import annotations
@@ -14,12 +16,64 @@ import sys
 from pathlib import Path
 
 
-def load(run: Path) -> tuple[list[dict], list[dict]]:
+def load(run: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """The run's training, validation and test records."""
     path = run / "metrics.jsonl" if run.is_dir() else run
     if not path.is_file():
         sys.exit(f"error: {path} not found: give a run folder written by launch/train.py")
     rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "loss" in r], [r for r in rows if "eval_loss" in r]
+    return (
+        [r for r in rows if "loss" in r],
+        [r for r in rows if "eval_loss" in r],
+        [r for r in rows if r.get("split") == "test"],
+    )
+
+
+def selected_step(run: Path) -> int | None:
+    """The step of the adapter the run kept (results.json's selection), if the run says."""
+    try:
+        return json.loads((run / "results.json").read_text())["selection"]["step"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def figure(runs: list[Path]):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
+    loss, lr, speed, score = axes[0, 0], axes[0, 1], axes[1, 0], axes[1, 1]
+    for run in runs:
+        train, evals, test = load(run)
+        steps = [r["step"] for r in train]
+        line = loss.plot(steps, [r["loss"] for r in train], label=f"{run.name} train")[0]
+        if evals:
+            loss.plot([r["step"] for r in evals], [r["eval_loss"] for r in evals], "o", color=line.get_color(),
+                      label=f"{run.name} validation")  # fmt: skip
+        lr.plot(steps, [r["lr"] for r in train], label=run.name)
+        speed.plot(steps, [r["tokens_per_s"] for r in train], label=run.name)
+        metric = (evals[-1] if evals else {}).get("eval_metric")
+        if metric:  # the task's selecting metric (e.g. accuracy), in percent
+            score.plot([r["step"] for r in evals], [r.get(f"eval_{metric}") for r in evals], marker="o",
+                       color=line.get_color(), label=f"{run.name} validation")  # fmt: skip
+            score.set_title(f"validation {metric} (%), test as a star")
+            for t in test:  # at the step of the adapter it scored (the one validation selected)
+                if f"test_{metric}" in t:
+                    at = selected_step(run) or t["step"]
+                    score.plot([at], [t[f"test_{metric}"]], "*", markersize=14, color=line.get_color(),
+                               label=f"{run.name} test")  # fmt: skip
+    loss.set_yscale("log")
+    loss.set_title("loss per target token (log scale)")
+    lr.set_title("prompt learning rate")
+    speed.set_title("input tokens / s (all ranks)")
+    for ax in axes.flat:
+        ax.set_xlabel("step")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+    fig.tight_layout()
+    return fig
 
 
 def main() -> None:
@@ -28,33 +82,10 @@ def main() -> None:
     p.add_argument("-o", "--output", type=Path, help="PNG path (default: RUN/metrics.png)")
     args = p.parse_args()
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        import matplotlib  # noqa: F401
     except ImportError:
-        sys.exit("error: matplotlib is not installed: pip install matplotlib")
-    fig, axes = plt.subplots(2, 2, figsize=(11, 7))
-    panels = [
-        (axes[0, 0], "loss", "train loss (per target token)"),
-        (axes[0, 1], "lr", "prompt learning rate"),
-        (axes[1, 0], "tokens_per_s", "input tokens / s (all ranks)"),
-    ]
-    for run in args.runs:
-        train, evals = load(run)
-        for ax, key, title in panels:
-            ax.plot([r["step"] for r in train], [r[key] for r in train], label=run.name)
-            ax.set_title(title)
-        if evals:  # the task's selecting metric (e.g. accuracy), in percent
-            metric = evals[-1].get("eval_metric", "accuracy")
-            axes[1, 1].plot(
-                [r["step"] for r in evals], [r.get(f"eval_{metric}") for r in evals], marker="o", label=run.name
-            )
-            axes[1, 1].set_title(f"validation {metric} (%)")
-    for ax in axes.flat:
-        ax.set_xlabel("step")
-        ax.legend()
-    fig.tight_layout()
+        sys.exit('error: matplotlib is not installed: pip install -e ".[plot]" (or pip install matplotlib)')
+    fig = figure(args.runs)
     out = args.output or (args.runs[0] / "metrics.png")
     fig.savefig(out, dpi=110)
     print(f"wrote {out}")
