@@ -52,11 +52,14 @@ def decode_examples(
     seed: int = 0,
     with_loss: bool = False,
     desc: str = "predict",
+    share_prompt: bool = True,
 ) -> tuple[list[tuple[int, list[int]]], torch.Tensor]:
     """Generate after each example's source (its first `source_len` ids) on this rank's share.
 
     Returns [(example index, generated ids up to EOS)] of this rank, and (summed target loss, target
-    tokens) over all ranks when `with_loss` (teacher-forced on the examples' targets)."""
+    tokens) over all ranks when `with_loss` (teacher-forced on the examples' targets). The soft
+    prompt's keys and values are computed once for all batches (`share_prompt=False`: in every row,
+    the reference path)."""
     mine, rounds = rank_batches(examples, batch_size, d.world, d.rank)
 
     def finished(done: torch.Tensor, real: bool) -> bool:  # every rank's batch has ended
@@ -70,6 +73,7 @@ def decode_examples(
     sums = torch.zeros(2, dtype=torch.float64)
     out: list[tuple[int, list[int]]] = []
     bar = Progress(rounds, desc, enabled=d.main, nested=True)
+    prompt_kv = model.prompt_kv(d.device) if share_prompt else None  # once: the adapter does not change here
     for r in range(rounds):
         real = r < len(mine)
         number, idx = mine[r] if real else (0, [0])
@@ -90,6 +94,8 @@ def decode_examples(
             finished=lambda done, real=real: finished(done, real),
             sampling=sampling,
             generator=batch_generator(seed, number),
+            prompt_kv=prompt_kv,
+            share_prompt=share_prompt,
         )
         if real:
             for i, ids in zip(idx, gen.tolist()):

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache
 
 from .adapters import IGNORE_INDEX, PromptAdapter
 
@@ -20,6 +19,14 @@ from .adapters import IGNORE_INDEX, PromptAdapter
 def positions_of(mask: torch.Tensor) -> torch.Tensor:
     """Token positions from an attention mask (B, T): 0, 1, ... over real tokens, any padding side."""
     return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def new_cache(decoder: nn.Module):
+    """An empty KV cache for `decoder` (transformers' DynamicCache, imported here: this module stays
+    plain torch for the modules that import it)."""
+    from transformers import DynamicCache
+
+    return DynamicCache(config=decoder.config)
 
 
 def cache_argument(decoder: nn.Module) -> str:
@@ -55,6 +62,21 @@ class AdeptLM(nn.Module):
         return loss_sum, keep.sum()
 
     @torch.no_grad()
+    def prompt_kv(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """The soft prompt's keys and values at every layer, batch 1: [(k, v)], each (1, heads, m,
+        head_dim). They are the same for every row (the prompt comes first, at positions 0..m-1,
+        and attends only to itself), so generation computes them once and runs each row's own
+        tokens on top. A collective under ZeRO-3: every rank calls it."""
+        decoder = self.backbone.get_decoder()
+        none = torch.zeros(1, 0, dtype=torch.long, device=device)
+        e = self.backbone.get_input_embeddings()(none)  # (1, 0, d): the adapter's forward gives the prompt
+        prompt, mask, _ = self.adapter(e, none, None, none, ids=none)  # (1, m, d), through ZeRO-3's hooks
+        cache = new_cache(decoder)
+        decoder(inputs_embeds=prompt, attention_mask=mask, position_ids=positions_of(mask), use_cache=True,
+                **{cache_argument(decoder): cache})  # fmt: skip
+        return [(layer.keys, layer.values) for layer in cache.layers]
+
+    @torch.no_grad()
     def generate(
         self,
         input_ids: torch.Tensor,
@@ -65,6 +87,8 @@ class AdeptLM(nn.Module):
         sampling: Sampling | None = None,
         generator: torch.Generator | None = None,
         return_logits: bool = False,
+        prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        share_prompt: bool = True,
     ):
         """Decode a LEFT-padded batch: (B, n <= max_new_tokens) ids, EOS-filled after EOS (and, with
         return_logits, the (B, n, V) fp32 logits each pick was made from).
@@ -74,14 +98,31 @@ class AdeptLM(nn.Module):
         step, whether to stop early given the (B,) done flags; default: once every sequence has
         ended. ZeRO-3 ranks must stop together (each forward is collective), so distributed callers
         pass a function that agrees across ranks.
+
+        The soft prompt's keys and values come from `prompt_kv` (see `prompt_kv()`: callers decoding
+        many batches with one adapter compute them once), else are computed here for the batch; the
+        rows' tokens then run on top of them. `share_prompt=False` runs the prompt again in every
+        row instead (the plain path, kept as the reference the shared one is tested against).
         """
         finished = finished or (lambda done: bool(done.all()))
         decoder = self.backbone.get_decoder()
         head = self.backbone.get_output_embeddings()
-        embeds, mask, _ = self._inputs(input_ids, attention_mask)
         # One cache object, filled in place by every call (the current API; no deprecated argument).
-        kv = {cache_argument(decoder): DynamicCache(config=decoder.config)}
-        out = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_of(mask), use_cache=True, **kv)
+        cache = new_cache(decoder)
+        kv = {cache_argument(decoder): cache}
+        if share_prompt:
+            bsz = input_ids.shape[0]
+            for layer, (k, v) in enumerate(prompt_kv or self.prompt_kv(input_ids.device)):
+                cache.update(k.expand(bsz, -1, -1, -1), v.expand(bsz, -1, -1, -1), layer)
+            e = self.backbone.get_input_embeddings()(input_ids)
+            rows, _, _ = self.adapter(e, positions=positions_of(attention_mask), prepend=False, ids=input_ids)
+            mask = torch.cat([attention_mask.new_ones(bsz, self.adapter.m), attention_mask], dim=1)
+            out = decoder(inputs_embeds=rows, attention_mask=mask, position_ids=positions_of(mask)[:, self.adapter.m :],
+                          use_cache=True, **kv)  # fmt: skip
+        else:
+            embeds, mask, _ = self._inputs(input_ids, attention_mask)
+            out = decoder(inputs_embeds=embeds, attention_mask=mask, position_ids=positions_of(mask), use_cache=True,
+                          **kv)  # fmt: skip
         token_pos = positions_of(attention_mask)[:, -1:]  # position of the last input token
         done = torch.zeros(input_ids.shape[0], dtype=torch.bool, device=input_ids.device)
         generated, all_logits = [], []

@@ -11,7 +11,7 @@ from tests.conftest import REPO
 PACKAGE = REPO / "adept_dist"
 COMMAND_MODULES = {"cli", "infer"}  # adept-train, adept-predict: entry points, imported by no module
 # The floors of the package as README's "Layout" lists them: each module imports only modules before it.
-LAYERS = ["errors", "fileio", "lock", "adapters", "model", "tasks", "metrics", "data", "bigbench", "taskdata", "config",
+LAYERS = ["errors", "fileio", "progress", "lock", "adapters", "model", "tasks", "metrics", "data", "bigbench", "taskdata", "config",
           "gguf_model", "backbone",
           "builtin", "dist", "export", "merge", "loader", "optim", "run", "checkpoint", "evaluation", "build",
           "trainer", "cli", "infer"]  # fmt: skip

@@ -66,3 +66,5 @@ def test_the_demo_log_is_line_based_and_estimates_the_run(tmp_path):
     assert "\r" not in text, [line for line in text.split("\n") if "\r" in line][:3]
     assert "step 1 took " in text and "the 2 steps left need about " in text
     assert "[adept-dist] train 3/3 (100%) after " in proc.stdout
+    assert "deprecated" not in text.lower(), [line for line in text.splitlines() if "deprecated" in line.lower()]
+    assert "built successfully" not in text  # DeepSpeed's per-launch op banner is dropped
