@@ -22,7 +22,11 @@ timed steps; GPU: max allocated), and on a GPU the model FLOP utilisation: 4N (6
 recompute) FLOPs per processed token (prompt included, padding not; N = the decoder layers'
 parameters) over the bf16 matmul peak measured in the same run.
 
-    python launch/bench.py                                   # defaults: a few minutes on a 2-core CPU
+The modes run in turn, A B C A B C ..., for ``--rounds`` rounds (3 by default): step time and
+tokens/s are medians over the rounds, and each ratio (x floor, x anchor) is taken within a round,
+reported as its median with its range, so one noisy run cannot make a ratio.
+
+    python launch/bench.py                                   # defaults: about 8 minutes on a 2-core CPU
     python launch/bench.py --hidden 4096 --layers 32 --heads 32 --vocab 32000 --min_len 1024 --max_len 1024 \\
         --batch 4 --modes floor,anchor,ours,ours_ckpt --json bench_7b.json       # LLaMA-7B shape, on a GPU
 """
@@ -69,6 +73,9 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--steps", type=int, default=6, help="timed steps per mode (the median is reported)")
     p.add_argument("--modes", default=None, help=f"comma list of {', '.join(MODES)}; default: all that fit")
+    p.add_argument("--rounds", type=int, default=3,
+                   help="the modes run in turn (A B C A B C ...) this many times; medians and the ratios' spread "
+                        "are reported, so that a ratio is not one noisy run")  # fmt: skip
     p.add_argument("--json", default="bench.json", help="where the figures go")
     p.add_argument("--distinct_ids", action="store_true",
                    help="ablation: ours computes the ADePT FFN once per distinct token id in training too")  # fmt: skip
@@ -362,16 +369,48 @@ def launch(mode: str, args, root: Path, passthrough: list[str]) -> dict:
     return res
 
 
+def combine(rounds: list[dict]) -> dict:
+    """One record per mode from the rounds: median step time and tokens/s, the largest memory, and
+    each ratio against the floor and the anchor taken within a round (the modes of one round ran
+    back to back, under the same machine load), then its median and range over the rounds."""
+    results = {}
+    for mode in rounds[0]:
+        runs = [r[mode] for r in rounds]
+        rec = dict(runs[0])
+        rec["step_s"] = statistics.median(r["step_s"] for r in runs)
+        rec["tokens_per_s"] = statistics.median(r["tokens_per_s"] for r in runs)
+        for key in ("peak_rss_mb", "peak_mem_mb", "train_rss_mb"):
+            if key in rec:
+                rec[key] = max(r[key] for r in runs)
+        rec["step_s_per_round"] = [r["step_s"] for r in runs]
+        for name, base, key, ratio in (("vs_floor", "floor", "step_s", lambda a, b: a / b),
+                                       ("vs_anchor", "anchor", "tokens_per_s", lambda a, b: a / b)):  # fmt: skip
+            if base in rounds[0]:
+                each = [ratio(r[mode][key], r[base][key]) for r in rounds]
+                rec[name] = statistics.median(each)
+                rec[f"{name}_range"] = [min(each), max(each)]
+        results[mode] = rec
+    return results
+
+
+def ratio_cell(r: dict, name: str) -> str:
+    if name not in r:
+        return "-"
+    lo, hi = r[f"{name}_range"]
+    return f"{r[name]:.2f}" if lo == hi else f"{r[name]:.2f} ({lo:.2f}-{hi:.2f})"
+
+
 def table(results: dict) -> str:
     mem_key = "peak_mem_mb" if any("peak_mem_mb" in r for r in results.values()) else "peak_rss_mb"
-    head = ["mode", "world", "step s", "tokens/s", "x floor", "x anchor", "padding", f"{mem_key} per rank"]
+    head = ["mode", "world", "step s", "tokens/s", "x floor (range)", "x anchor (range)", "padding",
+            f"{mem_key} per rank"]  # fmt: skip
     gpu = any("mfu" in r for r in results.values())
     if gpu:
         head.append("MFU")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for mode, r in results.items():
         row = [mode, str(r["world"]), f"{r['step_s']:.3f}", f"{r['tokens_per_s']:.0f}",
-               f"{r.get('vs_floor', float('nan')):.2f}", f"{r.get('vs_anchor', float('nan')):.2f}",
+               ratio_cell(r, "vs_floor"), ratio_cell(r, "vs_anchor"),
                f"{r['padding_fraction']:.1%}", f"{r[mem_key]:.0f}"]  # fmt: skip
         if gpu:
             row.append(f"{r['mfu']:.1%}" if "mfu" in r else "-")
@@ -384,6 +423,8 @@ def main(argv=None) -> int:
     if args.worker:
         worker(args)
         return 0
+    if args.rounds < 1:
+        raise SystemExit("--rounds must be at least 1")
     if args.batch % 2:
         raise SystemExit("--batch must be even (the world-2 modes split it over 2 ranks)")
     modes = args.modes.split(",") if args.modes else default_modes()
@@ -393,26 +434,25 @@ def main(argv=None) -> int:
     root = Path(args.keep) if args.keep else Path(tempfile.mkdtemp(prefix="adept-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     passthrough = [a for a in (argv if argv is not None else sys.argv[1:])]
-    for flag in ("--modes", "--json", "--keep"):  # driver-only flags (with their value)
+    for flag in ("--modes", "--json", "--keep", "--rounds"):  # driver-only flags (with their value)
         while flag in passthrough:
             i = passthrough.index(flag)
             del passthrough[i : i + 2]
     try:
         make_inputs(args, root)
-        results = {}
-        for mode in modes:
-            print(f"[bench] {mode} ...", flush=True)
-            results[mode] = launch(mode, args, root, passthrough)
-            print(f"[bench] {mode}: {results[mode]['step_s']:.3f} s/step, {results[mode]['tokens_per_s']:.0f} tokens/s",
-                  flush=True)  # fmt: skip
+        rounds: list[dict] = []
+        for k in range(args.rounds):
+            this = {}
+            for mode in modes:
+                print(f"[bench] round {k + 1}/{args.rounds}: {mode} ...", flush=True)
+                this[mode] = launch(mode, args, root, passthrough)
+                print(f"[bench] {mode}: {this[mode]['step_s']:.3f} s/step, {this[mode]['tokens_per_s']:.0f} tokens/s",
+                      flush=True)  # fmt: skip
+            rounds.append(this)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
-    for r in results.values():
-        if "floor" in results:
-            r["vs_floor"] = r["step_s"] / results["floor"]["step_s"]
-        if "anchor" in results:
-            r["vs_anchor"] = r["tokens_per_s"] / results["anchor"]["tokens_per_s"]
+    results = combine(rounds)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     out = {
         "device": device,
@@ -421,8 +461,12 @@ def main(argv=None) -> int:
         "batch": args.batch,
         "lengths": [args.min_len, args.max_len],
         "steps": args.steps,
+        "rounds": args.rounds,
         "results": results,
-        "notes": "x floor = step time / floor's (lower is better); x anchor = tokens/s / anchor's (higher is better)",
+        "per_round": rounds,
+        "notes": "x floor = step time / floor's (lower is better); x anchor = tokens/s / anchor's (higher is "
+        "better); each the median over rounds of the ratio within a round, its min and max in *_range; step_s and "
+        "tokens_per_s are medians over rounds, memory the largest",
     }
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(table(results))

@@ -18,7 +18,7 @@ def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_cmd([sys.executable, "launch/bench.py", *TINY, "--examples", "32", "--min_len", "12", "--max_len", "40",
                     "--batch", "4", "--warmup", "1", "--steps", "2", "--modes", "floor,anchor,ours,ours_w2_zero3",
-                    "--json", str(out)])  # fmt: skip
+                    "--rounds", "2", "--json", str(out)])  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
     assert set(res["results"]) == {"floor", "anchor", "ours", "ours_w2_zero3"}
@@ -32,6 +32,12 @@ def test_bench_smoke(tmp_path):
         res["results"]["ours_w2_zero3"]["world"] == 2 and len(res["results"]["ours_w2_zero3"]["memory_per_rank"]) == 2
     )
     assert "| floor | 1 |" in proc.stdout  # the table is printed
+    # two rounds, modes in turn: medians of the rounds, each ratio taken within a round
+    assert res["rounds"] == 2 and len(res["per_round"]) == 2
+    ours, rounds = res["results"]["ours"], res["per_round"]
+    each = sorted(r["ours"]["step_s"] / r["floor"]["step_s"] for r in rounds)
+    assert ours["vs_floor_range"] == each and ours["vs_floor"] == sum(each) / 2
+    assert ours["step_s"] == sum(r["ours"]["step_s"] for r in rounds) / 2
 
 
 @pytest.mark.dist
