@@ -141,7 +141,7 @@ class ADePT(PromptAdapter):
             if not (self.training and self.dropout.p > 0):
                 delta = torch.relu(h_rows) @ self.B + self.b  # (U, d): the whole FFN per distinct id
                 return e + delta[inverse].reshape(e.shape).to(e.dtype)
-            h = h_rows[inverse].reshape(*e.shape[:-1], -1)  # (B, T, r)
+            h = h_rows[inverse].reshape(*e.shape[:-1], h_rows.shape[-1])  # (B, T, r); T may be 0
         h = self.dropout(h)
         return e + (torch.relu(h) @ self.B + self.b).to(e.dtype)
 

@@ -299,7 +299,8 @@ def load_data(cfg: Config, d: Dist, tokenizer, files: dict) -> taskdata.TaskData
     sizes = ", ".join([f"train {len(data.train)}"] + [f"{k} {len(v.examples)}" for k, v in data.evals.items()])
     trunc = sum(v for k, v in data.info.items() if k.endswith("_truncated"))
     log0(d, f"data ({data.name}): {sizes} examples; {trunc} inputs truncated to max_length={dc.max_length}")
-    unk_in, unk_tgt = unknown_shares(data.train, tokenizer.unk_token_id)
+    special = {t for t in (tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id) if t is not None}
+    unk_in, unk_tgt = unknown_shares(data.train, tokenizer.unk_token_id, special)
     if unk_in or unk_tgt:
         log0(d, f"unknown tokens (<unk>): {unk_in:.1%} of the training inputs' tokens, {unk_tgt:.1%} of the targets'")
     if unk_tgt > UNKNOWN_WARN_SHARE:

@@ -192,15 +192,18 @@ def encode(
 UNKNOWN_WARN_SHARE = 0.05  # above this share of <unk> target tokens, the model cannot learn the targets
 
 
-def unknown_shares(examples: list[Example], unk_id: int | None) -> tuple[float, float]:
-    """The shares of `unk_id` among the examples' input tokens and target tokens (0, 0 for a
-    tokenizer without an unknown token, such as byte-level BPE). A tokenizer that does not know a
-    task's words turns them into <unk>: the target "quantum" and "positive" alike become one id."""
-    if unk_id is None:
+def unknown_shares(examples: list[Example], unk_id: int | None, special: set[int]) -> tuple[float, float]:
+    """The shares of `unk_id` among the examples' input tokens and target tokens, the `special` ids
+    (BOS, EOS, padding) left out of both counts. (0, 0) for a tokenizer without an unknown token
+    (byte-level BPE) or whose unknown token is also a special one (GPT-2's <|endoftext|>). A
+    tokenizer that does not know a task's words turns them into <unk>: "quantum" and "positive" alike."""
+    if unk_id is None or unk_id in special:
         return 0.0, 0.0
     n_in = unk_in = n_tgt = unk_tgt = 0
     for e in examples:
-        src, tgt = e.input_ids[: len(e.input_ids) - e.n_target], e.input_ids[len(e.input_ids) - e.n_target :]
+        cut = len(e.input_ids) - e.n_target
+        src = [t for t in e.input_ids[:cut] if t not in special]
+        tgt = [t for t in e.input_ids[cut:] if t not in special]
         n_in, unk_in = n_in + len(src), unk_in + src.count(unk_id)
         n_tgt, unk_tgt = n_tgt + len(tgt), unk_tgt + tgt.count(unk_id)
     return unk_in / max(n_in, 1), unk_tgt / max(n_tgt, 1)

@@ -98,10 +98,12 @@ def prepare_cpu_comm_op() -> None:
     """Build (or load) DeepSpeed's CPU shared-memory comm op once per environment, one process at a
     time, and never hang on a dead build. torch's build lock is a bare file (`<dir>/<op>/lock`): a
     job killed while building leaves it, and every later launch waits on it forever. Here the
-    build runs under an OS lock (flock, released when its holder dies) on a file beside it, so a
-    torch lock found while holding ours was left by a dead process: in adept-dist's own folder it
-    is removed (with a line saying so). In a folder the user chose (TORCH_EXTENSIONS_DIR), other
-    programs may be building: removed there only when older than STALE_BUILD_LOCK_S, else named."""
+    build runs under an OS lock (flock, released when its holder dies) on a baton file beside it
+    that names the host of a holder that died while building. A torch lock found while holding the baton is stale
+    when that holder was a process of this host (it is gone: we hold the baton) in adept-dist's
+    own folder; otherwise (another node, whose flock a shared filesystem may not honour, or a
+    TORCH_EXTENSIONS_DIR the user chose, where other programs build) it is waited on and removed
+    once older than STALE_BUILD_LOCK_S. A filesystem without flock loads as DeepSpeed would."""
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 
@@ -109,24 +111,51 @@ def prepare_cpu_comm_op() -> None:
     if builder is None or not deepspeed.ops.__compatible_ops__.get(builder.NAME, False):
         return  # DeepSpeed falls back to plain gloo collectives
     root, ours = extensions_dir()
-    os.environ["TORCH_EXTENSIONS_DIR"] = str(root)
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".adept-dist-build.lock", "a") as baton:
-        fcntl.flock(baton, fcntl.LOCK_EX)
-        torch_lock = root / builder.NAME / "lock"
-        with contextlib.suppress(FileNotFoundError):
-            age = time.time() - torch_lock.stat().st_mtime
-            if ours or age > STALE_BUILD_LOCK_S:
-                torch_lock.unlink(missing_ok=True)
-                print(
-                    f"[adept-dist] removed {torch_lock}: a build lock left by a job killed while building",
-                    file=sys.stderr,
-                )
-            else:
-                print(f"[adept-dist] waiting on {torch_lock} ({age:.0f} s old): if no job is building DeepSpeed's "
-                      f"op now, a killed job left it; delete that file", file=sys.stderr)  # fmt: skip
-        with without_op_banner():
+    before = os.environ.get("TORCH_EXTENSIONS_DIR")
+    os.environ["TORCH_EXTENSIONS_DIR"] = str(root)  # for this load only: the module stays loaded
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with open(root / ".adept-dist-build.lock", "a+") as baton:
+            try:
+                fcntl.flock(baton, fcntl.LOCK_EX)
+            except OSError:  # no flock here (some Lustre / NFS mounts): as DeepSpeed alone would
+                builder.load()
+                return
+            baton.seek(0)
+            last = baton.read().strip()
+            clear_stale_build_lock(root / builder.NAME / "lock", ours and last == socket.gethostname())
+            baton.truncate(0)
+            baton.write(socket.gethostname())  # while it builds: a holder that dies leaves its host here
+            baton.flush()
             builder.load()  # DeepSpeed keeps the module: its comm backend reuses it
+            baton.truncate(0)  # released normally: no holder to suspect
+    finally:
+        if before is None:
+            os.environ.pop("TORCH_EXTENSIONS_DIR", None)
+        else:
+            os.environ["TORCH_EXTENSIONS_DIR"] = before
+
+
+def clear_stale_build_lock(torch_lock: Path, dead_holder: bool) -> None:
+    """Remove torch's build lock left by a killed build: at once when its holder is known dead, else
+    once it is older than STALE_BUILD_LOCK_S (waiting meanwhile, as torch would, but not forever)."""
+    said = False
+    while True:
+        try:
+            age = time.time() - torch_lock.stat().st_mtime
+        except FileNotFoundError:
+            return
+        if dead_holder or age > STALE_BUILD_LOCK_S:
+            torch_lock.unlink(missing_ok=True)
+            print(
+                f"[adept-dist] removed {torch_lock}: a build lock left by a job killed while building", file=sys.stderr
+            )
+            return
+        if not said:
+            print(f"[adept-dist] waiting on {torch_lock} ({age:.0f} s old): another job may be building DeepSpeed's "
+                  f"op; removed if it is older than {STALE_BUILD_LOCK_S} s", file=sys.stderr)  # fmt: skip
+            said = True
+        time.sleep(1.0)
 
 
 @contextlib.contextmanager

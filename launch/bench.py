@@ -382,6 +382,9 @@ def combine(rounds: list[dict]) -> dict:
         for key in ("peak_rss_mb", "peak_mem_mb", "train_rss_mb"):
             if key in rec:
                 rec[key] = max(r[key] for r in runs)
+        for key in ("mfu", "tflops"):  # with the median step time they come from
+            if key in rec:
+                rec[key] = statistics.median(r[key] for r in runs)
         rec["step_s_per_round"] = [r["step_s"] for r in runs]
         for name, base, key, ratio in (("vs_floor", "floor", "step_s", lambda a, b: a / b),
                                        ("vs_anchor", "anchor", "tokens_per_s", lambda a, b: a / b)):  # fmt: skip

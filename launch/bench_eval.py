@@ -58,7 +58,8 @@ def main(argv: list[str] | None = None) -> int:
                                  max_new, share_prompt=share, desc="shared" if share else "plain")  # fmt: skip
         return len(examples) / (time.perf_counter() - start), out
 
-    timed(True)  # warm-up (allocator, first-call costs), not counted
+    timed(False)  # warm-up of both paths (allocator, first-call costs), not counted
+    timed(True)
     rates: dict[str, list[float]] = {"plain": [], "shared": []}
     same = True
     for _ in range(ours.rounds):

@@ -61,7 +61,8 @@ def figure(runs: list[Path]):
             score.set_title(f"validation {metric} (%), test as a star")
             for t in test:  # at the step of the adapter it scored (the one validation selected)
                 if f"test_{metric}" in t:
-                    at = selected_step(run) or t["step"]
+                    at = selected_step(run)
+                    at = t["step"] if at is None else at
                     score.plot([at], [t[f"test_{metric}"]], "*", markersize=14, color=line.get_color(),
                                label=f"{run.name} test")  # fmt: skip
     loss.set_yscale("log")

@@ -359,14 +359,18 @@ def test_targets_the_tokenizer_does_not_know_are_warned_of(tmp_path, tiny_model_
     def examples(target):
         return encode([{"input": "review : the food was great", "target": target}], tokenizer, 64, " Label : ")[0]
 
-    assert unknown_shares(examples("positive"), tokenizer.unk_token_id) == (0.0, 0.0)
-    assert unknown_shares(examples("positive"), None) == (0.0, 0.0)  # a tokenizer without <unk>
+    special = {tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id}
+    assert unknown_shares(examples("positive"), tokenizer.unk_token_id, special) == (0.0, 0.0)
+    assert unknown_shares(examples("zqxj"), tokenizer.unk_token_id, special) == (0.0, 1.0)  # EOS not counted
+    assert unknown_shares(examples("zqxj"), None, special) == (0.0, 0.0)  # a tokenizer without <unk>
+    # an unknown token that is also EOS (GPT-2's <|endoftext|>): every EOS would count as unknown
+    assert unknown_shares(examples("zqxj"), tokenizer.eos_token_id, special) == (0.0, 0.0)
     unknown = write_jsonl(
         tmp_path / "unknown.jsonl", [{"input": "review : the food was great", "target": "zqxj vwpk"}] * 8
     )
     proc = run_cmd([sys.executable, "launch/train.py", "--model", str(tiny_model_dir), "--train_file", str(unknown),
                     "--max_steps", "1", "--output_dir", str(tmp_path / "run")])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    # "zqxj vwpk" + EOS: 2 of 3 target tokens unknown; the input's words are all known
-    assert "unknown tokens (<unk>): 0.0% of the training inputs' tokens, 66.7% of the targets'" in proc.stdout
-    assert "warning: 67% of the training targets' tokens are <unk>" in proc.stdout
+    # "zqxj vwpk": both target tokens unknown (EOS is not counted); the input's words are all known
+    assert "unknown tokens (<unk>): 0.0% of the training inputs' tokens, 100.0% of the targets'" in proc.stdout
+    assert "warning: 100% of the training targets' tokens are <unk>" in proc.stdout

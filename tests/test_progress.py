@@ -2,10 +2,10 @@
 carriage-return updates into log files, a 100 KB line in the demo's log)."""
 
 import io
-import subprocess
 import sys
 
 from adept_dist.progress import Progress, duration
+from tests.conftest import run_cmd
 
 
 class Terminal(io.StringIO):
@@ -57,10 +57,8 @@ def test_the_demo_log_is_line_based_and_estimates_the_run(tmp_path):
     """The built-in run with its output in a file (as under SLURM or nohup): no carriage return,
     the first step's estimate for the whole run is there."""
     out = tmp_path / "run"
-    proc = subprocess.run(
-        [sys.executable, "launch/train.py", "--output_dir", str(out), "--max_steps", "3", "--max_eval_samples", "8"],
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    proc = run_cmd([sys.executable, "launch/train.py", "--output_dir", str(out), "--max_steps", "3",
+                    "--max_eval_samples", "8"])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     text = proc.stdout + proc.stderr
     assert "\r" not in text, [line for line in text.split("\n") if "\r" in line][:3]
