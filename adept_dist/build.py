@@ -191,9 +191,11 @@ def check_not_finished(out: Path, cfg: Config, stored: dict) -> None:
             f"--max_steps {finished['step']} or more"
         )
     if finished and finished.get("step", -1) >= cfg.optim.max_steps:
+        kept = [name for name in ("results.json", "adapter", "metrics.jsonl") if (out / name).exists()]
+        where = f"{', '.join(kept)} in that folder" if kept else "nothing of it is left in that folder"
         raise RunFinished(
-            f"run {out} finished at step {finished['step']} on {finished.get('at')}: nothing to do (its results are "
-            f"in that folder); to train on, resume with a larger --max_steps and --reschedule"
+            f"run {out} finished at step {finished['step']} on {finished.get('at')}: nothing to do ({where}); to "
+            f"train on, resume with a larger --max_steps and --reschedule"
         )
 
 

@@ -148,6 +148,10 @@ def test_resume_finished_run_history_reschedule_batch_and_lock(tmp_path, tiny_mo
 
     proc = train_py("--output_dir", str(out), "--resume")
     assert proc.returncode == 0 and "finished at step 2" in proc.stdout and "nothing to do" in proc.stdout
+    # it names what the run left (no evaluation data here: an adapter and metrics, no results.json)
+    assert (
+        not (out / "results.json").exists() and "nothing to do (adapter, metrics.jsonl in that folder)" in proc.stdout
+    )
     proc = train_py("--output_dir", str(out), "--resume", "--method", "dept")
     assert proc.returncode == 2 and "started with other settings (method 'adept' -> 'dept')" in proc.stderr
     proc = train_py("--output_dir", str(out), "--resume", "--max_steps", "3")
