@@ -98,10 +98,10 @@ def prepare_cpu_comm_op() -> None:
     """Build (or load) DeepSpeed's CPU shared-memory comm op once per environment, one process at a
     time, and never hang on a dead build. torch's build lock is a bare file (`<dir>/<op>/lock`): a
     job killed while building leaves it, and every later launch waits on it forever. Here the
-    build runs under an OS lock (flock, released when its holder dies) on a baton file beside it
-    that names the host of a holder that died while building. A torch lock found while holding the baton is stale
-    when that holder was a process of this host (it is gone: we hold the baton) in adept-dist's
-    own folder; otherwise (another node, whose flock a shared filesystem may not honour, or a
+    build runs under an OS lock (flock, released when its holder dies) on a baton file beside it,
+    which holds the host of a holder that died while building. A torch lock found while holding
+    the baton is stale when that holder was a process of this host (it is gone: we hold the
+    baton) in adept-dist's own folder; otherwise (another node, whose flock a shared filesystem may not honour, or a
     TORCH_EXTENSIONS_DIR the user chose, where other programs build) it is waited on and removed
     once older than STALE_BUILD_LOCK_S. A filesystem without flock loads as DeepSpeed would."""
     import deepspeed.ops
