@@ -101,9 +101,10 @@ def prepare_cpu_comm_op() -> None:
     build runs under an OS lock (flock, released when its holder dies) on a baton file beside it,
     which holds the host of a holder that died while building. A torch lock found while holding
     the baton is stale when that holder was a process of this host (it is gone: we hold the
-    baton) in adept-dist's own folder; otherwise (another node, whose flock a shared filesystem may not honour, or a
-    TORCH_EXTENSIONS_DIR the user chose, where other programs build) it is waited on and removed
-    once older than STALE_BUILD_LOCK_S. A filesystem without flock loads as DeepSpeed would."""
+    baton) in adept-dist's own folder; otherwise (another node, whose flock a shared filesystem
+    may not honour, or a TORCH_EXTENSIONS_DIR the user chose, where other programs build) it is
+    waited on and removed once older than STALE_BUILD_LOCK_S. A filesystem without flock loads
+    as DeepSpeed would."""
     import deepspeed.ops
     from deepspeed.accelerator import get_accelerator
 

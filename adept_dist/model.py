@@ -23,17 +23,14 @@ def positions_of(mask: torch.Tensor) -> torch.Tensor:
 
 def new_cache(decoder: nn.Module):
     """An empty KV cache for `decoder` (transformers' DynamicCache, imported here: this module stays
-    plain torch for the modules that import it)."""
+    plain torch for the modules that import it) and the keyword that passes it to
+    `decoder.forward`: `cache` from transformers 5.x on (`past_key_values` is deprecated there,
+    removed in 5.40), `past_key_values` before. The cache is filled in place by every call."""
     from transformers import DynamicCache
 
-    return DynamicCache(config=decoder.config)
-
-
-def cache_argument(decoder: nn.Module) -> str:
-    """The name under which `decoder.forward` takes the KV cache: `cache` from transformers 5.x on
-    (`past_key_values` is deprecated there, removed in 5.40), `past_key_values` before."""
-    params = inspect.signature(decoder.forward).parameters
-    return "cache" if "cache" in params else "past_key_values"
+    cache = DynamicCache(config=decoder.config)
+    name = "cache" if "cache" in inspect.signature(decoder.forward).parameters else "past_key_values"
+    return cache, {name: cache}
 
 
 class AdeptLM(nn.Module):
@@ -71,9 +68,8 @@ class AdeptLM(nn.Module):
         none = torch.zeros(1, 0, dtype=torch.long, device=device)
         e = self.backbone.get_input_embeddings()(none)  # (1, 0, d): the adapter's forward gives the prompt
         prompt, mask, _ = self.adapter(e, none, None, none, ids=none)  # (1, m, d), through ZeRO-3's hooks
-        cache = new_cache(decoder)
-        decoder(inputs_embeds=prompt, attention_mask=mask, position_ids=positions_of(mask), use_cache=True,
-                **{cache_argument(decoder): cache})  # fmt: skip
+        cache, kv = new_cache(decoder)
+        decoder(inputs_embeds=prompt, attention_mask=mask, position_ids=positions_of(mask), use_cache=True, **kv)
         return [(layer.keys, layer.values) for layer in cache.layers]
 
     @torch.no_grad()
@@ -107,9 +103,7 @@ class AdeptLM(nn.Module):
         finished = finished or (lambda done: bool(done.all()))
         decoder = self.backbone.get_decoder()
         head = self.backbone.get_output_embeddings()
-        # One cache object, filled in place by every call (the current API; no deprecated argument).
-        cache = new_cache(decoder)
-        kv = {cache_argument(decoder): cache}
+        cache, kv = new_cache(decoder)
         if share_prompt:
             bsz = input_ids.shape[0]
             for layer, (k, v) in enumerate(prompt_kv or self.prompt_kv(input_ids.device)):

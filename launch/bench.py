@@ -386,10 +386,9 @@ def combine(rounds: list[dict]) -> dict:
             if key in rec:
                 rec[key] = statistics.median(r[key] for r in runs)
         rec["step_s_per_round"] = [r["step_s"] for r in runs]
-        for name, base, key, ratio in (("vs_floor", "floor", "step_s", lambda a, b: a / b),
-                                       ("vs_anchor", "anchor", "tokens_per_s", lambda a, b: a / b)):  # fmt: skip
+        for name, base, key in (("vs_floor", "floor", "step_s"), ("vs_anchor", "anchor", "tokens_per_s")):
             if base in rounds[0]:
-                each = [ratio(r[mode][key], r[base][key]) for r in rounds]
+                each = [r[mode][key] / r[base][key] for r in rounds]
                 rec[name] = statistics.median(each)
                 rec[f"{name}_range"] = [min(each), max(each)]
         results[mode] = rec
