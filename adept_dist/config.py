@@ -94,6 +94,15 @@ class DataConfig:
         "length-grouped batching: sort each window of this many global batches by length and shuffle the batches "
         "within it (less padding; can correlate batches with labels); 0 = plain random batches, as the reference",
     )
+    packing: bool | None = opt(
+        None,
+        "lay each micro-batch's examples end to end in rows that share one soft prompt (exact: the same loss "
+        "without padding, and the prompt computed once per row); default: on for adept and pt with sdpa or eager "
+        "attention, off for dept (position-wise offsets over a fixed length)",
+    )
+    pack_tokens: int | None = opt(
+        None, "longest packed row in tokens, prompt included; default max(4096, prompt_length + max_length)"
+    )
     eval_batch_size: int = opt(16, "examples per rank per evaluation batch")
     max_new_tokens: int | None = opt(None, "tokens generated per example at evaluation; default: the task's")
     max_eval_samples: int | None = opt(None, "evaluate on at most this many examples per split")
@@ -343,7 +352,8 @@ def make_config(values: dict) -> Config:
 CHANGEABLE_ON_RESUME = frozenset(
     ("resume", "reschedule", "take_over", "output_dir", "ds_config", "log_every", "eval_every", "save_every",
      "keep_checkpoints", "max_eval_samples", "eval_batch_size", "nonfinite", "cache_dir", "micro_batch_size",
-     "grad_accum", "activation_checkpointing", "attn_implementation", "loader", "compute_dtype", "max_steps")
+     "grad_accum", "activation_checkpointing", "attn_implementation", "loader", "compute_dtype", "max_steps", "packing",
+     "pack_tokens")
 )  # fmt: skip
 PER_START = ("resume", "reschedule", "take_over", "output_dir")  # what one start says about itself, never inherited
 
@@ -368,6 +378,7 @@ def resumed_config(cfg: Config, path: Path, builtin_model: str, text: str | None
     the changeable ones that differ are kept in the result's ``changes`` (for config.json's history)."""
     stored = read_run_config(path, text)
     flat = {k: v for sec in SECTIONS for k, v in stored[sec].items() if k in FIELD_SECTION}
+    flat.setdefault("packing", False)  # runs recorded before packing existed ran padded: they go on so
     if flat.get("model") == builtin_model and flat.get("train_file") is None:
         flat["model"] = None  # the built-in model: recorded by its folder, named "builtin" in adapters
         # (with --train_file it was given by its folder, as --train_file needs: it stays given)
@@ -431,6 +442,7 @@ def check_config(cfg: Config) -> None:
     for name, value in positive.items():
         if value is not None and value < 1:
             raise ConfigError(f"option {name} must be >= 1, got {value}")
+    check_packing(cfg)
     if d.group_window < 0:
         raise ConfigError(f"option group_window must be >= 0 (0 turns length grouping off), got {d.group_window}")
     if not 0.0 <= a.dropout < 1.0:
@@ -477,3 +489,28 @@ def check_config(cfg: Config) -> None:
         raise ConfigError("--reschedule changes the schedule of a resumed run: it needs --resume (and --max_steps)")
     if o.warmup_steps < 0 or (o.warmup_steps >= o.max_steps and o.max_steps > 1 and o.warmup_steps > 0):
         raise ConfigError(f"warmup_steps={o.warmup_steps} must be in [0, max_steps={o.max_steps})")
+
+
+PACK_TOKENS_MIN = 4096  # the default row: long enough to pack, short enough for its (L, L) mask
+
+
+def check_packing(cfg: Config) -> None:
+    """Resolve --packing (None: on wherever it is exact and the attention kernel takes its mask) and
+    --pack_tokens, or refuse a combination that cannot pack."""
+    from .model import PACKED_ATTENTION
+
+    a, d, attn = cfg.adapter, cfg.data, cfg.model.attn_implementation
+    if d.packing is None:
+        d.packing = a.method != "dept" and attn in PACKED_ATTENTION
+    if d.packing and a.method == "dept":
+        raise ConfigError("--packing does not apply to dept (its offsets are per position over a fixed length): pass "
+                          "--no-packing")  # fmt: skip
+    if d.packing and attn not in PACKED_ATTENTION:
+        raise ConfigError(f"--packing needs --attn_implementation {' or '.join(PACKED_ATTENTION)} (it passes its own "
+                          f"attention mask), not {attn}: pass --no-packing or change the attention")  # fmt: skip
+    need = a.prompt_length + d.max_length
+    if d.pack_tokens is None:
+        d.pack_tokens = max(PACK_TOKENS_MIN, need)
+    elif d.pack_tokens < need:
+        raise ConfigError(f"--pack_tokens {d.pack_tokens} cannot hold the longest example: it needs --prompt_length + "
+                          f"--max_length = {need}; raise --pack_tokens")  # fmt: skip

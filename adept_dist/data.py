@@ -228,6 +228,83 @@ def collate(
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+def pack_rows(lengths: list[int], m: int, pack_tokens: int) -> list[list[int]]:
+    """Which examples share a row: the fewest rows of at most `pack_tokens` slots (m prompt slots
+    plus the examples' tokens), filled longest first onto the least-filled row so that the rows end
+    up of similar length (a row is padded to the longest). Each row lists its examples in their
+    order in the micro-batch. A function of the lengths only, so packing is deterministic."""
+    room = pack_tokens - m
+    if not lengths:
+        return []
+    if max(lengths) > room:
+        raise ValueError(f"an example of {max(lengths)} tokens does not fit a packed row of {pack_tokens} with {m} "
+                         f"prompt slots")  # fmt: skip
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    for n_rows in range(-(-sum(lengths) // room), len(lengths) + 1):
+        rows: list[list[int]] = [[] for _ in range(n_rows)]
+        load = [0] * n_rows
+        for i in order:
+            r = min(range(n_rows), key=lambda k: (load[k], k))
+            rows[r].append(i)
+            load[r] += lengths[i]
+        if max(load) <= room:
+            return [sorted(row) for row in rows]
+    raise AssertionError("one example per row always fits")
+
+
+def pack(examples: list[Example], m: int, pack_tokens: int) -> dict[str, torch.Tensor]:
+    """A micro-batch laid end to end in rows (see `pack_rows`), each row opening with the m soft-prompt
+    slots that its examples share, for `model.AdeptLM`'s packed forward.
+
+    Sharing the prompt is exact: the prompt comes first and attends only to itself, so its keys and
+    values are the same for every example, and each example attends to the prompt and to its own
+    earlier tokens only (`segments` gives the mask). The decoder sees every example at the positions
+    it has in the padded layout (prompt 0..m-1, the example m..m+len-1), and the loss is taken at the
+    same target tokens, so a packed step computes what the padded one does, in a different order of
+    summation. The m prompt positions are computed once per row instead of once per example.
+
+    input_ids (1, N): the examples' ids, row after row; positions (1, N): each id's place in its
+    example, as the adapter sees it. slots (R, L): where each row slot takes its input embedding
+    from, an index into [prompt (m) | the N tokens | a zero row]. segments (R, L): 0 on the prompt,
+    k on the row's k-th example (1, 2, ...), -1 on padding. position_ids (R, L): the decoder's
+    positions. predict_at (K,): the flat slot (row * L + column) whose output predicts each of the K
+    target tokens; targets (K,): those tokens.
+    """
+    groups = pack_rows([len(e.input_ids) for e in examples], m, pack_tokens)
+    width = m + max(sum(len(examples[i].input_ids) for i in row) for row in groups)
+    n_tokens = sum(len(e.input_ids) for e in examples)
+    slots = torch.full((len(groups), width), m + n_tokens, dtype=torch.long)  # padding reads the zero row
+    segments = torch.full((len(groups), width), -1, dtype=torch.long)
+    position_ids = torch.zeros((len(groups), width), dtype=torch.long)
+    ids, positions, predict_at, targets = [], [], [], []
+    for r, row in enumerate(groups):
+        slots[r, :m] = torch.arange(m)
+        segments[r, :m] = 0
+        position_ids[r, :m] = torch.arange(m)
+        col = m
+        for k, i in enumerate(row, start=1):
+            e = examples[i]
+            n = len(e.input_ids)
+            slots[r, col : col + n] = torch.arange(m + len(ids), m + len(ids) + n)
+            segments[r, col : col + n] = k
+            position_ids[r, col : col + n] = torch.arange(m, m + n)
+            for j in range(n - e.n_target, n):  # a target token is predicted by the slot before it (the
+                predict_at.append(r * width + (col + j - 1 if j > 0 else m - 1))  # last prompt slot for the first)
+                targets.append(e.input_ids[j])
+            ids += e.input_ids
+            positions += range(n)
+            col += n
+    return {
+        "input_ids": torch.tensor([ids], dtype=torch.long),
+        "positions": torch.tensor([positions], dtype=torch.long),
+        "slots": slots,
+        "segments": segments,
+        "position_ids": position_ids,
+        "predict_at": torch.tensor(predict_at, dtype=torch.long),
+        "targets": torch.tensor(targets, dtype=torch.long),
+    }
+
+
 class SampleStream:
     """Deterministic endless order of example indices: epoch k is randperm(n, seed + k)."""
 

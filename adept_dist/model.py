@@ -33,6 +33,26 @@ def new_cache(decoder: nn.Module):
     return cache, {name: cache}
 
 
+PACK_TARGETS = ("predict_at", "targets")
+PACKED_ATTENTION = ("sdpa", "eager")  # the kernels that take packed_mask's 4D mask
+
+
+def packed_mask(segments: torch.Tensor, attn_implementation: str, dtype: torch.dtype) -> torch.Tensor:
+    """The (R, 1, L, L) attention mask of packed rows from their segments (0: the shared prompt, k:
+    the k-th example, -1: padding): causal, and each slot sees its own segment and the prompt only.
+    Padding sees the prompt too, so no query row is empty (an empty one gives NaN in sdpa). Boolean
+    (True = attend) for sdpa; additive (0 / dtype's lowest) for eager, which adds it to the scores."""
+    if attn_implementation not in PACKED_ATTENTION:
+        raise ValueError(f"packed batches need attention {' or '.join(PACKED_ATTENTION)}, not {attn_implementation}")
+    col = torch.arange(segments.shape[1], device=segments.device)
+    causal = col[:, None] >= col[None, :]
+    seen = (segments[:, :, None] == segments[:, None, :]) | (segments[:, None, :] == 0)
+    allowed = (causal & seen)[:, None]
+    if attn_implementation == "sdpa":
+        return allowed
+    return torch.zeros(allowed.shape, dtype=dtype, device=segments.device).masked_fill(~allowed, torch.finfo(dtype).min)
+
+
 class AdeptLM(nn.Module):
     def __init__(self, backbone: nn.Module, adapter: PromptAdapter) -> None:
         super().__init__()
@@ -43,11 +63,20 @@ class AdeptLM(nn.Module):
         e = self.backbone.get_input_embeddings()(input_ids)  # (B, T, d)
         return self.adapter(e, attention_mask, labels, positions_of(attention_mask), ids=input_ids)
 
-    def forward(self, input_ids, attention_mask, labels) -> tuple[torch.Tensor, torch.Tensor]:
-        """Summed next-token cross-entropy over target tokens, and the number of those tokens.
+    def forward(
+        self, input_ids, attention_mask=None, labels=None, **packed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Summed next-token cross-entropy over target tokens, and the number of those tokens, of a
+        padded batch (`data.collate`: input_ids, attention_mask, labels) or a packed one (`data.pack`:
+        its keys, passed as keywords; the DeepSpeed engine calls this forward either way).
 
         The output head runs only at target positions: (N, V) logits instead of (B, T, V).
         """
+        if packed:
+            hidden = self.packed_hidden(input_ids, **{k: v for k, v in packed.items() if k not in PACK_TARGETS})
+            logits = self.backbone.get_output_embeddings()(hidden.flatten(0, 1)[packed["predict_at"]]).float()
+            targets = packed["targets"]
+            return F.cross_entropy(logits, targets, reduction="sum"), targets.new_tensor(targets.numel())
         embeds, mask, labels = self._inputs(input_ids, attention_mask, labels)  # (B, m+T, d)
         hidden = self.backbone.get_decoder()(
             inputs_embeds=embeds, attention_mask=mask, position_ids=positions_of(mask), use_cache=False
@@ -57,6 +86,18 @@ class AdeptLM(nn.Module):
         logits = self.backbone.get_output_embeddings()(hidden[:, :-1][keep]).float()  # (N, V)
         loss_sum = F.cross_entropy(logits, targets[keep], reduction="sum")
         return loss_sum, keep.sum()
+
+    def packed_hidden(self, input_ids, positions, slots, segments, position_ids) -> torch.Tensor:
+        """The decoder's last hidden states (R, L, d) of a packed micro-batch (`data.pack`): the
+        adapter runs once over all tokens, with the prompt in front, and the rows are gathered from
+        its output; attention stays inside each example and the prompt its row shares."""
+        e = self.backbone.get_input_embeddings()(input_ids)  # (1, N, d)
+        embeds, _, _ = self.adapter(e, torch.ones_like(input_ids), None, positions, ids=input_ids)  # (1, m+N, d)
+        table = torch.cat([embeds[0], embeds.new_zeros(1, embeds.shape[-1])])  # the last row: padding
+        mask = packed_mask(segments, self.backbone.config._attn_implementation, embeds.dtype)
+        return self.backbone.get_decoder()(
+            inputs_embeds=table[slots], attention_mask=mask, position_ids=position_ids, use_cache=False
+        ).last_hidden_state
 
     @torch.no_grad()
     def prompt_kv(self, device: torch.device) -> list[tuple[torch.Tensor, torch.Tensor]]:

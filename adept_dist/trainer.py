@@ -18,7 +18,7 @@ import torch
 
 from .checkpoint import export_adapter, save_checkpoint
 from .config import CONFIG_FILE, read_run_config
-from .data import collate, step_batches
+from .data import collate, pack, step_batches
 from .dist import (
     adam_step_count,
     all_reduce_sum,
@@ -71,7 +71,11 @@ def forward_backward(run: Run, stop: int = 0) -> dict:
     loss_sum = torch.zeros((), dtype=torch.float64)
     for k, idx in enumerate(mine):
         torch.manual_seed(slot_seed(cfg.optim.seed, run.step, k * d.world + d.rank))
-        batch = collate([run.train_examples[i] for i in idx], run.tokenizer.pad_token_id, pad_to)
+        examples = [run.train_examples[i] for i in idx]
+        if dc.packing:
+            batch = pack(examples, cfg.adapter.prompt_length, dc.pack_tokens)
+        else:
+            batch = collate(examples, run.tokenizer.pad_token_id, pad_to)
         loss, _ = engine(**{key: v.to(d.device) for key, v in batch.items()})
         engine.backward(loss * (d.world / n_target), scale_wrt_gas=False)
         loss_sum += loss.detach().double().cpu()

@@ -6,25 +6,32 @@ text) and one set of examples of varied length, then runs each mode in a fresh p
 so that each mode's peak memory is its own:
 
 - ``floor``: the frozen backbone's forward + backward to ``inputs_embeds`` in plain PyTorch, on the
-  same sequence lengths as ours (m prompt positions + the batch), the head only at target tokens,
-  no adapter, no optimizer, no DeepSpeed: the least any input-level PEFT method can do.
+  same layout as ours (packed rows, each opening with the m prompt slots its examples share), the
+  head only at target tokens, no adapter, no optimizer, no DeepSpeed: the least any input-level
+  PEFT method can do. ``floor_padded``: the same on padded batches (m prompt positions in front of
+  every example), the floor of ``ours_padded``.
 - ``anchor``: Hugging Face PEFT prompt tuning (``PromptTuningConfig``, 100 virtual tokens, the
   budget ADePT matches) forward + backward + AdamW step in plain PyTorch.
 - ``ours``: adept-dist's real train step (``trainer.train_step`` on a DeepSpeed engine; ADePT
-  m=60, budget-matched r), world size 1; ``ours_ckpt`` the same with activation checkpointing;
+  m=60, budget-matched r; packed, the default), world size 1; ``ours_padded`` the same with
+  ``--no-packing``; ``ours_zero3`` the same with the backbone under ZeRO-3 (layerwise loader) at
+  world size 1; ``ours_ckpt`` the same as ``ours`` with activation checkpointing;
   ``ours_w2_zero3`` / ``ours_w2_zero2``: world size 2 (CPU, or 2 GPUs) with the backbone
   partitioned (ZeRO-3) or replicated.
 
 Figures per mode: step time (median of the timed steps after warm-up), tokens/s (input tokens of
-all ranks, prompt and padding excluded), padding fraction of the batches, peak memory per rank
+all ranks, prompt and padding excluded), padding fraction (padded slots among the slots that are
+not prompt), peak memory per rank
 (CPU: the process's peak RSS, VmHWM, which includes loading, and the largest RSS seen during the
 timed steps; GPU: max allocated), and on a GPU the model FLOP utilisation: 4N (6N with
-recompute) FLOPs per processed token (prompt included, padding not; N = the decoder layers'
-parameters) over the bf16 matmul peak measured in the same run.
+recompute) FLOPs per processed token (prompt slots included, padding not; N = the decoder layers'
+parameters) over the bf16 matmul peak measured in the same run. "x padded" is a mode's tokens/s
+over its padded twin's (ours / ours_padded, floor / floor_padded).
 
 The modes run in turn, A B C A B C ..., for ``--rounds`` rounds (3 by default): step time and
 tokens/s are medians over the rounds, and each ratio (x floor, x anchor) is taken within a round,
-reported as its median with its range, so one noisy run cannot make a ratio.
+reported as its median with its range, so one noisy run cannot make a ratio. A padded mode's
+"x floor" is against floor_padded.
 
     python launch/bench.py                                   # defaults: about 8 minutes on a 2-core CPU
     python launch/bench.py --hidden 4096 --layers 32 --heads 32 --vocab 32000 --min_len 1024 --max_len 1024 \\
@@ -47,10 +54,12 @@ from pathlib import Path
 
 import torch
 
-from adept_dist.data import padding_fraction
+from adept_dist.data import pack_rows, padding_fraction
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout: ds_configs/ and this script
-MODES = ("floor", "anchor", "ours", "ours_ckpt", "ours_w2_zero3", "ours_w2_zero2")
+MODES = ("floor", "floor_padded", "anchor", "ours", "ours_padded", "ours_zero3", "ours_ckpt", "ours_w2_zero3",
+         "ours_w2_zero2")
+DEFAULT_MODES = ("floor", "floor_padded", "anchor", "ours", "ours_padded", "ours_ckpt", "ours_w2_zero3", "ours_w2_zero2")
 PT_TOKENS = 100
 M = 60
 
@@ -77,6 +86,8 @@ def parse(argv=None) -> argparse.Namespace:
                    help="the modes run in turn (A B C A B C ...) this many times; medians and the ratios' spread "
                         "are reported, so that a ratio is not one noisy run")  # fmt: skip
     p.add_argument("--json", default="bench.json", help="where the figures go")
+    p.add_argument("--keep_going", action="store_true",
+                   help="a mode that fails is reported (its error in the JSON) and the others still run")  # fmt: skip
     p.add_argument("--distinct_ids", action="store_true",
                    help="ablation: ours computes the ADePT FFN once per distinct token id in training too")  # fmt: skip
     p.add_argument("--keep", default=None, help="keep the model and data in this folder (reused if present)")
@@ -108,7 +119,10 @@ def make_inputs(args, root: Path) -> None:
                         max_positions=max(4096, args.max_len + PT_TOKENS + 8))  # fmt: skip
     cfg = LlamaConfig(**shape, tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=3)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
+    # on a GPU, built there in bf16 (a 7B shape in seconds, saved as the 13 GB a real checkpoint is)
+    device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
+    with torch.device(device):
+        model = LlamaForCausalLM(cfg).to(dtype)
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     del model
@@ -182,8 +196,9 @@ def run_plain(mode: str, args, root: Path) -> dict:
     """floor and anchor: one process, plain PyTorch."""
     from adept_dist.adapters import IGNORE_INDEX
     from adept_dist.backbone import load_backbone, load_tokenizer, quantization_config
-    from adept_dist.data import collate
-    from adept_dist.model import positions_of
+    from adept_dist.config import make_config
+    from adept_dist.data import collate, pack
+    from adept_dist.model import packed_mask, positions_of
 
     device, dtype = device_and_dtype()
     tok = load_tokenizer(str(root / "model"))
@@ -192,7 +207,22 @@ def run_plain(mode: str, args, root: Path) -> dict:
     window = 0 if mode == "anchor" else args.group_window  # the floor sees ours' batches; PEFT random ones
     batches = step_indices(lengths, args.batch, args.warmup + args.steps, window)
     meter = Meter(device)
-    if mode == "floor":
+    if mode == "floor":  # packed, as ours: the rows' slots gathered from [filler prompt | tokens | zero]
+        model = load_backbone(str(root / "model"), args.quant, device, dtype=dtype)
+        decoder, head, emb = model.get_decoder(), model.get_output_embeddings(), model.get_input_embeddings()
+        filler = torch.randn(M, model.config.hidden_size, dtype=dtype, device=device) * 0.02
+        pack_tokens = make_config({"max_length": args.max_len}).data.pack_tokens  # ours' default row
+
+        def step(idx):
+            b = {k: v.to(device) for k, v in pack([examples[i] for i in idx], M, pack_tokens).items()}
+            e = emb(b["input_ids"][0]).detach().requires_grad_(True)
+            table = torch.cat([filler, e, e.new_zeros(1, e.shape[-1])])
+            mask = packed_mask(b["segments"], "sdpa", dtype)
+            hidden = decoder(inputs_embeds=table[b["slots"]], attention_mask=mask, position_ids=b["position_ids"],
+                             use_cache=False).last_hidden_state  # fmt: skip
+            logits = head(hidden.flatten(0, 1)[b["predict_at"]]).float()
+            torch.nn.functional.cross_entropy(logits, b["targets"]).backward()
+    elif mode == "floor_padded":
         model = load_backbone(str(root / "model"), args.quant, device, dtype=dtype)
         decoder, head, emb = model.get_decoder(), model.get_output_embeddings(), model.get_input_embeddings()
         filler = torch.randn(M, model.config.hidden_size, dtype=dtype, device=device) * 0.02
@@ -232,7 +262,9 @@ def run_plain(mode: str, args, root: Path) -> dict:
     for k, idx in enumerate(batches):
         meter.step(lambda idx=idx: step(idx), timed=k >= args.warmup)
     timed = batches[args.warmup :]
-    return summary(mode, args, meter, timed, examples, 1, PT_TOKENS if mode == "anchor" else M, model_params(root))
+    prompt = PT_TOKENS if mode == "anchor" else M
+    packed = pack_tokens if mode == "floor" else None
+    return summary(mode, args, meter, timed, examples, 1, prompt, model_params(root), packed=packed)
 
 
 def run_ours(mode: str, args, root: Path) -> dict:
@@ -247,7 +279,7 @@ def run_ours(mode: str, args, root: Path) -> dict:
     from adept_dist.trainer import train_step
 
     d = init_distributed(args.local_rank)
-    ds = "ds_configs/zero2.json" if mode in ("ours", "ours_ckpt", "ours_w2_zero2") else "ds_configs/zero3.json"
+    ds = "ds_configs/zero3.json" if mode in ("ours_zero3", "ours_w2_zero3") else "ds_configs/zero2.json"
     out = root / f"run_{mode}"
     if d.main:
         shutil.rmtree(out, ignore_errors=True)
@@ -258,7 +290,7 @@ def run_ours(mode: str, args, root: Path) -> dict:
         "max_length": args.max_len, "micro_batch_size": args.batch // d.world, "max_steps": total + 1,
         "output_dir": str(out), "ds_config": ds, "activation_checkpointing": mode == "ours_ckpt",
         "log_every": 10**6, "save_every": 10**6, "cache_dir": str(root / "cache"), "prompt_init": "vocab",
-        "group_window": args.group_window,
+        "group_window": args.group_window, "packing": mode != "ours_padded",
     })  # fmt: skip
     parts = prepare(cfg, d)
     if args.distinct_ids:  # the same adapter, built with the distinct-id FFN in training
@@ -270,6 +302,7 @@ def run_ours(mode: str, args, root: Path) -> dict:
         parts.model.adapter = new.to(old.prompt.device, old.prompt.dtype)
     run = assemble(parts)
     run.engine.train()
+    load_peak = torch.cuda.max_memory_allocated() / 2**20 if d.device.type == "cuda" else None
     meter = Meter(d.device)
     batches = []
     for k in range(total):
@@ -281,10 +314,15 @@ def run_ours(mode: str, args, root: Path) -> dict:
     per_rank = [
         b[r * cfg.data.micro_batch_size : (r + 1) * cfg.data.micro_batch_size] for b in batches for r in range(d.world)
     ]
-    res = summary(mode, args, meter, batches, run.train_examples, d.world, M, model_params(root), pad_batches=per_rank)
+    packed = cfg.data.pack_tokens if cfg.data.packing else None
+    res = summary(mode, args, meter, batches, run.train_examples, d.world, M, model_params(root), per_rank, packed)
     mems = [None] * d.world
     dist.all_gather_object(mems, meter.memory())
     res["memory_per_rank"] = mems
+    if load_peak is not None:  # loading and partitioning (layerwise under ZeRO-3), before the first step
+        loads = [None] * d.world
+        dist.all_gather_object(loads, load_peak)
+        res["load_peak_mem_mb"] = max(loads)
     for key in mems[0]:
         res[key] = max(m[key] for m in mems)
     res["ds_config"] = ds
@@ -302,20 +340,38 @@ def model_params(root: Path) -> int:
     return c.num_hidden_layers * (attn + 3 * c.hidden_size * c.intermediate_size)
 
 
-def summary(mode, args, meter, batches, examples, world, prompt, n_params, pad_batches=None) -> dict:
+def layout(micro_batches: list[list[int]], lengths: list[int], prompt: int, pack_tokens: int | None) -> tuple:
+    """(padding fraction, prompt slots per micro-batch on average) of the micro-batches as laid out:
+    padded (every example behind its own prompt) or packed (one prompt per row)."""
+    if pack_tokens is None:
+        return padding_fraction(micro_batches, lengths), prompt * statistics.mean(len(b) for b in micro_batches)
+    real = pad = rows = 0
+    for b in micro_batches:
+        groups = pack_rows([lengths[i] for i in b], prompt, pack_tokens)
+        loads = [sum(lengths[b[k]] for k in g) for g in groups]
+        real, pad, rows = real + sum(loads), pad + sum(max(loads) - x for x in loads), rows + len(groups)
+    return pad / (pad + real), prompt * rows / len(micro_batches)
+
+
+def summary(mode, args, meter, batches, examples, world, prompt, n_params, pad_batches=None, packed=None) -> dict:
+    """`batches`: each step's examples (all ranks); `pad_batches`: each micro-batch (default: a step
+    is one); `packed`: the row length when the micro-batches were packed."""
     step = statistics.median(meter.times)
     tokens = statistics.mean(sum(len(examples[i].input_ids) for i in b) for b in batches)
+    micro = pad_batches or batches
+    padding, prompt_slots = layout(micro, [len(e.input_ids) for e in examples], prompt, packed)
     res = {
         "mode": mode,
         "world": world,
         "step_s": step,
         "tokens_per_s": tokens / step,
-        "padding_fraction": padding_fraction(pad_batches or batches, [len(e.input_ids) for e in examples]),
+        "padding_fraction": padding,
         "prompt_tokens": prompt,
+        "packed": packed is not None,
         **meter.memory(),
     }
     if meter.device.type == "cuda":
-        processed = tokens + prompt * args.batch
+        processed = tokens + prompt_slots * len(micro) / len(batches)
         flops = (6 if mode == "ours_ckpt" else 4) * n_params * processed / step
         res["tflops"] = flops / 1e12
         res["mfu"] = flops / (matmul_peak_tflops() * 1e12)
@@ -346,11 +402,12 @@ def worker(args) -> None:
 
 def default_modes() -> list[str]:
     gpus = torch.cuda.device_count()
-    return [m for m in MODES if "_w2_" not in m or gpus >= 2 or gpus == 0]
+    return [m for m in DEFAULT_MODES if "_w2_" not in m or gpus >= 2 or gpus == 0]
 
 
 def launch(mode: str, args, root: Path, passthrough: list[str]) -> dict:
-    env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)  # keeps carried wheels
+    env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
     script = str(REPO / "launch" / "bench.py")
     common = [*passthrough, "--worker", mode, "--workdir", str(root)]
     if "_w2_" in mode:
@@ -386,7 +443,10 @@ def combine(rounds: list[dict]) -> dict:
             if key in rec:
                 rec[key] = statistics.median(r[key] for r in runs)
         rec["step_s_per_round"] = [r["step_s"] for r in runs]
-        for name, base, key in (("vs_floor", "floor", "step_s"), ("vs_anchor", "anchor", "tokens_per_s")):
+        floor = "floor_padded" if mode.endswith("_padded") and "floor_padded" in rounds[0] else "floor"
+        twin = f"{mode}_padded"
+        for name, base, key in (("vs_floor", floor, "step_s"), ("vs_anchor", "anchor", "tokens_per_s"),
+                                ("vs_padded", twin, "tokens_per_s")):  # fmt: skip
             if base in rounds[0]:
                 each = [r[mode][key] / r[base][key] for r in rounds]
                 rec[name] = statistics.median(each)
@@ -404,15 +464,15 @@ def ratio_cell(r: dict, name: str) -> str:
 
 def table(results: dict) -> str:
     mem_key = "peak_mem_mb" if any("peak_mem_mb" in r for r in results.values()) else "peak_rss_mb"
-    head = ["mode", "world", "step s", "tokens/s", "x floor (range)", "x anchor (range)", "padding",
-            f"{mem_key} per rank"]  # fmt: skip
+    head = ["mode", "world", "step s", "tokens/s", "x floor (range)", "x anchor (range)", "x padded (range)",
+            "padding", f"{mem_key} per rank"]  # fmt: skip
     gpu = any("mfu" in r for r in results.values())
     if gpu:
         head.append("MFU")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for mode, r in results.items():
         row = [mode, str(r["world"]), f"{r['step_s']:.3f}", f"{r['tokens_per_s']:.0f}",
-               ratio_cell(r, "vs_floor"), ratio_cell(r, "vs_anchor"),
+               ratio_cell(r, "vs_floor"), ratio_cell(r, "vs_anchor"), ratio_cell(r, "vs_padded"),
                f"{r['padding_fraction']:.1%}", f"{r[mem_key]:.0f}"]  # fmt: skip
         if gpu:
             row.append(f"{r['mfu']:.1%}" if "mfu" in r else "-")
@@ -440,20 +500,34 @@ def main(argv=None) -> int:
         while flag in passthrough:
             i = passthrough.index(flag)
             del passthrough[i : i + 2]
+    passthrough = [a for a in passthrough if a != "--keep_going"]
+    failed: dict[str, str] = {}
     try:
         make_inputs(args, root)
         rounds: list[dict] = []
         for k in range(args.rounds):
             this = {}
             for mode in modes:
+                if mode in failed:
+                    continue
                 print(f"[bench] round {k + 1}/{args.rounds}: {mode} ...", flush=True)
-                this[mode] = launch(mode, args, root, passthrough)
+                try:
+                    this[mode] = launch(mode, args, root, passthrough)
+                except SystemExit as exc:
+                    if not args.keep_going:
+                        raise
+                    failed[mode] = str(exc)
+                    print(f"[bench] {mode} failed, going on: {str(exc)[:2000]}", flush=True)
+                    continue
                 print(f"[bench] {mode}: {this[mode]['step_s']:.3f} s/step, {this[mode]['tokens_per_s']:.0f} tokens/s",
                       flush=True)  # fmt: skip
             rounds.append(this)
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)
+    rounds = [{m: r for m, r in this.items() if m not in failed} for this in rounds]
+    if not rounds[0]:
+        raise SystemExit(f"every mode failed: {failed}")
     results = combine(rounds)
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {os.cpu_count()} cores"
     out = {
@@ -466,9 +540,11 @@ def main(argv=None) -> int:
         "rounds": args.rounds,
         "results": results,
         "per_round": rounds,
-        "notes": "x floor = step time / floor's (lower is better); x anchor = tokens/s / anchor's (higher is "
-        "better); each the median over rounds of the ratio within a round, its min and max in *_range; step_s and "
-        "tokens_per_s are medians over rounds, memory the largest",
+        "failed": failed,
+        "notes": "x floor = step time / floor's of the same layout (lower is better); x anchor = tokens/s / "
+        "anchor's (higher is better); x padded = tokens/s / the padded twin's (higher is better); each the median "
+        "over rounds of the ratio within a round, its min and max in *_range; step_s and tokens_per_s are medians "
+        "over rounds, memory the largest",
     }
     Path(args.json).write_text(json.dumps(out, indent=2) + "\n")
     print(table(results))

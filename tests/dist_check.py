@@ -6,7 +6,10 @@ each rank: the same global batch (every micro-batch of every rank), the adapter 
 dtype exactly as DeepSpeed's module holds it, loss summed over target tokens / N, fp32 gradient
 accumulation. Then one distributed forward/backward; rank 0 writes what both gave to a JSON file.
 
-    deepspeed --num_gpus 2 tests/dist_check.py MODEL_DIR TRAIN_JSONL DS_JSON OUT_DIR RESULT_JSON {bf16,fp32}
+The reference lays out its micro-batches as the run does (packed or padded, `packing`); that the
+two layouts agree is tests/test_model.py's.
+
+    deepspeed --num_gpus 2 tests/dist_check.py MODEL_DIR TRAIN_JSONL DS_JSON OUT_DIR RESULT_JSON {bf16,fp32} {packed,padded}
 """
 
 from __future__ import annotations
@@ -20,13 +23,13 @@ import torch
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds it
-    model_dir, train_file, ds_json, out_dir, result_path, dtype = args
+    model_dir, train_file, ds_json, out_dir, result_path, dtype, layout = args
     from deepspeed.utils import safe_get_full_grad
 
     from adept_dist.backbone import DTYPES, load_backbone
     from adept_dist.build import assemble, prepare
     from adept_dist.config import make_config
-    from adept_dist.data import collate, step_batches
+    from adept_dist.data import collate, pack, step_batches
     from adept_dist.dist import init_distributed
     from adept_dist.model import AdeptLM
     from adept_dist.trainer import forward_backward
@@ -44,6 +47,7 @@ def main() -> None:
             "grad_accum": 2,
             "max_steps": 10,
             "warmup_steps": 1,
+            "packing": layout == "packed",
         }
     )
     parts = prepare(cfg, d)
@@ -61,7 +65,12 @@ def main() -> None:
         mine, global_idx = step_batches(parts.stream, 0, 3, 2, d.world, r)
         n_target = sum(parts.train_examples[i].n_target for i in global_idx)
         for idx in mine:
-            loss, _ = ref(**collate([parts.train_examples[i] for i in idx], parts.tokenizer.pad_token_id))
+            examples = [parts.train_examples[i] for i in idx]
+            if cfg.data.packing:
+                batch = pack(examples, cfg.adapter.prompt_length, cfg.data.pack_tokens)
+            else:
+                batch = collate(examples, parts.tokenizer.pad_token_id)
+            loss, _ = ref(**batch)
             (loss / n_target).backward()
             loss_sum += loss.item()
             for n, p in ref.adapter.named_parameters():
@@ -98,6 +107,7 @@ def main() -> None:
         result = {
             "world": d.world,
             "zero_stage": zero_stage,
+            "packing": run.cfg.data.packing,
             "loss": rec["loss"],
             "ref_loss": ref_loss,
             "grad_rel_err": errors,

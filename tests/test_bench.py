@@ -17,11 +17,11 @@ TINY = ["--hidden", "64", "--layers", "1", "--heads", "4", "--vocab", "400"]
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
     proc = run_cmd([sys.executable, "launch/bench.py", *TINY, "--examples", "32", "--min_len", "12", "--max_len", "40",
-                    "--batch", "4", "--warmup", "1", "--steps", "2", "--modes", "floor,anchor,ours,ours_w2_zero3",
+                    "--batch", "4", "--warmup", "1", "--steps", "2", "--modes", "floor,floor_padded,anchor,ours,ours_padded,ours_w2_zero3",
                     "--rounds", "2", "--json", str(out)])  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert set(res["results"]) == {"floor", "anchor", "ours", "ours_w2_zero3"}
+    assert set(res["results"]) == {"floor", "floor_padded", "anchor", "ours", "ours_padded", "ours_w2_zero3"}
     for mode, r in res["results"].items():
         assert r["step_s"] > 0 and r["tokens_per_s"] > 0 and 0 <= r["padding_fraction"] < 1, mode
         assert r["peak_rss_mb"] > 0 and "vs_floor" in r and "vs_anchor" in r
@@ -38,6 +38,14 @@ def test_bench_smoke(tmp_path):
     each = sorted(r["ours"]["step_s"] / r["floor"]["step_s"] for r in rounds)
     assert ours["vs_floor_range"] == each and ours["vs_floor"] == sum(each) / 2
     assert ours["step_s"] == sum(r["ours"]["step_s"] for r in rounds) / 2
+    # packed modes against their padded twins; a padded mode against the padded floor
+    padded = res["results"]["ours_padded"]
+    assert ours["packed"] and res["results"]["floor"]["packed"] and not padded["packed"]
+    each = sorted(r["ours"]["tokens_per_s"] / r["ours_padded"]["tokens_per_s"] for r in rounds)
+    assert ours["vs_padded_range"] == each and "vs_padded" in res["results"]["floor"] and "vs_padded" not in padded
+    each = sorted(r["ours_padded"]["step_s"] / r["floor_padded"]["step_s"] for r in rounds)
+    assert padded["vs_floor_range"] == each
+    assert ours["padding_fraction"] < padded["padding_fraction"]  # 4 examples of 12-40 tokens: one row each step
 
 
 @pytest.mark.dist

@@ -20,6 +20,15 @@ def test_defaults_and_derived_values():
     assert user.adapter.prompt_length == 100 and user.optim.max_steps == 30000 and user.optim.warmup_steps == 500
 
 
+def test_packing_is_on_wherever_it_is_exact():
+    assert make_config({}).data.packing and make_config({"method": "pt"}).data.packing
+    assert make_config({}).data.pack_tokens == 4096
+    assert make_config({"max_length": 8000}).data.pack_tokens == 8060  # one longest example and the prompt
+    assert not make_config({"method": "dept"}).data.packing  # position-wise offsets keep the fixed length
+    assert not make_config({"attn_implementation": "flash_attention_2"}).data.packing  # takes no 4D mask
+    assert not make_config({"packing": False}).data.packing
+
+
 def test_config_file_then_flags(tmp_path):
     f = tmp_path / "run.json"
     f.write_text(json.dumps({"optim": {"lr_prompt": 0.4, "max_steps": 50}, "micro_batch_size": 4}))
@@ -42,6 +51,9 @@ def test_config_file_then_flags(tmp_path):
         ({"micro_batch_size": 0}, "micro_batch_size must be >= 1"),
         ({"train_file": "x.jsonl"}, "--train_file needs --model"),
         ({"max_steps": 10, "warmup_steps": 10}, "warmup_steps=10 must be in"),
+        ({"method": "dept", "packing": True}, "--packing does not apply to dept"),
+        ({"attn_implementation": "flash_attention_2", "packing": True}, "--packing needs --attn_implementation"),
+        ({"max_length": 100, "pack_tokens": 159}, r"--pack_tokens 159 cannot hold .* = 160"),
     ],
 )
 def test_bad_options(values, match):

@@ -5,7 +5,17 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adept_dist.data import DataError, Example, SampleStream, collate, encode, read_rows, step_batches
+from adept_dist.data import (
+    DataError,
+    Example,
+    SampleStream,
+    collate,
+    encode,
+    pack,
+    pack_rows,
+    read_rows,
+    step_batches,
+)
 from tests.conftest import write_jsonl
 
 
@@ -121,6 +131,48 @@ def test_collate_padding_sides_and_fixed_length():
     assert left["labels"][1].tolist() == [-100, -100, -100, -100, 2]
     fixed = collate(exs, pad_id=0, pad_to=8)  # DePT: every batch exactly max_length
     assert fixed["input_ids"].shape == (2, 8)
+
+
+def test_pack_lays_out_each_example_once_behind_its_rows_prompt():
+    exs = [Example([1, 5, 6, 7, 2], 2, 3), Example([1, 8, 2], 1, 2), Example([9, 2], 2, 0)]
+    m = 2
+    b = pack(exs, m, pack_tokens=m + 6)  # 5 + 3 + 2 tokens: rows {5} and {3, 2}, 7 slots wide
+    assert b["input_ids"].tolist() == [[1, 5, 6, 7, 2, 1, 8, 2, 9, 2]]
+    assert b["positions"].tolist() == [[0, 1, 2, 3, 4, 0, 1, 2, 0, 1]]
+    pad = m + 10  # the zero row after the prompt and the 10 tokens
+    assert b["slots"].tolist() == [[0, 1, 2, 3, 4, 5, 6], [0, 1, 7, 8, 9, 10, 11]]
+    assert b["segments"].tolist() == [[0, 0, 1, 1, 1, 1, 1], [0, 0, 1, 1, 1, 2, 2]]
+    assert b["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5, 6], [0, 1, 2, 3, 4, 2, 3]]
+    # targets: 7, 2 of the first row's example (slots 5, 6, predicted from slots 4, 5); 2 of the
+    # second row's first example (slot 4, from 3); 9, 2 of the last, whose first token is a
+    # target: predicted from the row's last prompt slot (flat 7 + 1), then from slot 5
+    assert b["targets"].tolist() == [7, 2, 2, 9, 2]
+    assert b["predict_at"].tolist() == [4, 5, 7 + 3, 7 + 1, 7 + 5]
+    assert pad not in b["slots"]  # both rows are full
+    two = pack(exs[:2], m, pack_tokens=m + 5)  # 5 and 3 do not fit together: the shorter row is padded
+    pad = m + 8
+    assert two["slots"].tolist() == [[0, 1, 2, 3, 4, 5, 6], [0, 1, 7, 8, 9, pad, pad]]
+    assert two["segments"].tolist()[1] == [0, 0, 1, 1, 1, -1, -1]  # padding: segment -1
+    with pytest.raises(ValueError, match="does not fit a packed row"):
+        pack(exs, m, pack_tokens=m + 4)
+
+
+def test_pack_rows_use_the_fewest_rows_of_similar_length():
+    import random
+
+    rng = random.Random(0)
+    for _ in range(200):
+        lengths = [rng.randint(1, 50) for _ in range(rng.randint(1, 12))]
+        room = rng.randint(50, 200)
+        rows = pack_rows(lengths, 10, room + 10)
+        assert sorted(i for r in rows for i in r) == list(range(len(lengths)))  # each example once
+        assert all(r == sorted(r) for r in rows)  # in their micro-batch order
+        loads = [sum(lengths[i] for i in r) for r in rows]
+        assert max(loads) <= room
+        assert len(rows) >= -(-sum(lengths) // room)
+    assert pack_rows([30, 30, 20, 20], 0, 50) == [[0, 2], [1, 3]]  # 50/50, not 30+20 / 30+20 by chance only
+    assert pack_rows([40, 30, 30], 0, 60) == [[0], [1, 2]]
+    assert pack_rows([10] * 4, 0, 1000) == [[0, 1, 2, 3]]
 
 
 def test_stream_is_deterministic_and_covers_each_epoch():

@@ -27,16 +27,17 @@ def zero3_config(tmp_path, threshold: int = 0):
 GRAD_TOL = {"bf16": 1e-2, "fp32": 1e-5}
 
 
-@pytest.mark.parametrize("dtype", ["bf16", "fp32"])
-def test_zero3_world2_matches_single_process_reference(tiny_model_dir, tmp_path, dtype):
+@pytest.mark.parametrize("dtype,layout", [("bf16", "packed"), ("fp32", "packed"), ("fp32", "padded")])
+def test_zero3_world2_matches_single_process_reference(tiny_model_dir, tmp_path, dtype, layout):
     train = write_jsonl(tmp_path / "train.jsonl", task_rows(64, seed=7))
     result = tmp_path / "result.json"
     script = str(REPO / "tests" / "dist_check.py")
-    args = [str(tiny_model_dir), str(train), str(zero3_config(tmp_path)), str(tmp_path / "run"), str(result), dtype]
+    args = [str(tiny_model_dir), str(train), str(zero3_config(tmp_path)), str(tmp_path / "run"), str(result), dtype, layout]
     proc = run_cmd(deepspeed_cmd(script, *args))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(result.read_text())
     assert r["world"] == 2 and r["zero_stage"] == 3 and r["backbone_frozen"]
+    assert r["packing"] == (layout == "packed")
     # Each rank holds about half of the packed NF4 bytes (DeepSpeed pads each partition to
     # alignment, hence the 5% slack; measured exactly half); the two halves cover the whole.
     for h in r["held"]:

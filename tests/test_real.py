@@ -161,11 +161,11 @@ def test_real_model_zero3_world2_matches_single_process_reference(smollm2, bigbe
     rows, _ = rows_from_specs(TASK, read_local(str(bigbench_dir), "sports_understanding", None))
     train = write_jsonl(tmp_path / "train.jsonl", [{"input": r["input"], "target": r["targets"][0]} for r in rows[:24]])
     result = tmp_path / "result.json"
-    args = [str(smollm2), str(train), str(zero3_config(tmp_path)), str(tmp_path / "run"), str(result), "fp32"]
+    args = [str(smollm2), str(train), str(zero3_config(tmp_path)), str(tmp_path / "run"), str(result), "fp32", "packed"]
     proc = run_cmd(deepspeed_cmd(str(REPO / "tests" / "dist_check.py"), *args), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(result.read_text())
-    assert r["world"] == 2 and r["zero_stage"] == 3 and r["backbone_frozen"]
+    assert r["world"] == 2 and r["zero_stage"] == 3 and r["backbone_frozen"] and r["packing"]
     for h in r["held"]:
         assert 0.45 <= h["local_bytes"] / h["full_bytes"] <= 0.55, h
     # as on the tiny model (test_distributed.GRAD_TOL): fp32, only the summation order differs.

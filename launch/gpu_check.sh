@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The GPU check: adept-dist's training speed on one GPU at a LLaMA-7B shape, in one command, with
+# nothing but this checkout (no download: the model is random, built on the GPU).
+#
+#   launch/gpu_check.sh [--wheels DIR] [--json FILE] [more launch/bench.py flags]
+#
+# Runs launch/bench.py at hidden 4096, 32 layers, 32 heads, vocabulary 32000 (LLaMA-2-7B), NF4 with
+# bf16 compute, examples of 256-1024 tokens, 8 per step, one round of: floor and floor_padded,
+# anchor (PEFT prompt tuning), ours (packed, replicated backbone), ours_padded, ours_zero3 (ZeRO-3,
+# layerwise loader), and writes one JSON (default gpu_check.json): per mode ms/step, tokens/s,
+# MFU against the bf16 matmul peak it measures, peak GPU memory in training, and for ours the peak
+# while loading. Flags after the options go to bench.py and override these (--layers 8 for a quicker
+# look). A mode that fails is recorded in the JSON's "failed" and the others still run.
+#
+# --wheels DIR: install the Python packages the GPU machine lacks from wheel files in DIR first (into
+# a folder of their own on PYTHONPATH; the machine's torch is kept). launch/gpu_wheels.sh DIR fetches
+# them on a machine with PyPI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+wheels="" json="gpu_check.json" extra=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --wheels) wheels="$2"; shift 2 ;;
+    --json) json="$2"; shift 2 ;;
+    *) extra+=("$1"); shift ;;
+  esac
+done
+if [ -n "$wheels" ]; then
+  site="${TMPDIR:-/tmp}/adept-gpu-site"
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl
+  export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+python3 - <<'PY'
+import importlib, sys
+missing = []
+for name in ("torch", "transformers", "deepspeed", "bitsandbytes", "peft", "safetensors", "tokenizers"):
+    try:
+        importlib.import_module(name)
+    except Exception as exc:  # one line per package, then stop
+        missing.append(f"{name} ({type(exc).__name__}: {exc})")
+if missing:
+    sys.exit("gpu_check: cannot import " + "; ".join(missing) + ": pass --wheels DIR (see launch/gpu_wheels.sh)")
+import torch
+print(f"gpu_check: torch {torch.__version__}, " + (torch.cuda.get_device_name() if torch.cuda.is_available()
+      else "no GPU (the CPU runs it: only sensible with small shape flags)"), flush=True)
+PY
+start=$(date +%s)
+python3 launch/bench.py --hidden 4096 --layers 32 --heads 32 --vocab 32000 --min_len 256 --max_len 1024 \
+  --batch 8 --examples 64 --warmup 2 --steps 4 --rounds 1 --keep_going \
+  --modes floor,floor_padded,anchor,ours,ours_padded,ours_zero3 --json "$json" "${extra[@]}"
+echo "gpu_check: $(( $(date +%s) - start )) s in all; figures in $json"
