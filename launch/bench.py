@@ -57,9 +57,8 @@ import torch
 from adept_dist.data import pack_rows, padding_fraction
 
 REPO = Path(__file__).resolve().parent.parent  # the checkout: ds_configs/ and this script
-MODES = ("floor", "floor_padded", "anchor", "ours", "ours_padded", "ours_zero3", "ours_ckpt", "ours_w2_zero3",
-         "ours_w2_zero2")
-DEFAULT_MODES = ("floor", "floor_padded", "anchor", "ours", "ours_padded", "ours_ckpt", "ours_w2_zero3", "ours_w2_zero2")
+DEFAULT_MODES = ("floor", "floor_padded", "anchor", "ours", "ours_padded", "ours_ckpt", "ours_w2_zero3", "ours_w2_zero2")  # fmt: skip
+MODES = (*DEFAULT_MODES, "ours_zero3")  # ours_zero3: world 1 under ZeRO-3, for the GPU check
 PT_TOKENS = 100
 M = 60
 

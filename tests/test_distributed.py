@@ -32,7 +32,15 @@ def test_zero3_world2_matches_single_process_reference(tiny_model_dir, tmp_path,
     train = write_jsonl(tmp_path / "train.jsonl", task_rows(64, seed=7))
     result = tmp_path / "result.json"
     script = str(REPO / "tests" / "dist_check.py")
-    args = [str(tiny_model_dir), str(train), str(zero3_config(tmp_path)), str(tmp_path / "run"), str(result), dtype, layout]
+    args = [
+        str(tiny_model_dir),
+        str(train),
+        str(zero3_config(tmp_path)),
+        str(tmp_path / "run"),
+        str(result),
+        dtype,
+        layout,
+    ]
     proc = run_cmd(deepspeed_cmd(script, *args))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(result.read_text())
