@@ -48,6 +48,7 @@ from .model import AdeptLM
 from .optim import make_optimizer
 from .run import MetricsLog, Run, RunParts, TrainError, log0, on_main
 from .tasks import get_task
+from .trackers import parse_report_to
 
 
 def build(cfg: Config, d: Dist) -> Run:
@@ -128,6 +129,8 @@ def assemble(parts: RunParts) -> Run:
         write_json(run.out / "ds_config.json", run.ds_config)
 
     on_main(run.d, record, f"{CONFIG_FILE} and ds_config.json", run.out, "the run's files are as they were")
+    run_id = read_run_config(run.out / CONFIG_FILE)["identity"]["id"] if run.d.main else ""
+    run.metrics.start_trackers(parse_report_to(run.cfg.run.report_to), run.cfg.to_dict(), run.step, run_id)
     return run
 
 

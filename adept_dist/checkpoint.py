@@ -261,21 +261,87 @@ def export_adapter(run: Run, out_dir: Path, state: dict | None = None, **more) -
     state = state if state is not None else full_fp32_state(adapter.named_parameters())
 
     def write() -> None:
-        cfg = run.cfg
-        extra = {
-            "base_model": portable_model_name(run.base_model),
-            "task": cfg.data.task,
-            "compute_dtype": cfg.model.compute_dtype,
-            "quant": cfg.model.quant,
-            "vocab_size": run.model.backbone.config.vocab_size,
-            "separator": cfg.data.separator,
-            "max_length": cfg.data.max_length,
-            "encoding": ENCODING,  # how text became ids (data.ENCODING): predict.py encodes alike
-            "step": run.step,
-            **more,
-        }
+        record = run.cfg.to_dict()
+        extra = {**run_fields(record, run.base_model, run.model.backbone.config.vocab_size, ENCODING, run.step), **more}
         config = adapter_config(adapter, **extra)
         config["parameter_count"] = sum(v.numel() for v in state.values())  # ZeRO-3 local numel is 0
         save_adapter(out_dir, state, config)
 
     on_main(run.d, write, f"the adapter (step {run.step})", out_dir.parent, "the adapter written before is intact")
+
+
+def run_fields(record: dict, base_model: str, vocab_size: int, encoding: int, step: int) -> dict:
+    """What an exported adapter says of its run (beside the adapter's own shape fields): `record`
+    is the run's configuration by sections (Config.to_dict, or its config.json)."""
+    return {
+        "base_model": portable_model_name(base_model),
+        "task": record["data"]["task"],
+        "compute_dtype": record["model"]["compute_dtype"],
+        "quant": record["model"]["quant"],
+        "vocab_size": vocab_size,
+        "separator": record["data"]["separator"],
+        "max_length": record["data"]["max_length"],
+        "encoding": encoding,  # how text became ids (data.ENCODING): predict.py encodes alike
+        "step": step,
+    }
+
+
+def export_checkpoint(folder: str | Path, out_dir: str | Path) -> Path:
+    """The adapter of one checkpoint, OUT/checkpoints/stepN, written to `out_dir` as a run writes
+    OUT/adapter (the same files and config keys), from the checkpoint's whole fp32 adapter state
+    alone: no DeepSpeed engine and no model weights, whatever the world size that wrote it. The run
+    folder's config.json says how the adapter was built; the base model's config gives its
+    vocabulary size. A missing, partial or corrupt checkpoint is one CheckpointError."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from .adapters import build_adapter
+    from .backbone import load_config
+    from .builtin import builtin_dir
+    from .config import CONFIG_FILE, ConfigError, read_run_config
+
+    ckpt, out = Path(folder), Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise CheckpointError(f"--output {out} exists and is not empty: choose a new folder (nothing was written)")
+    if not ckpt.is_dir():
+        raise CheckpointError(f"checkpoint {ckpt} not found: give a folder OUT/checkpoints/stepN of a run")
+    if not (ckpt / META).is_file():
+        raise CheckpointError(f"{ckpt} is not a complete checkpoint (it has no {META}: it was being written when its "
+                              f"run stopped, or is no checkpoint): export another step of {ckpt.parent}")  # fmt: skip
+    try:
+        meta = json.loads((ckpt / META).read_text())
+        step = int(meta["step"])
+        state = load_file(str(ckpt / CONSOLIDATED))
+    except FileNotFoundError:
+        raise CheckpointError(f"{ckpt} has no {CONSOLIDATED} (written by adept-dist 2026-11-27 and later): "
+                              f"export another step, or the run's OUT/adapter") from None  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+        raise CheckpointError(f"{ckpt} is corrupt ({first_line(exc)}): export another step") from None
+    run_dir = ckpt.parent.parent
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{run_dir / CONFIG_FILE} not found: give the checkpoint inside its run folder "
+                              f"(OUT/checkpoints/stepN), where the run's config says how its adapter was built")  # fmt: skip
+    try:
+        record = read_run_config(run_dir / CONFIG_FILE)
+    except ConfigError as exc:
+        raise CheckpointError(str(exc).removeprefix("--resume: ")) from None
+    params = {k.removeprefix("param."): v for k, v in state.items() if k.startswith("param.")}  # the adapter's own
+    a, data, model_path = record["adapter"], record["data"], record["model"]["model"]
+    prompt, offset = params.get("prompt"), params.get("A")
+    finite = all(torch.isfinite(v).all() for v in params.values())
+    if prompt is None or prompt.dim() != 2 or not finite:
+        raise CheckpointError(f"{ckpt / CONSOLIDATED} holds no usable adapter (no 2-D prompt, or NaN/inf): export "
+                              f"another step")  # fmt: skip
+    m, d = prompt.shape
+    adapter = build_adapter(a["method"], m, d, None if offset is None else offset.shape[1], data["max_length"],
+                            a["dropout"])  # fmt: skip
+    try:
+        adapter.load_state_dict(params)
+    except RuntimeError as exc:
+        raise CheckpointError(f"{ckpt} does not hold the {a['method']} adapter its run's config describes "
+                              f"({first_line(exc)}): export another step") from None  # fmt: skip
+    builtin = str(builtin_dir() / "model")
+    base = "builtin" if model_path == builtin and data["train_file"] is None else model_path
+    encoding = record.get("identity", {}).get("encoding", 1)
+    config = adapter_config(adapter, **run_fields(record, base, load_config(model_path).vocab_size, encoding, step))
+    return save_adapter(out, dict(adapter.state_dict()), config)

@@ -20,6 +20,7 @@ from .adapters import METHODS
 from .errors import UserError
 from .fileio import refuse_duplicate_keys
 from .tasks import TASKS, get_task
+from .trackers import parse_report_to
 
 CONFIG_FILE = "config.json"  # a run folder's record of what it runs (build.run_record)
 
@@ -147,6 +148,11 @@ class RunConfig:
         "of a requeued SLURM job and a finished SLURM job are taken over without it)",
     )
     log_every: int = opt(10, "steps between metrics.jsonl lines")
+    report_to: str = opt(
+        "none",
+        "experiment trackers fed what metrics.jsonl gets: none, or a comma list of tensorboard (OUT/tensorboard) "
+        "and wandb (offline into OUT/wandb unless WANDB_MODE says otherwise)",
+    )
     eval_every: int | None = opt(
         None, "steps between validation evaluations (best checkpoint kept); default 1000 for tasks, else at the end"
     )
@@ -351,7 +357,7 @@ def make_config(values: dict) -> Config:
 # changes the optimisation or the data, so it stays as the run's config.json says.
 CHANGEABLE_ON_RESUME = frozenset(
     ("resume", "reschedule", "take_over", "output_dir", "ds_config", "log_every", "eval_every", "save_every",
-     "keep_checkpoints", "max_eval_samples", "eval_batch_size", "nonfinite", "cache_dir", "micro_batch_size",
+     "keep_checkpoints", "report_to", "max_eval_samples", "eval_batch_size", "nonfinite", "cache_dir", "micro_batch_size",
      "grad_accum", "activation_checkpointing", "attn_implementation", "loader", "compute_dtype", "max_steps", "packing",
      "pack_tokens")
 )  # fmt: skip
@@ -443,6 +449,10 @@ def check_config(cfg: Config) -> None:
         if value is not None and value < 1:
             raise ConfigError(f"option {name} must be >= 1, got {value}")
     check_packing(cfg)
+    try:
+        parse_report_to(r.report_to)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
     if d.group_window < 0:
         raise ConfigError(f"option group_window must be >= 0 (0 turns length grouping off), got {d.group_window}")
     if not 0.0 <= a.dropout < 1.0:

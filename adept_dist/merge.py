@@ -25,6 +25,7 @@ from .backbone import ModelError, check_weight_files, convert_command, load_conf
 from .errors import EXIT_USER_ERROR, first_line
 from .export import MERGE_INFO, AdapterFileError, load_adapter, read_adapter_config, read_tensors
 from .fileio import replace_folder, temp_folder_for
+from .peft_export import PEFT_FOLDER, write_peft_prompt
 
 MERGE_FORMAT = "adept-dist-merged"
 MERGE_VERSION = 1
@@ -114,8 +115,9 @@ def merged_table(table: torch.Tensor, adapter: PromptAdapter, chunk: int = 8192)
     return out
 
 
-def merge(adapter_dir: str, out_dir: str, model: str | None = None, log=print) -> Path:
-    """Write the merged export of an ADePT (or PT) adapter to out_dir (a new folder)."""
+def merge(adapter_dir: str, out_dir: str, model: str | None = None, log=print, peft: bool = False) -> Path:
+    """Write the merged export of an ADePT (or PT) adapter to out_dir (a new folder); with `peft`,
+    also the soft prompt as a PEFT prompt-tuning adapter for it, in out_dir/peft_prompt."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -190,14 +192,36 @@ def merge(adapter_dir: str, out_dir: str, model: str | None = None, log=print) -
             "adapter": cfg,
         }
         (tmp / MERGE_INFO).write_text(json.dumps(info, indent=2) + "\n")
+        if peft:  # its base is the merged folder, at the place it is about to take
+            write_peft_prompt(adapter.prompt, config, str(out.resolve()), tmp / PEFT_FOLDER)
         if out.exists():  # empty when checked above; rmdir refuses if anything was written there since
             out.rmdir()
         replace_folder(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    log(f"merged model written to {out} (soft prompt: {out / PROMPT_FILE})")
+    log(f"merged model written to {out} (soft prompt: {out / PROMPT_FILE}" +
+        (f"; as a PEFT prompt-tuning adapter: {out / PEFT_FOLDER})" if peft else ")"))  # fmt: skip
     return out
+
+
+def peft_adapter(adapter_dir: str, out_dir: str, model: str | None = None) -> Path:
+    """A prompt-tuning (pt) adapter as a PEFT prompt-tuning adapter for its unchanged base model."""
+    out = Path(out_dir)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise AdapterFileError(f"--output {out} exists and is not empty: choose a new folder (nothing was written)")
+    cfg = read_adapter_config(adapter_dir)
+    if cfg["method"] != "pt":
+        raise AdapterFileError(
+            f"{adapter_dir} is a {cfg['method']} adapter: its token offset is no part of a PEFT prompt-tuning adapter; "
+            f"add --merge (the offset goes into the merged embedding table, the prompt into {PEFT_FOLDER}/)"
+        )
+    name = model or resolve_base_model(cfg.get("base_model") or "")
+    if not name:
+        raise AdapterFileError(f"{adapter_dir}: its config names no base_model: pass --model")
+    config = load_config(name)
+    adapter, _ = load_adapter(adapter_dir, config, name)
+    return write_peft_prompt(adapter.prompt, config, name, out)
 
 
 def read_merge_info(folder: str | Path) -> dict:
@@ -228,19 +252,42 @@ def load_merged_prompt(folder: str | Path, info: dict, hidden: int) -> PromptAda
 def main(argv: list[str] | None = None) -> int:
     import argparse
     import sys
+    import tempfile
 
-    p = argparse.ArgumentParser(prog="export.py", description="Merged export of an ADePT (or PT) adapter.")
-    p.add_argument("--adapter", required=True, help="adapter folder (OUT/adapter of a run)")
-    p.add_argument("--output", required=True, help="new folder for the merged model")
+    from .checkpoint import CheckpointError, export_checkpoint
+
+    p = argparse.ArgumentParser(prog="export.py", description="Export an adapter: from a checkpoint, or merged.")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--adapter", help="adapter folder (OUT/adapter of a run)")
+    source.add_argument("--checkpoint", help="a run's checkpoint (OUT/checkpoints/stepN): the adapter of that step")
+    p.add_argument("--output", required=True, help="new folder for the adapter or the merged model")
     p.add_argument("--merge", action="store_true", help="fold the token offset into the embedding table")
+    p.add_argument("--peft", action="store_true",
+                   help=f"also write the soft prompt as a PEFT prompt-tuning adapter: OUTPUT/{PEFT_FOLDER} of the "
+                        f"merged model with --merge; OUTPUT itself for a pt adapter on its unchanged base model")  # fmt: skip
     p.add_argument("--model", default=None, help="base model (hub id or folder); default: the adapter config's")
     args = p.parse_args(argv)
-    if not args.merge:
-        print("error: nothing to do: the adapter folder is already the unmerged export; pass --merge", file=sys.stderr)
+    if args.adapter and not args.merge and not args.peft:
+        print("error: nothing to do: the adapter folder is already the unmerged export; pass --merge or --peft",
+              file=sys.stderr)  # fmt: skip
         return EXIT_USER_ERROR
+
+    def export(adapter_dir: str) -> None:
+        if args.merge:
+            merge(adapter_dir, args.output, args.model, peft=args.peft)
+        else:
+            print(f"PEFT prompt-tuning adapter written to {peft_adapter(adapter_dir, args.output, args.model)}")
+
     try:
-        merge(args.adapter, args.output, args.model)
-    except (AdapterFileError, ModelError) as exc:
+        if args.checkpoint and not (args.merge or args.peft):
+            out = export_checkpoint(args.checkpoint, args.output)
+            print(f"adapter of {args.checkpoint} written to {out}")
+        elif args.checkpoint:  # its adapter first, into a scratch folder, then exported from there
+            with tempfile.TemporaryDirectory(prefix="adept-export-") as scratch:
+                export(str(export_checkpoint(args.checkpoint, Path(scratch) / "adapter")))
+        else:
+            export(args.adapter)
+    except (AdapterFileError, ModelError, CheckpointError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
     return 0

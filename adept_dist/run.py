@@ -78,6 +78,22 @@ class MetricsLog:
 
     def __init__(self, path: Path, d: Dist) -> None:
         self.path, self.d = path, d
+        self.trackers: list = []  # main process only: trackers.start's, fed every record written here
+
+    def start_trackers(self, names: tuple[str, ...], config: dict, step: int, run_id: str) -> None:
+        """Start the --report_to trackers at `step` (collective: a missing package stops every rank)."""
+        from . import trackers
+
+        def start() -> None:
+            self.trackers = trackers.start(names, self.path.parent, config, step, run_id)
+
+        if names:
+            on_main(self.d, start, "the trackers' files", self.path.parent, "metrics.jsonl is intact")
+
+    def close(self) -> None:
+        for tracker in self.trackers:
+            tracker.close()
+        self.trackers = []
 
     def drop_after(self, step: int, final: bool = False) -> None:
         """Resume: forget the lines of steps after the checkpoint (the resumed run writes them again);
@@ -108,6 +124,8 @@ class MetricsLog:
                 except OSError:
                     f.truncate(size)  # no half line (a full disk) for a reader or a resume to trip over
                     raise
+            for tracker in self.trackers:  # after the line: metrics.jsonl is the record
+                tracker.log(record)
 
         on_main(self.d, append, f"{self.path.name} (step {record.get('step')})", self.path.parent,
                 "its earlier lines are intact")  # fmt: skip

@@ -149,6 +149,13 @@ def train_step(run: Run, stop: int = 0) -> dict:
 
 # ----------------------------------------------------------------------------- loop
 def train(run: Run) -> dict:
+    try:
+        return train_loop(run)
+    finally:
+        run.metrics.close()  # the trackers' last records flushed, on any way out
+
+
+def train_loop(run: Run) -> dict:
     cfg, d = run.cfg, run.d
     rc = cfg.run
     total = cfg.optim.max_steps

@@ -61,3 +61,22 @@ def test_bench_load_smoke(tmp_path):
             assert r["peak_rss_mb"] >= r["rss_before_mb"] > 0
             assert r["local_elements"] < r["whole_elements"]  # partitioned after initialize, either way
     assert res["ratio_peak"] > 0 and res["ratio_peak_minus_before"] > 0
+
+
+@pytest.mark.dist
+@pytest.mark.slow
+def test_gpu_check_runs_its_modes_and_names_missing_packages(tmp_path):
+    """The GPU check's script on the CPU with small shape flags (its defaults are the 7B shape): all
+    six modes run and land in one JSON; a --wheels folder without wheels stops it with pip's error."""
+    out = tmp_path / "gpu_check.json"
+    cmd = ["bash", "launch/gpu_check.sh", "--json", str(out), *TINY, "--examples", "16", "--min_len", "12",
+           "--max_len", "40", "--batch", "4", "--steps", "1", "--warmup", "1"]  # fmt: skip
+    proc = run_cmd(cmd)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    res = json.loads(out.read_text())
+    assert res["failed"] == {} and res["rounds"] == 1
+    assert set(res["results"]) == {"floor", "floor_padded", "anchor", "ours", "ours_padded", "ours_zero3"}
+    assert res["model"]["hidden"] == 64 and "gpu_check:" in proc.stdout and "s in all" in proc.stdout
+    (tmp_path / "empty").mkdir()
+    proc = run_cmd(["bash", "launch/gpu_check.sh", "--wheels", str(tmp_path / "empty"), "--json", str(out)])
+    assert proc.returncode != 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -131,3 +132,54 @@ def test_exports_without_method_version_read_as_version_1(tmp_path):
     out = save_adapter(tmp_path / "a", dict(adapter.named_parameters()), cfg)
     reloaded, _ = load_adapter(out)
     torch.testing.assert_close(reloaded.B, adapter.B.detach())
+
+
+# ----------------------------------------------------------------------------- from a checkpoint
+@pytest.mark.dist
+def test_the_adapter_of_any_checkpoint_and_clear_errors_for_bad_ones(tiny_model_dir, tmp_path):
+    """A 2-rank ZeRO-3 run of 4 steps without validation saves steps 2 and 4; its OUT/adapter is the
+    last one. Exported in this process (no engine, world 1): step 4 equals OUT/adapter bitwise, with
+    the same config; step 2 is another adapter that loads alike."""
+    from adept_dist.checkpoint import CheckpointError, export_checkpoint
+    from adept_dist.merge import main as export_main
+    from tests.conftest import REPO, deepspeed_cmd, run_cmd, write_jsonl
+
+    train = write_jsonl(tmp_path / "train.jsonl", [{"input": f"review : w{i} was great", "target": "positive"}
+                                                   for i in range(16)])  # fmt: skip
+    out = tmp_path / "run"
+    proc = run_cmd(deepspeed_cmd(str(REPO / "launch" / "train.py"), "--ds_config", "ds_configs/zero3.json",
+                                 "--model", str(tiny_model_dir), "--train_file", str(train), "--output_dir", str(out),
+                                 "--max_steps", "4", "--warmup_steps", "0", "--save_every", "2", "--micro_batch_size",
+                                 "2"))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ckpts = out / "checkpoints"
+    assert export_main(["--checkpoint", str(ckpts / "step00000004"), "--output", str(tmp_path / "a4")]) == 0
+    export_checkpoint(ckpts / "step00000002", tmp_path / "a2")
+    final = out / "adapter"
+    assert json.loads((tmp_path / "a4" / CONFIG).read_text()) == json.loads((final / CONFIG).read_text())
+    assert (tmp_path / "a4" / WEIGHTS).read_bytes() == (final / WEIGHTS).read_bytes()
+    a2, cfg2 = load_adapter(tmp_path / "a2")
+    a4, _ = load_adapter(tmp_path / "a4")
+    assert cfg2["step"] == 2 and cfg2["base_model"] == str(tiny_model_dir) and cfg2["r"] == a4.r
+    assert not torch.equal(a2.prompt, a4.prompt)  # another step, another adapter
+
+    def refused(folder, match, output="x"):
+        with pytest.raises(CheckpointError, match=match) as err:
+            export_checkpoint(folder, tmp_path / output)
+        assert "\n" not in str(err.value) and not (tmp_path / output).exists()
+
+    refused(ckpts / "step00000009", "not found: give a folder OUT/checkpoints/stepN")
+    partial = shutil.copytree(ckpts / "step00000002", ckpts / "step00000006")
+    (partial / "adept_meta.json").unlink()  # as a save killed before its last file leaves it
+    refused(partial, "is not a complete checkpoint")
+    corrupt = shutil.copytree(ckpts / "step00000002", ckpts / "step00000008")
+    state = corrupt / "trainable_state.safetensors"
+    state.write_bytes(state.read_bytes()[:200])
+    refused(corrupt, "is corrupt .*: export another step")
+    elsewhere = shutil.copytree(ckpts / "step00000002", tmp_path / "loose" / "step00000002")
+    refused(elsewhere, "config.json not found: give the checkpoint inside its run folder")
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "keep.txt").write_text("mine")
+    with pytest.raises(CheckpointError, match="exists and is not empty"):
+        export_checkpoint(ckpts / "step00000002", tmp_path / "taken")
+    assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"

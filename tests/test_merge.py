@@ -177,3 +177,73 @@ def test_bench_merge_smoke(tmp_path):
         assert all(v > 0 for v in res[side].values())
     assert res["same_tokens"] is True  # merged and unmerged decode the same tokens
     assert res["r"] == 19 and res["m"] == 60
+
+
+# ----------------------------------------------------------------------------- PEFT
+# PEFT's model against ours, both fp32 on the same weights: measured max logit difference 6.7e-8
+# (tiny LLaMA, 2026-12-05); bound 1e-5.
+PEFT_TOL = 1e-5
+
+
+def peft_model(folder, adapter_dir):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    return PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32), adapter_dir)
+
+
+def assert_peft_matches_ours(peft, ours: AdeptLM):
+    """Logits at the real tokens of a right-padded batch, and greedy text (one row: PEFT's prompt
+    tuning ignores position ids, so left-padded rows would be read at other positions). PEFT's
+    generate runs with use_cache=False: with its cache, prompt tuning drifts after the first new
+    token (peft 0.21.2, transformers 5.25: logits 0.04-0.29 off its own forward on this model, 2026-12-05;
+    huggingface/peft#1391 reports the same), which the README says."""
+    with torch.no_grad():
+        theirs = peft.eval()(input_ids=BATCH["input_ids"], attention_mask=BATCH["attention_mask"]).logits
+        embeds, mask, _ = ours.eval()._inputs(BATCH["input_ids"], BATCH["attention_mask"])
+        mine = ours.backbone(inputs_embeds=embeds, attention_mask=mask).logits
+    real = torch.cat([torch.zeros_like(mask[:, :4]), BATCH["attention_mask"]], dim=1).bool()
+    assert theirs.shape == mine.shape and (theirs[real] - mine[real]).abs().max() <= PEFT_TOL
+    ids = BATCH["input_ids"][:1]
+    text = peft.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False,
+                         use_cache=False)  # fmt: skip
+    assert text[0, ids.shape[1] :].tolist() == ours.generate(ids, torch.ones_like(ids), 6, eos_id=-1)[0].tolist()
+
+
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_peft_loads_the_merged_export_as_the_trained_model(tmp_path, tie):
+    from adept_dist.merge import main as export_main
+    from adept_dist.peft_export import PEFT_FOLDER
+
+    base = save_tiny_llama(tmp_path / "base", seed=3, tie=tie)
+    adapter = perturbed_adept(64, seed=4)
+    args = ["--adapter", str(saved_adapter(tmp_path, base, adapter)), "--merge", "--peft"]
+    assert export_main([*args, "--output", str(tmp_path / "merged")]) == 0
+    cfg = json.loads((tmp_path / "merged" / PEFT_FOLDER / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "PROMPT_TUNING" and cfg["task_type"] == "CAUSAL_LM" and cfg["num_virtual_tokens"] == 4
+    assert cfg["base_model_name_or_path"] == str((tmp_path / "merged").resolve())
+    ours = AdeptLM(load_backbone(str(base), "none", torch.device("cpu"), dtype=torch.float32), adapter)
+    assert_peft_matches_ours(peft_model(tmp_path / "merged", tmp_path / "merged" / PEFT_FOLDER), ours)
+
+
+def test_a_pt_adapter_is_a_plain_peft_adapter_of_its_base_and_refusals(tmp_path, tiny_model_dir, monkeypatch):
+    from adept_dist.merge import main as export_main
+    from adept_dist.merge import peft_adapter
+
+    pt = build_adapter("pt", 4, 64)
+    torch.nn.init.normal_(pt.prompt, generator=torch.Generator().manual_seed(5))
+    folder = saved_adapter(tmp_path / "p", tiny_model_dir, pt)
+    assert export_main(["--adapter", str(folder), "--peft", "--output", str(tmp_path / "peft")]) == 0
+    ours = AdeptLM(load_backbone(str(tiny_model_dir), "none", torch.device("cpu"), dtype=torch.float32), pt)
+    assert_peft_matches_ours(peft_model(tiny_model_dir, tmp_path / "peft"), ours)
+    # an ADePT adapter needs --merge: its offset is no part of prompt tuning
+    adept = saved_adapter(tmp_path / "a", tiny_model_dir, perturbed_adept(64))
+    with pytest.raises(AdapterFileError, match="is a adept adapter: .* add --merge"):
+        peft_adapter(str(adept), str(tmp_path / "x"))
+    # without PEFT installed: one line naming the install, nothing written
+    monkeypatch.setitem(__import__("sys").modules, "peft", None)
+    with pytest.raises(AdapterFileError, match="pip install peft"):
+        peft_adapter(str(folder), str(tmp_path / "y"))
+    with pytest.raises(AdapterFileError, match="pip install peft"):
+        merge(str(adept), str(tmp_path / "z"), log=lambda s: None, peft=True)
+    assert not (tmp_path / "y").exists() and not (tmp_path / "z").exists()
