@@ -208,13 +208,47 @@ def test_real_bigbench_run_learns_and_predict_and_merged_export_agree(gguf_file,
     assert proc.returncode == 0, proc.stderr[-3000:]
     preds = [json.loads(x)["prediction"] for x in (tmp_path / "p.jsonl").read_text().splitlines()]
     assert preds == run_preds
-    proc = run_cmd([sys.executable, "launch/export.py", "--adapter", str(out / "adapter"), "--merge",
+    proc = run_cmd([sys.executable, "launch/export.py", "--adapter", str(out / "adapter"), "--merge", "--peft",
                     "--output", str(tmp_path / "merged")])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     proc = run_cmd([sys.executable, "launch/predict.py", "--adapter", str(tmp_path / "merged"), "--input", str(rows),
                     "--output", str(tmp_path / "m.jsonl")])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [json.loads(x)["prediction"] for x in (tmp_path / "m.jsonl").read_text().splitlines()] == preds
+    assert_peft_reads_the_merged_export(tmp_path / "merged", inputs[:4])
+
+
+def assert_peft_reads_the_merged_export(merged, inputs):
+    """PEFT + transformers on the merged export's peft_prompt/ give adept-dist's logits on the same
+    merged weights and its greedy text (fp32, unquantised; PEFT's generate with use_cache=False,
+    see tests/test_merge.py). Measured on SmolLM2 (2026-12-05, a 12-step run): logits equal to the
+    last bit on 16 rows; bound 1e-4."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from adept_dist.backbone import load_backbone, load_tokenizer
+    from adept_dist.merge import load_merged_prompt, read_merge_info
+    from adept_dist.model import AdeptLM
+
+    tok = load_tokenizer(str(merged))
+    info = read_merge_info(merged)
+    ours = AdeptLM(load_backbone(str(merged), "none", torch.device("cpu"), dtype=torch.float32),
+                   load_merged_prompt(merged, info, info["d"])).eval()  # fmt: skip
+    base = AutoModelForCausalLM.from_pretrained(merged, dtype=torch.float32)
+    peft = PeftModel.from_pretrained(base, merged / "peft_prompt").eval()
+    for text in inputs:
+        ids = tok(text + info["separator"].rstrip(), return_tensors="pt").input_ids
+        ones = torch.ones_like(ids)
+        with torch.no_grad():
+            theirs = peft(input_ids=ids, attention_mask=ones).logits[0, -ids.shape[1] :]
+            embeds, mask, _ = ours._inputs(ids, ones)
+            mine = ours.backbone(inputs_embeds=embeds, attention_mask=mask).logits[0, -ids.shape[1] :]
+        assert (theirs - mine).abs().max() <= 1e-4
+        text_peft = peft.generate(input_ids=ids, attention_mask=ones, max_new_tokens=3, do_sample=False,
+                                  use_cache=False, pad_token_id=tok.eos_token_id)[0, ids.shape[1] :]  # fmt: skip
+        text_ours = ours.generate(ids, ones, 3, eos_id=tok.eos_token_id)[0]
+        k = min(len(text_peft), len(text_ours))
+        assert text_peft[:k].tolist() == text_ours[:k].tolist()
 
 
 def test_real_model_prompt_tuning_loss_equals_peft(smollm2, bigbench_dir):
