@@ -37,13 +37,14 @@ def parse_report_to(value: str) -> tuple[str, ...]:
 
 def flat_scalars(record: dict) -> tuple[int, dict[str, float]]:
     """(step, {"split/key": value}) of a metrics.jsonl record: its numbers, under train/ for a train
-    line and under its split's name for an evaluation line (eval_ prefixes dropped)."""
+    line and under its split's name for an evaluation line (the eval_ / test_ prefixes dropped)."""
     split = record.get("split", "train")
+    prefix = "eval_" if split == "validation" else f"{split}_"
     out = {}
     for key, value in record.items():
         if key in ("step", "split") or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        out[f"{split}/{key.removeprefix('eval_')}"] = float(value)
+        out[f"{split}/{key.removeprefix(prefix)}"] = float(value)
     return int(record.get("step", 0)), out
 
 

@@ -24,6 +24,8 @@ def test_report_to_values_and_record_names():
     step, scalars = flat_scalars({"step": 4, "split": "validation", "eval_loss": 0.5, "eval_accuracy": 75.0,
                                   "eval_metric": "accuracy"})  # fmt: skip
     assert step == 4 and scalars == {"validation/loss": 0.5, "validation/accuracy": 75.0}
+    assert flat_scalars({"step": 4, "split": "test", "test_loss": 0.7, "test_f1": 50.0}) == (
+        4, {"test/loss": 0.7, "test/f1": 50.0})  # fmt: skip
 
 
 @pytest.mark.parametrize("name", ["tensorboard", "wandb"])
@@ -42,7 +44,8 @@ def test_a_run_reports_to_tensorboard_and_wandb_offline(tiny_model_dir, tmp_path
     train, dev = write_jsonl(tmp_path / "train.jsonl", rows), write_jsonl(tmp_path / "dev.jsonl", rows[:4])
     out = tmp_path / "run"
     proc = run_cmd([sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero2.json", "--model",
-                    str(tiny_model_dir), "--train_file", str(train), "--eval_file", str(dev), "--output_dir", str(out),
+                    str(tiny_model_dir), "--train_file", str(train), "--eval_file", str(dev), "--test_file", str(dev),
+                    "--output_dir", str(out),
                     "--max_steps", "4", "--warmup_steps", "0", "--log_every", "1", "--micro_batch_size", "4",
                     "--report_to", "tensorboard,wandb"])  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -56,6 +59,10 @@ def test_a_run_reports_to_tensorboard_and_wandb_offline(tiny_model_dir, tmp_path
     assert [e.step for e in loss] == [1, 2, 3, 4]
     assert [e.value for e in loss] == pytest.approx([r["loss"] for r in train_recs], rel=1e-6)  # stored as float32
     assert [e.value for e in events.Scalars("validation/accuracy")] == [pytest.approx(val[0]["eval_accuracy"])]
+    test = next(r for r in records if r.get("split") == "test")
+    assert [(e.step, e.value) for e in events.Scalars("test/loss")] == [
+        (test["step"], pytest.approx(test["test_loss"]))
+    ]
     assert "config/text_summary" in events.Tags()["tensors"]  # the resolved config, as text
 
     runs = list((out / "wandb").glob("offline-run-*"))
