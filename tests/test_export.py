@@ -141,7 +141,7 @@ def test_the_adapter_of_any_checkpoint_and_clear_errors_for_bad_ones(tiny_model_
     last one. Exported in this process (no engine, world 1): step 4 equals OUT/adapter bitwise, with
     the same config; step 2 is another adapter that loads alike."""
     from adept_dist.checkpoint import CheckpointError, export_checkpoint
-    from adept_dist.merge import main as export_main
+    from adept_dist.exporter import main as export_main
     from tests.conftest import REPO, deepspeed_cmd, run_cmd, write_jsonl
 
     train = write_jsonl(tmp_path / "train.jsonl", [{"input": f"review : w{i} was great", "target": "positive"}

@@ -212,7 +212,7 @@ def assert_peft_matches_ours(peft, ours: AdeptLM):
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_peft_loads_the_merged_export_as_the_trained_model(tmp_path, tie):
-    from adept_dist.merge import main as export_main
+    from adept_dist.exporter import main as export_main
     from adept_dist.peft_export import PEFT_FOLDER
 
     base = save_tiny_llama(tmp_path / "base", seed=3, tie=tie)
@@ -227,7 +227,7 @@ def test_peft_loads_the_merged_export_as_the_trained_model(tmp_path, tie):
 
 
 def test_a_pt_adapter_is_a_plain_peft_adapter_of_its_base_and_refusals(tmp_path, tiny_model_dir, monkeypatch):
-    from adept_dist.merge import main as export_main
+    from adept_dist.exporter import main as export_main
     from adept_dist.merge import peft_adapter
 
     pt = build_adapter("pt", 4, 64)

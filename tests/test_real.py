@@ -115,7 +115,7 @@ def test_gguf_conversion_gives_the_gguf_models_continuation(gguf_file, smollm2, 
 def test_real_tokenizer_through_the_data_pipeline(smollm2, bigbench_dir, bigbench_tarball):
     from adept_dist.backbone import load_tokenizer
     from adept_dist.bigbench import read_local, rows_from_specs
-    from adept_dist.data import collate, leading_ids
+    from adept_dist.data import leading_ids
     from adept_dist.taskdata import prepare_main
     from adept_dist.tasks import get_task
 
@@ -132,34 +132,52 @@ def test_real_tokenizer_through_the_data_pipeline(smollm2, bigbench_dir, bigbenc
         100,
     )
     assert data.labels == ("plausible", "implausible") and data.metrics == ("accuracy",)
-    sep = tok(" Label :", add_special_tokens=False).input_ids
-    for e in data.train[:16]:
-        assert e.input_ids[0] != tok.bos_token_id
-        assert e.input_ids[e.source_len - len(sep) : e.source_len] == sep
-        target = tok.decode(e.input_ids[e.source_len : -1])
-        assert target in (" plausible", " implausible")  # one BPE word with its space, not " " + pieces
-        assert e.input_ids[-1] == tok.eos_token_id and e.n_target == len(e.input_ids) - e.source_len
-    batch = collate(data.train[:8], tok.pad_token_id)
-    for row, e in enumerate(data.train[:8]):
-        n = len(e.input_ids)
-        labelled = (batch["labels"][row] != -100).nonzero().flatten().tolist()
-        assert labelled == list(range(n - e.n_target, n))  # target + EOS, nothing else
-        assert batch["labels"][row, n - 1] == tok.eos_token_id  # kept although it is the pad id
-        assert (batch["attention_mask"][row, n:] == 0).all()
-    assert any(len(e.input_ids) < batch["input_ids"].shape[1] for e in data.train[:8])  # padding was exercised
+    check_encoded(tok, data.train[:16], (" plausible", " implausible"))
     # the sdist tarball, read member by member, gives the same examples as the extracted task
     from_tar = rows_from_specs(TASK, read_local(str(bigbench_tarball), "sports_understanding", None))
     from_dir = rows_from_specs(TASK, read_local(str(bigbench_dir), "sports_understanding", None))
     assert from_tar == from_dir and len(from_tar[0]) == 1000
 
 
+def test_real_tokenizer_on_real_text(smollm2):
+    """The same checks on rows from a file of real text (no BIG-bench needed)."""
+    from adept_dist.backbone import load_tokenizer
+    from adept_dist.data import encode, leading_ids
+
+    tok = load_tokenizer(str(smollm2))
+    assert tok.pad_token_id == tok.eos_token_id and leading_ids(tok) == []
+    examples, truncated = encode(real_assets.zen_rows(), tok, 128, " Label : ")
+    assert len(examples) == 19 and truncated == 0
+    check_encoded(tok, examples, (" yes", " no"))
+
+
+def check_encoded(tok, examples, targets: tuple[str, ...]) -> None:
+    """SmolLM2's encoding of `examples` (<= 16): no BOS put first, the separator's ids end the source, the
+    target is one BPE word with its space, EOS ends it and stays a label in a padded batch although it
+    is the pad id."""
+    from adept_dist.data import collate
+
+    sep = tok(" Label :", add_special_tokens=False).input_ids
+    for e in examples:
+        assert e.input_ids[0] != tok.bos_token_id
+        assert e.input_ids[e.source_len - len(sep) : e.source_len] == sep
+        assert tok.decode(e.input_ids[e.source_len : -1]) in targets  # not " " + word pieces
+        assert e.input_ids[-1] == tok.eos_token_id and e.n_target == len(e.input_ids) - e.source_len
+    batch = collate(examples[:8], tok.pad_token_id)
+    for row, e in enumerate(examples[:8]):
+        n = len(e.input_ids)
+        labelled = (batch["labels"][row] != -100).nonzero().flatten().tolist()
+        assert labelled == list(range(n - e.n_target, n))  # target + EOS, nothing else
+        assert batch["labels"][row, n - 1] == tok.eos_token_id  # kept although it is the pad id
+        assert (batch["attention_mask"][row, n:] == 0).all()
+    assert any(len(e.input_ids) < batch["input_ids"].shape[1] for e in examples[:8])  # padding was exercised
+
+
 @pytest.mark.dist
-def test_real_model_zero3_world2_matches_single_process_reference(smollm2, bigbench_dir, tmp_path):
-    from adept_dist.bigbench import read_local, rows_from_specs
+def test_real_model_zero3_world2_matches_single_process_reference(smollm2, tmp_path):
     from tests.test_distributed import GRAD_TOL, zero3_config
 
-    rows, _ = rows_from_specs(TASK, read_local(str(bigbench_dir), "sports_understanding", None))
-    train = write_jsonl(tmp_path / "train.jsonl", [{"input": r["input"], "target": r["targets"][0]} for r in rows[:24]])
+    train = write_jsonl(tmp_path / "train.jsonl", real_assets.zen_rows())  # one step takes 12 of the 19
     result = tmp_path / "result.json"
     args = [str(smollm2), str(train), str(zero3_config(tmp_path)), str(tmp_path / "run"), str(result), "fp32", "packed"]
     proc = run_cmd(deepspeed_cmd(str(REPO / "tests" / "dist_check.py"), *args), timeout=900)
@@ -169,7 +187,8 @@ def test_real_model_zero3_world2_matches_single_process_reference(smollm2, bigbe
     for h in r["held"]:
         assert 0.45 <= h["local_bytes"] / h["full_bytes"] <= 0.55, h
     # as on the tiny model (test_distributed.GRAD_TOL): fp32, only the summation order differs.
-    # Measured on SmolLM2 (2026-12-01): loss bitwise equal, gradient relative errors 3.1e-7 to 4.3e-7
+    # Measured on SmolLM2 (2026-12-01, BIG-bench rows, padded): loss bitwise equal, gradient relative
+    # errors 3.1e-7 to 4.3e-7
     assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-6)
     assert set(r["grad_rel_err"]) == {"prompt", "A", "a", "B", "b"}
     for name, err in r["grad_rel_err"].items():
@@ -185,20 +204,42 @@ def test_real_bigbench_run_learns_and_predict_and_merged_export_agree(gguf_file,
     from adept_dist.tasks import get_task
 
     monkeypatch.setenv("ADEPT_DIST_HOME", str(real_home))  # the children reuse the converted model
-    out = tmp_path / "run"
-    proc = run_cmd([sys.executable, "launch/train.py", "--model", str(gguf_file), "--task", TASK,
-                    "--data_dir", str(bigbench_tarball), "--max_steps", "16", "--log_every", "2",
-                    "--micro_batch_size", "8", "--max_length", "64", "--max_eval_samples", "24",
-                    "--eval_batch_size", "12", "--lr_prompt", "0.3", "--output_dir", str(out)],
-                   timeout=1200)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    # measured 2026-12-01: 5.4 at step 2 -> 0.62, 0.33, 0.51 at steps 12-16 (per target token: the label word + EOS)
-    assert len(losses) == 8 and sum(losses[-3:]) / 3 < losses[0] / 3, losses
     task = get_task(TASK)
     refined, raw, _ = load(task, str(bigbench_dir))
     _, idx = make_splits(refined, raw, 42, None)["validation"]
     inputs = [raw["all"][i]["input"] for i in idx[:24]]
+    data = ["--task", TASK, "--data_dir", str(bigbench_tarball), "--max_eval_samples", "24"]
+    losses = run_predict_export(gguf_file, data, inputs, tmp_path)
+    # measured 2026-12-01: 5.4 at step 2 -> 0.62, 0.33, 0.51 at steps 12-16 (per target token: the label word + EOS)
+    assert sum(losses[-3:]) / 3 < losses[0] / 3, losses
+
+
+@pytest.mark.slow
+def test_real_run_on_real_text_learns_and_predict_merged_export_and_peft_agree(gguf_file, smollm2, real_home, tmp_path,
+                                                                               monkeypatch):  # fmt: skip
+    """The same on a file of real English text (the Zen of Python, real_assets.zen_rows), which needs no
+    download beyond the model."""
+    monkeypatch.setenv("ADEPT_DIST_HOME", str(real_home))
+    rows = real_assets.zen_rows()
+    train = write_jsonl(tmp_path / "train.jsonl", rows)
+    data = ["--train_file", str(train), "--eval_file", str(train)]
+    losses = run_predict_export(gguf_file, data, [r["input"] for r in rows], tmp_path)
+    # measured 2026-12-05: 10.8 at step 2 -> 0.11, 0.031, 0.024 at steps 12-16; 94.7% on its own rows
+    assert sum(losses[-3:]) / 3 < losses[0] / 3, losses
+
+
+def run_predict_export(gguf_file, data: list[str], inputs: list[str], tmp_path) -> list[float]:
+    """Train 16 steps on SmolLM2 (world 1, NF4, packed), then: predict.py on `inputs` (the run's
+    validation inputs, in order) gives the run's own validation predictions; the merged export
+    (--merge --peft) predicts the same; PEFT reads it (assert_peft_reads_the_merged_export). The
+    logged training losses are returned."""
+    out = tmp_path / "run"
+    proc = run_cmd([sys.executable, "launch/train.py", "--model", str(gguf_file), *data, "--max_steps", "16",
+                    "--log_every", "2", "--micro_batch_size", "8", "--max_length", "64", "--eval_batch_size", "12",
+                    "--lr_prompt", "0.3", "--output_dir", str(out)], timeout=1200)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
+    assert len(losses) == 8, losses
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"input": t} for t in inputs])
     run_preds = [
         json.loads(x)["prediction"] for x in (out / "predictions" / "validation.jsonl").read_text().splitlines()
@@ -216,6 +257,7 @@ def test_real_bigbench_run_learns_and_predict_and_merged_export_agree(gguf_file,
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert [json.loads(x)["prediction"] for x in (tmp_path / "m.jsonl").read_text().splitlines()] == preds
     assert_peft_reads_the_merged_export(tmp_path / "merged", inputs[:4])
+    return losses
 
 
 def assert_peft_reads_the_merged_export(merged, inputs):
@@ -251,27 +293,23 @@ def assert_peft_reads_the_merged_export(merged, inputs):
         assert text_peft[:k].tolist() == text_ours[:k].tolist()
 
 
-def test_real_model_prompt_tuning_loss_equals_peft(smollm2, bigbench_dir):
+def test_real_model_prompt_tuning_loss_equals_peft(smollm2):
     """An independent implementation: Hugging Face PEFT's prompt tuning, given the same soft prompt,
     gives the real model the same loss as adept-dist's PT path (fp32, unquantised, right padding:
     both number the prompt positions 0..m-1 and the tokens after them). Tolerance: the same fp32
     operations in another order (PEFT averages over the batch's target tokens, adept-dist sums
-    and divides); measured: equal to the last bit (2026-12-01), bound 1e-5 relative."""
+    and divides); measured: equal to the last bit (2026-12-01, on BIG-bench rows), bound 1e-5 relative."""
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from adept_dist.adapters import build_adapter
     from adept_dist.backbone import load_backbone, load_tokenizer
-    from adept_dist.data import collate
+    from adept_dist.data import collate, encode
     from adept_dist.model import AdeptLM
-    from adept_dist.taskdata import prepare_main
-    from adept_dist.tasks import get_task
 
     tok = load_tokenizer(str(smollm2))
-    opts = {"data_dir": str(bigbench_dir), "max_length": 96, "separator": " Label : ", "split_seed": 42,
-            "validation_size": None, "k_shot": None, "seed": 42}  # fmt: skip
-    data = prepare_main(get_task(TASK), tok, opts, cache_dir=None, log=lambda m: None)
-    batch = collate(data.train[:6], tok.pad_token_id)
+    train, _ = encode(real_assets.zen_rows(), tok, 96, " Label : ")  # real text, of several lengths
+    batch = collate(train[:6], tok.pad_token_id)
     m = 10
     torch.manual_seed(0)
     prompt = torch.randn(m, 576) * 0.02
@@ -285,7 +323,7 @@ def test_real_model_prompt_tuning_loss_equals_peft(smollm2, bigbench_dir):
     with torch.no_grad():
         peft_model.prompt_encoder["default"].embedding.weight.copy_(prompt)
         theirs = peft_model(**batch).loss
-    assert n == sum(e.n_target for e in data.train[:6])
+    assert n == sum(e.n_target for e in train[:6])
     assert (loss_sum / n).item() == pytest.approx(theirs.item(), rel=1e-5)
     with torch.no_grad():  # and the check can fail: another prompt gives another loss
         peft_model.prompt_encoder["default"].embedding.weight.mul_(3)
