@@ -286,12 +286,12 @@ def run_fields(record: dict, base_model: str, vocab_size: int, encoding: int, st
     }
 
 
-def export_checkpoint(folder: str | Path, out_dir: str | Path) -> Path:
+def export_checkpoint(folder: str | Path, out_dir: str | Path, model: str | None = None) -> Path:
     """The adapter of one checkpoint, OUT/checkpoints/stepN, written to `out_dir` as a run writes
     OUT/adapter (the same files and config keys), from the checkpoint's whole fp32 adapter state
     alone: no DeepSpeed engine and no model weights, whatever the world size that wrote it. The run
-    folder's config.json says how the adapter was built; the base model's config gives its
-    vocabulary size. A missing, partial or corrupt checkpoint is one CheckpointError."""
+    folder's config.json says how the adapter was built; the base model's config (`model`, else the
+    run's) gives its vocabulary size. A missing, partial or corrupt checkpoint is one CheckpointError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -326,22 +326,33 @@ def export_checkpoint(folder: str | Path, out_dir: str | Path) -> Path:
     except ConfigError as exc:
         raise CheckpointError(str(exc).removeprefix("--resume: ")) from None
     params = {k.removeprefix("param."): v for k, v in state.items() if k.startswith("param.")}  # the adapter's own
-    a, data, model_path = record["adapter"], record["data"], record["model"]["model"]
+    try:
+        a, data, model_path = record["adapter"], record["data"], record["model"]["model"]
+        method, max_length, dropout = a["method"], data["max_length"], a["dropout"]
+        missing = [k for k in ("task", "separator") if k not in data] + [
+            k for k in ("compute_dtype", "quant") if k not in record["model"]
+        ]
+        if missing:
+            raise KeyError(missing[0])
+    except (KeyError, TypeError) as exc:
+        raise CheckpointError(
+            f"{run_dir / CONFIG_FILE} lacks {exc} of a run record: restore it from a backup"
+        ) from None
     prompt, offset = params.get("prompt"), params.get("A")
     finite = all(torch.isfinite(v).all() for v in params.values())
     if prompt is None or prompt.dim() != 2 or not finite:
         raise CheckpointError(f"{ckpt / CONSOLIDATED} holds no usable adapter (no 2-D prompt, or NaN/inf): export "
                               f"another step")  # fmt: skip
     m, d = prompt.shape
-    adapter = build_adapter(a["method"], m, d, None if offset is None else offset.shape[1], data["max_length"],
-                            a["dropout"])  # fmt: skip
     try:
+        adapter = build_adapter(method, m, d, None if offset is None else offset.shape[1], max_length, dropout)
         adapter.load_state_dict(params)
-    except RuntimeError as exc:
-        raise CheckpointError(f"{ckpt} does not hold the {a['method']} adapter its run's config describes "
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{ckpt} does not hold the {method} adapter its run's config describes "
                               f"({first_line(exc)}): export another step") from None  # fmt: skip
     builtin = str(builtin_dir() / "model")
-    base = "builtin" if model_path == builtin and data["train_file"] is None else model_path
+    base = "builtin" if model_path == builtin and data.get("train_file") is None else model_path
     encoding = record.get("identity", {}).get("encoding", 1)
-    config = adapter_config(adapter, **run_fields(record, base, load_config(model_path).vocab_size, encoding, step))
+    vocab_size = load_config(model or model_path).vocab_size  # a model gone from this machine: --model
+    config = adapter_config(adapter, **run_fields(record, base, vocab_size, encoding, step))
     return save_adapter(out, dict(adapter.state_dict()), config)

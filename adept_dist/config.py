@@ -20,7 +20,7 @@ from .adapters import METHODS
 from .errors import UserError
 from .fileio import refuse_duplicate_keys
 from .tasks import TASKS, get_task
-from .trackers import parse_report_to
+from .trackers import TrackerError, parse_report_to
 
 CONFIG_FILE = "config.json"  # a run folder's record of what it runs (build.run_record)
 
@@ -97,9 +97,9 @@ class DataConfig:
     )
     packing: bool | None = opt(
         None,
-        "lay each micro-batch's examples end to end in rows that share one soft prompt (exact: the same loss "
-        "without padding, and the prompt computed once per row); default: on for adept and pt with sdpa or eager "
-        "attention, off for dept (position-wise offsets over a fixed length)",
+        "lay each micro-batch's examples end to end in rows that share one soft prompt (exact: the padded step's "
+        "loss without padding, the prompt computed once per row; ADePT's dropout masks are drawn in the packed "
+        "layout); default: on for adept and pt with sdpa or eager attention, off for dept",
     )
     pack_tokens: int | None = opt(
         None, "longest packed row in tokens, prompt included; default max(4096, prompt_length + max_length)"
@@ -451,7 +451,7 @@ def check_config(cfg: Config) -> None:
     check_packing(cfg)
     try:
         parse_report_to(r.report_to)
-    except ValueError as exc:
+    except (ValueError, TrackerError) as exc:
         raise ConfigError(str(exc)) from None
     if d.group_window < 0:
         raise ConfigError(f"option group_window must be >= 0 (0 turns length grouping off), got {d.group_window}")

@@ -229,9 +229,10 @@ def collate(
 
 
 def pack_rows(lengths: list[int], m: int, pack_tokens: int) -> list[list[int]]:
-    """Which examples share a row: the fewest rows of at most `pack_tokens` slots (m prompt slots
-    plus the examples' tokens), filled longest first onto the least-filled row so that the rows end
-    up of similar length (a row is padded to the longest). Each row lists its examples in their
+    """Which examples share a row: rows of at most `pack_tokens` slots (m prompt slots plus the
+    examples' tokens), filled longest first onto the least-filled row so that the rows end up of
+    similar length (a row is padded to the longest); as few as that greedy fill manages, starting
+    from the least the lengths allow. Each row lists its examples in their
     order in the micro-batch. A function of the lengths only, so packing is deterministic."""
     room = pack_tokens - m
     if not lengths:
@@ -261,7 +262,8 @@ def pack(examples: list[Example], m: int, pack_tokens: int) -> dict[str, torch.T
     earlier tokens only (`segments` gives the mask). The decoder sees every example at the positions
     it has in the padded layout (prompt 0..m-1, the example m..m+len-1), and the loss is taken at the
     same target tokens, so a packed step computes what the padded one does, in a different order of
-    summation. The m prompt positions are computed once per row instead of once per example.
+    summation (with dropout on, ADePT's masks are drawn over the packed layout: the same distribution,
+    other draws). The m prompt positions are computed once per row instead of once per example.
 
     input_ids (1, N): the examples' ids, row after row; positions (1, N): each id's place in its
     example, as the adapter sees it. slots (R, L): where each row slot takes its input embedding

@@ -41,11 +41,11 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         if args.checkpoint and not (args.merge or args.peft):
-            out = export_checkpoint(args.checkpoint, args.output)
+            out = export_checkpoint(args.checkpoint, args.output, args.model)
             print(f"adapter of {args.checkpoint} written to {out}")
         elif args.checkpoint:  # its adapter first, into a scratch folder, then exported from there
             with tempfile.TemporaryDirectory(prefix="adept-export-") as scratch:
-                export(str(export_checkpoint(args.checkpoint, Path(scratch) / "adapter")))
+                export(str(export_checkpoint(args.checkpoint, Path(scratch) / "adapter", args.model)))
         else:
             export(args.adapter)
     except (AdapterFileError, ModelError, CheckpointError) as exc:

@@ -25,7 +25,7 @@ from .backbone import ModelError, check_weight_files, convert_command, load_conf
 from .errors import first_line
 from .export import MERGE_INFO, AdapterFileError, load_adapter, read_adapter_config, read_tensors
 from .fileio import replace_folder, temp_folder_for
-from .peft_export import PEFT_FOLDER, write_peft_prompt
+from .peft_export import PEFT_FOLDER, require_peft, write_peft_prompt
 
 MERGE_FORMAT = "adept-dist-merged"
 MERGE_VERSION = 1
@@ -124,6 +124,8 @@ def merge(adapter_dir: str, out_dir: str, model: str | None = None, log=print, p
     out = Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise AdapterFileError(f"--output {out} exists and is not empty: choose a new folder (nothing was written)")
+    if peft:
+        require_peft()  # before streaming the checkpoint, not after
     name = model or resolve_base_model(read_adapter_config(adapter_dir).get("base_model") or "")
     if not name:
         raise AdapterFileError(f"{adapter_dir}: its config names no base_model: pass --model")

@@ -29,13 +29,19 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 PEFT_TENSOR = "prompt_embeddings"
 
 
-def peft_prompt_config(prompt: torch.Tensor, model_config, base_model: str):
-    """PEFT's PromptTuningConfig of an (m, d) soft prompt for the model of `model_config`."""
+def require_peft():
+    """PEFT's PromptTuningConfig class, or one AdapterFileError naming the install."""
     try:
         from peft import PromptTuningConfig
     except ImportError:
         raise AdapterFileError("--peft writes a PEFT adapter with PEFT's own classes: pip install peft (or pip "
                                "install -e \".[peft]\")") from None  # fmt: skip
+    return PromptTuningConfig
+
+
+def peft_prompt_config(prompt: torch.Tensor, model_config, base_model: str):
+    """PEFT's PromptTuningConfig of an (m, d) soft prompt for the model of `model_config`."""
+    PromptTuningConfig = require_peft()  # noqa: N806 - the class, under its own name
     text = model_config.get_text_config() if hasattr(model_config, "get_text_config") else model_config
     m, d = prompt.shape
     return PromptTuningConfig(

@@ -91,9 +91,12 @@ class MetricsLog:
             on_main(self.d, start, "the trackers' files", self.path.parent, "metrics.jsonl is intact")
 
     def close(self) -> None:
-        for tracker in self.trackers:
-            tracker.close()
-        self.trackers = []
+        trackers, self.trackers = self.trackers, []
+        for tracker in trackers:  # each on its own: one that fails to close leaves the others' files whole
+            try:
+                tracker.close()
+            except Exception as exc:  # noqa: BLE001 - never hides the error the run may be ending with
+                tqdm.write(f"[adept-dist] warning: closing {type(tracker).__name__} failed: {first_line(exc, 200)}")
 
     def drop_after(self, step: int, final: bool = False) -> None:
         """Resume: forget the lines of steps after the checkpoint (the resumed run writes them again);
@@ -124,8 +127,13 @@ class MetricsLog:
                 except OSError:
                     f.truncate(size)  # no half line (a full disk) for a reader or a resume to trip over
                     raise
-            for tracker in self.trackers:  # after the line: metrics.jsonl is the record
-                tracker.log(record)
+            for tracker in list(self.trackers):  # after the line: metrics.jsonl is the record
+                try:
+                    tracker.log(record)
+                except Exception as exc:  # noqa: BLE001 - a live view must not stop the run it shows
+                    self.trackers.remove(tracker)
+                    tqdm.write(f"[adept-dist] warning: {type(tracker).__name__} stopped reporting "
+                               f"({first_line(exc, 200)}); metrics.jsonl goes on")  # fmt: skip
 
         on_main(self.d, append, f"{self.path.name} (step {record.get('step')})", self.path.parent,
                 "its earlier lines are intact")  # fmt: skip

@@ -17,7 +17,6 @@ from pathlib import Path
 from .errors import UserError
 
 TRACKERS = ("tensorboard", "wandb")
-EXTRA = {"tensorboard": "tensorboard", "wandb": "wandb"}  # the pip extra of each (pyproject.toml)
 
 
 class TrackerError(UserError, RuntimeError):
@@ -25,14 +24,24 @@ class TrackerError(UserError, RuntimeError):
 
 
 def parse_report_to(value: str) -> tuple[str, ...]:
-    """'none', or a comma list of TRACKERS -> the trackers, in order, each once."""
+    """'none', or a comma list of TRACKERS -> the trackers, in order, each once; a tracker whose package
+    is not installed is a TrackerError here, before anything is loaded."""
     names = [v.strip() for v in value.split(",") if v.strip()]
     if names in ([], ["none"]):
         return ()
     unknown = [n for n in names if n not in TRACKERS]
     if unknown or "none" in names:
         raise ValueError(f"--report_to {value!r}: give none, or a comma list of {', '.join(TRACKERS)}")
+    import importlib.util
+
+    for name in names:
+        if importlib.util.find_spec(name) is None:
+            raise TrackerError(missing(name))
     return tuple(dict.fromkeys(names))
+
+
+def missing(name: str) -> str:
+    return f'--report_to {name} needs the {name} package: pip install {name} (or pip install -e ".[{name}]")'
 
 
 def flat_scalars(record: dict) -> tuple[int, dict[str, float]]:
@@ -53,8 +62,7 @@ class TensorBoard:
         try:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
-            raise TrackerError("--report_to tensorboard needs the tensorboard package: pip install tensorboard "
-                               "(or pip install -e \".[tensorboard]\")") from None  # fmt: skip
+            raise TrackerError(missing("tensorboard")) from None
         # a resumed run writes its steps after the checkpoint again: purge_step drops the old ones
         self.writer = SummaryWriter(str(out / "tensorboard"), purge_step=step + 1 if step else None)
         if not step:
@@ -76,12 +84,13 @@ class WandB:
         try:
             import wandb
         except ImportError:
-            raise TrackerError("--report_to wandb needs the wandb package: pip install wandb (or pip install -e "
-                               "\".[wandb]\")") from None  # fmt: skip
+            raise TrackerError(missing("wandb")) from None
         (out / "wandb").mkdir(parents=True, exist_ok=True)
         mode = os.environ.get("WANDB_MODE", "offline")  # offline unless the user asks for more
         self.run = wandb.init(dir=str(out), id=run_id, name=name, config=config, mode=mode, resume="allow",
                               project=os.environ.get("WANDB_PROJECT", "adept-dist"))  # fmt: skip
+        self.run.define_metric("step")
+        self.run.define_metric("*", step_metric="step")  # plotted over the run's steps, as in metrics.jsonl
 
     def log(self, record: dict) -> None:
         step, scalars = flat_scalars(record)

@@ -31,7 +31,7 @@ over its padded twin's (ours / ours_padded, floor / floor_padded).
 The modes run in turn, A B C A B C ..., for ``--rounds`` rounds (3 by default): step time and
 tokens/s are medians over the rounds, and each ratio (x floor, x anchor) is taken within a round,
 reported as its median with its range, so one noisy run cannot make a ratio. A padded mode's
-"x floor" is against floor_padded.
+"x floor" (and the anchor's: PEFT pads) is against floor_padded.
 
     python launch/bench.py                                   # defaults: about 8 minutes on a 2-core CPU
     python launch/bench.py --hidden 4096 --layers 32 --heads 32 --vocab 32000 --min_len 1024 --max_len 1024 \\
@@ -120,8 +120,13 @@ def make_inputs(args, root: Path) -> None:
     torch.manual_seed(0)
     # on a GPU, built there in bf16 (a 7B shape in seconds, saved as the 13 GB a real checkpoint is)
     device, dtype = ("cuda", torch.bfloat16) if torch.cuda.is_available() else ("cpu", torch.float32)
-    with torch.device(device):
-        model = LlamaForCausalLM(cfg).to(dtype)
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # made in that dtype, not made in fp32 and cast (28 GB at 7B)
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg)
+    finally:
+        torch.set_default_dtype(default)
     model.save_pretrained(root / "model")
     tok.save_pretrained(root / "model")
     del model
@@ -442,7 +447,8 @@ def combine(rounds: list[dict]) -> dict:
             if key in rec:
                 rec[key] = statistics.median(r[key] for r in runs)
         rec["step_s_per_round"] = [r["step_s"] for r in runs]
-        floor = "floor_padded" if mode.endswith("_padded") and "floor_padded" in rounds[0] else "floor"
+        padded = mode.endswith("_padded") or mode == "anchor"  # the anchor (PEFT) pads its batches
+        floor = "floor_padded" if padded and "floor_padded" in rounds[0] else "floor"
         twin = f"{mode}_padded"
         for name, base, key in (("vs_floor", floor, "step_s"), ("vs_anchor", "anchor", "tokens_per_s"),
                                 ("vs_padded", twin, "tokens_per_s")):  # fmt: skip

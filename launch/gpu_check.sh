@@ -20,13 +20,14 @@ cd "$(dirname "$0")/.."
 wheels="" json="gpu_check.json" extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --wheels) wheels="$2"; shift 2 ;;
-    --json) json="$2"; shift 2 ;;
+    --wheels) wheels="${2:?--wheels needs a folder of wheel files}"; shift 2 ;;
+    --json) json="${2:?--json needs a file name}"; shift 2 ;;
     *) extra+=("$1"); shift ;;
   esac
 done
 if [ -n "$wheels" ]; then
   site="${TMPDIR:-/tmp}/adept-gpu-site"
+  compgen -G "$wheels/*.whl" > /dev/null || { echo "gpu_check: no .whl files in $wheels (launch/gpu_wheels.sh fetches them)" >&2; exit 2; }
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$wheels"/*.whl
   export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
 fi
@@ -48,5 +49,5 @@ PY
 start=$(date +%s)
 python3 launch/bench.py --hidden 4096 --layers 32 --heads 32 --vocab 32000 --min_len 256 --max_len 1024 \
   --batch 8 --examples 64 --warmup 2 --steps 4 --rounds 1 --keep_going \
-  --modes floor,floor_padded,anchor,ours,ours_padded,ours_zero3 --json "$json" "${extra[@]}"
+  --modes floor,floor_padded,anchor,ours,ours_padded,ours_zero3 --json "$json" ${extra[@]+"${extra[@]}"}
 echo "gpu_check: $(( $(date +%s) - start )) s in all; figures in $json"

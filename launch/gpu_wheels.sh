@@ -7,7 +7,9 @@
 #   launch/gpu_wheels.sh DIR [PYTHON_VERSION]
 #
 # DeepSpeed has no wheel on PyPI: its source is built into a pure-Python wheel here (no compiled
-# ops; adept-dist needs none on a GPU). About 47 MB in all, bitsandbytes 42 MB of it.
+# ops; adept-dist needs none on a GPU). 46 MB in all (measured 2026-12-05), bitsandbytes 42 MB of it.
+# DeepSpeed's other needs (einops, msgpack, ninja, numpy, packaging, psutil, py-cpuinfo, tqdm) are in
+# the GPU image this was written for; add them to the download line below for a barer one.
 set -euo pipefail
 dir="${1:?usage: launch/gpu_wheels.sh DIR [PYTHON_VERSION]}" py="${2:-3.12}"
 mkdir -p "$dir"

@@ -79,4 +79,4 @@ def test_gpu_check_runs_its_modes_and_names_missing_packages(tmp_path):
     assert res["model"]["hidden"] == 64 and "gpu_check:" in proc.stdout and "s in all" in proc.stdout
     (tmp_path / "empty").mkdir()
     proc = run_cmd(["bash", "launch/gpu_check.sh", "--wheels", str(tmp_path / "empty"), "--json", str(out)])
-    assert proc.returncode != 0
+    assert proc.returncode == 2 and "no .whl files in" in proc.stderr

@@ -178,6 +178,15 @@ def test_the_adapter_of_any_checkpoint_and_clear_errors_for_bad_ones(tiny_model_
     refused(corrupt, "is corrupt .*: export another step")
     elsewhere = shutil.copytree(ckpts / "step00000002", tmp_path / "loose" / "step00000002")
     refused(elsewhere, "config.json not found: give the checkpoint inside its run folder")
+    other = tmp_path / "other"
+    shutil.copytree(ckpts / "step00000002", other / "checkpoints" / "step00000002")
+    record = json.loads((out / "config.json").read_text())
+    del record["data"]["max_length"]
+    (other / "config.json").write_text(json.dumps(record))
+    refused(other / "checkpoints" / "step00000002", "config.json lacks 'max_length' of a run record")
+    # the base model's config comes from --model where given (the run's model may be gone from this machine)
+    export_checkpoint(ckpts / "step00000002", tmp_path / "a2m", model=str(tiny_model_dir))
+    assert (tmp_path / "a2m" / WEIGHTS).read_bytes() == (tmp_path / "a2" / WEIGHTS).read_bytes()
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "keep.txt").write_text("mine")
     with pytest.raises(CheckpointError, match="exists and is not empty"):

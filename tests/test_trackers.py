@@ -30,9 +30,52 @@ def test_report_to_values_and_record_names():
 
 @pytest.mark.parametrize("name", ["tensorboard", "wandb"])
 def test_a_missing_tracker_package_is_one_line_naming_the_install(tmp_path, monkeypatch, name):
+    """Caught with the options, before any model is loaded; and at the start, should the import fail there."""
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda n, *a: None if n == name else find_spec(n, *a))
+    with pytest.raises(ConfigError, match=rf"needs the {name} package: pip install {name} \(or pip install -e "):
+        make_config({"report_to": f"{name}"})
+    monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard" if name == "tensorboard" else "wandb", None)
     with pytest.raises(TrackerError, match=rf"needs the {name} package: pip install {name} \(or pip install -e "):
         start((name,), tmp_path, {"run": {}}, 0, "x")
+
+
+def test_a_tracker_that_fails_stops_reporting_and_the_run_goes_on(tmp_path, capsys):
+    from adept_dist.dist import Dist
+    from adept_dist.run import MetricsLog
+
+    class Broken:
+        def log(self, record):
+            raise OSError("disk quota exceeded")
+
+        def close(self):
+            raise RuntimeError("cannot close")
+
+    class Kept:
+        logged: list = []
+
+        def log(self, record):
+            self.logged.append(record)
+
+        def close(self):
+            self.logged.append("closed")
+
+    log = MetricsLog(
+        tmp_path / "metrics.jsonl", Dist(rank=0, world=1, local_rank=0, device=__import__("torch").device("cpu"))
+    )
+    broken, kept = Broken(), Kept()
+    log.trackers = [broken, kept]
+    log.write({"step": 1, "loss": 2.0})
+    log.write({"step": 2, "loss": 1.0})
+    assert log.trackers == [kept] and kept.logged == [{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0}]
+    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2  # the record is whole
+    assert "Broken stopped reporting (disk quota exceeded); metrics.jsonl goes on" in capsys.readouterr().out
+    log.trackers = [Broken(), kept]
+    log.close()  # one that fails to close does not keep the others from closing
+    assert kept.logged[-1] == "closed" and log.trackers == []
 
 
 @pytest.mark.slow
