@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from . import builtin, gguf_model, lock, taskdata
+from . import builtin, gguf_model, lock, taskdata, traffic
 from .adapters import PromptAdapter, build_adapter
 from .backbone import (
     DENSE_TYPES,
@@ -38,16 +38,26 @@ from .backbone import (
 from .checkpoint import resume_state
 from .config import CONFIG_FILE, Config, ConfigError, read_run_config, resumed_config
 from .data import ENCODING, UNKNOWN_WARN_SHARE, DataError, make_stream, unknown_shares
-from .dist import Dist, broadcast_packed, build_engine, gathered, resolve_ds_config, zero_stage
+from .dist import (
+    Dist,
+    apply_shard_scope,
+    broadcast_packed,
+    build_engine,
+    full_numel,
+    gathered,
+    resolve_ds_config,
+    zero_stage,
+)
 from .errors import EXIT_OK, UserError
 from .export import load_adapter
 from .fileio import now, write_json
-from .loader import load_layerwise
+from .loader import check_world_group, load_layerwise, partition_adapter
 from .merge import shard_map
 from .model import AdeptLM
 from .optim import make_optimizer
 from .run import MetricsLog, Run, RunParts, TrainError, log0, on_main
 from .tasks import get_task
+from .topology import make_layout
 from .trackers import parse_report_to
 
 
@@ -80,8 +90,17 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
 
         hf_logging.disable_progress_bar()
     ds_config = resolve_ds_config(cfg.run.ds_config, cfg, d.world)
+    ds_config, cfg.run.shard_scope, note = apply_shard_scope(ds_config, cfg.run.shard_scope, cfg.run.ds_config)
+    if note:
+        log0(d, note)
+    layout, group = make_layout(cfg.run.shard_scope, cfg.run.shard_group_size, cfg.run.ranks_per_node)
+    traffic.COUNTER.set_nodes(list(layout.nodes), d.rank)
+    log0(d, layout.describe())
     zero3 = zero_stage(ds_config) == 3
     cfg.model.loader = choose_loader(cfg.model.loader, zero3, model_config.model_type, cfg.run.ds_config)
+    if group is not None and cfg.model.loader != "layerwise":
+        raise ConfigError(f"--shard_scope node partitions each layer over its group as it is loaded, which the "
+                          f"{cfg.model.loader} loader cannot: drop --loader {cfg.model.loader}")  # fmt: skip
     if cfg.model.loader == "layerwise" and Path(resolve_source(model_name)).is_dir():  # .bin-only: refused before data
         shard_map(Path(resolve_source(model_name)), model_name, "the layerwise loader (the default under ZeRO-3)",
                   "pass --loader transformers, or ")  # fmt: skip
@@ -92,7 +111,7 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     mc = cfg.model
     if mc.loader == "layerwise":
         backbone = load_layerwise(model_name, mc.quant, d.device, dtype, ds_config, mc.attn_implementation,
-                                  mc.activation_checkpointing, log=lambda m: log0(d, m))  # fmt: skip
+                                  mc.activation_checkpointing, log=lambda m: log0(d, m), group=group)  # fmt: skip
     else:
         backbone = load_backbone(model_name, mc.quant, d.device, mc.attn_implementation,
                                  mc.activation_checkpointing, dtype)  # fmt: skip
@@ -100,24 +119,28 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     # DeepSpeed casts a module to its compute dtype unless the module is already ZeRO-partitioned
     # (the layerwise loader's): then the adapter gets the same cast here (fp32 masters stay in the optimizer)
     adapter.to(d.device, dtype=dtype if mc.loader == "layerwise" else None)
+    if group is not None:  # a node-group backbone: the adapter must not inherit its group (loader.partition_adapter)
+        partition_adapter(adapter, ds_config)
     model = AdeptLM(backbone, adapter)
     check_trainable(model)
     a = cfg.adapter
     log0(
         d,
         f"{a.method}: m={adapter.m} r={getattr(adapter, 'r', '-')} d={adapter.d}, "
-        f"{sum(p.numel() for p in adapter.parameters()):,} trainable parameters; backbone {mc.quant}, frozen",
+        f"{sum(full_numel(p) for p in adapter.parameters()):,} trainable parameters; backbone {mc.quant}, frozen",
     )
     lengths = [len(e.input_ids) for e in data.train]
     window = 0 if a.method == "dept" else cfg.data.group_window  # DePT pads every batch to max_length anyway
     stream = make_stream(lengths, cfg.optim.seed, cfg.data.global_batch(d.world), window)
-    return RunParts(cfg, d, out, tokenizer, data, model, stream, ds_config, cfg.model.model or "builtin", model_name)
+    return RunParts(cfg, d, out, tokenizer, data, model, stream, ds_config, cfg.model.model or "builtin", model_name,
+                    layout)  # fmt: skip
 
 
 def assemble(parts: RunParts) -> Run:
     """deepspeed.initialize around the model, then the resume state (collective)."""
     optimizer, scheduler = make_optimizer(parts.model.adapter, parts.cfg.optim)
     engine, _, _ = build_engine(parts.model, optimizer, scheduler, parts.ds_config)
+    check_world_group(parts.model.adapter.named_parameters())
     fields = {k: getattr(parts, k) for k in RunParts.__dataclass_fields__}
     run = Run(**fields, engine=engine, metrics=MetricsLog(parts.out / "metrics.jsonl", parts.d))
     if run.cfg.run.resume:

@@ -166,14 +166,15 @@ def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
         meta = json.loads((folder / META).read_text())
         error = ""
         try:
-            if meta["world"] == world:
+            same_stage = meta.get("zero_stage", engine.zero_optimization_stage()) == engine.zero_optimization_stage()
+            if meta["world"] == world and same_stage:
                 path, _ = engine.load_checkpoint(str(root), tag=folder.name, custom_load_fn=load_trainable_only)
                 if path is None:
                     error = "DeepSpeed found nothing to load"
             else:
-                log(
-                    f"{folder.name} was written by {meta['world']} ranks, this run has {world}: loading its whole-state copy"
-                )
+                what = (f"{meta['world']} ranks, this run has {world}" if meta["world"] != world else
+                        f"ZeRO stage {meta['zero_stage']}, this run uses {engine.zero_optimization_stage()}")  # fmt: skip
+                log(f"{folder.name} was written by {what}: loading its whole-state copy")
                 load_consolidated(engine, named_params, folder, meta)
         except Exception as exc:  # noqa: BLE001 - torch/DeepSpeed raise many kinds for a damaged file
             error = first_line(exc, 200)
@@ -191,7 +192,8 @@ def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
 # ----------------------------------------------------------------------------- a run's files
 def save_checkpoint(run: Run) -> None:
     """Resume state of the run at its current step (collective)."""
-    meta = {"step": run.step, "position": run.position, "world": run.d.world, "global_batch": run.global_batch}
+    meta = {"step": run.step, "position": run.position, "world": run.d.world, "global_batch": run.global_batch,
+            "zero_stage": run.engine.zero_optimization_stage()}  # fmt: skip
     adapter_params = list(run.model.adapter.named_parameters())
     save(run.engine, adapter_params, run.out / CKPT_DIR, meta, run.cfg.run.keep_checkpoints, run.d.main)
 

@@ -136,6 +136,23 @@ class OptimConfig:
 class RunConfig:
     output_dir: str = opt("runs/builtin", "run folder: config, metrics.jsonl, adapter/, checkpoints/")
     ds_config: str = opt("ds_configs/zero3.json", "DeepSpeed JSON ('auto' values are filled from this config)")
+    shard_scope: str | None = opt(
+        None,
+        "how the frozen backbone is held: global (ZeRO-3 over all ranks; the default with a stage-3 --ds_config), "
+        "node (ZeRO-3 within each node, or each --shard_group_size group, replicated across them: its all-gathers "
+        "never leave the group; the adapter's gradients are still reduced over all ranks), none (replicated on every "
+        "rank, ZeRO stage 2; the default with a stage 0-2 config)",
+        ("global", "node", "none"),
+    )
+    shard_group_size: int | None = opt(
+        None, "with --shard_scope node: ranks per shard group (a divisor of the ranks per node); default: a whole node"
+    )
+    ranks_per_node: int | None = opt(
+        None,
+        "ranks per node for the traffic report and --shard_scope node (ranks 0..N-1 are node 0, ...); default: "
+        "from the launcher (SLURM_NODEID, GROUP_RANK, CROSS_RANK) or the host name. Lets one machine stand in for "
+        "several nodes",
+    )
     resume: bool = opt(False, "continue from the latest checkpoint in output_dir, with the run's own config.json")
     reschedule: bool = opt(
         False,
@@ -359,7 +376,7 @@ CHANGEABLE_ON_RESUME = frozenset(
     ("resume", "reschedule", "take_over", "output_dir", "ds_config", "log_every", "eval_every", "save_every",
      "keep_checkpoints", "report_to", "max_eval_samples", "eval_batch_size", "nonfinite", "cache_dir", "micro_batch_size",
      "grad_accum", "activation_checkpointing", "attn_implementation", "loader", "compute_dtype", "max_steps", "packing",
-     "pack_tokens")
+     "pack_tokens", "shard_scope", "shard_group_size", "ranks_per_node")
 )  # fmt: skip
 PER_START = ("resume", "reschedule", "take_over", "output_dir")  # what one start says about itself, never inherited
 
@@ -415,6 +432,9 @@ def resumed_config(cfg: Config, path: Path, builtin_model: str, text: str | None
     merged.update({name: cfg.value(name) for name in PER_START})
     if "loader" not in cfg.given:
         merged["loader"] = "auto"  # chosen again for this resume's DeepSpeed config
+    if "shard_scope" not in cfg.given:  # so is the layout (exact either way: tests/test_layouts.py)
+        merged["shard_scope"] = None
+        merged["shard_group_size"] = cfg.run.shard_group_size
     out = make_config(merged)
     out.changes = changes
     return out
@@ -444,11 +464,17 @@ def check_config(cfg: Config) -> None:
         "eval_every": r.eval_every,
         "save_every": r.save_every,
         "keep_checkpoints": r.keep_checkpoints,
+        "shard_group_size": r.shard_group_size,
+        "ranks_per_node": r.ranks_per_node,
     }
     for name, value in positive.items():
         if value is not None and value < 1:
             raise ConfigError(f"option {name} must be >= 1, got {value}")
     check_packing(cfg)
+    if r.shard_group_size is not None and r.shard_scope != "node":
+        raise ConfigError(
+            "--shard_group_size sets the groups of --shard_scope node: add --shard_scope node, or drop it"
+        )
     try:
         parse_report_to(r.report_to)
     except (ValueError, TrackerError) as exc:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from . import traffic
 from .config import Config, ConfigError
 from .fileio import home, refuse_duplicate_keys
 
@@ -68,6 +69,7 @@ def init_distributed(local_rank: int | None = None) -> Dist:
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if acc.device_name() != "cpu":
         acc.set_device(local_rank)
+    traffic.install()  # before DeepSpeed's comm backend, which keeps references to torch's collectives
     with without_op_banner():  # DeepSpeed's comm backend now (it creates the shm buffers), not at initialize
         deepspeed.init_distributed(verbose=False)
     atexit.unregister(close_process_group)  # once, however often a process joins
@@ -302,6 +304,33 @@ def check_optimizer_block(opt, cfg: Config, path: str) -> None:
 
 def zero_stage(ds: dict) -> int:
     return ds.get("zero_optimization", {}).get("stage", 0)
+
+
+def apply_shard_scope(ds: dict, scope: str | None, path: str) -> tuple[dict, str, str | None]:
+    """The DeepSpeed JSON for a sharding scope of the frozen backbone, the scope (None: global for a
+    stage-3 JSON, none for stage 0-2) and a line saying what changed, if anything. global and node
+    need ZeRO-3; none on a stage-3 JSON runs it as stage 2 (its stage-3 keys dropped): the backbone
+    replicated, the adapter's optimizer state still partitioned."""
+    stage = zero_stage(ds)
+    if scope is None:
+        return ds, "global" if stage == 3 else "none", None
+    if scope in ("global", "node") and stage != 3:
+        raise ConfigError(
+            f"--shard_scope {scope} partitions the backbone with ZeRO-3, but {path} is stage {stage}: pass "
+            f"--ds_config ds_configs/zero3.json, or --shard_scope none"
+        )
+    zero = ds.get("zero_optimization", {})
+    if scope == "node" and zero.get("zero_hpz_partition_size", 1) > 1:
+        raise ConfigError(f"--shard_scope node and zero_hpz_partition_size in {path} both choose a secondary "
+                          f"partition: remove zero_hpz_partition_size")  # fmt: skip
+    if scope != "none" or stage != 3:
+        return ds, scope, None
+    if "offload_param" in zero:
+        raise ConfigError(f"--shard_scope none replicates the backbone on every rank, but {path} offloads parameters "
+                          f"(offload_param, ZeRO-3 only): use a config without it, e.g. ds_configs/zero2.json")  # fmt: skip
+    kept = {k: v for k, v in zero.items() if not k.startswith("stage3_") and k not in ("stage",)}
+    ds = {**ds, "zero_optimization": {"stage": 2, **kept}}
+    return ds, "none", f"--shard_scope none: {path} runs as ZeRO stage 2 (backbone replicated on every rank)"
 
 
 def resolve_ds_config(path: str, cfg: Config, world: int) -> dict:

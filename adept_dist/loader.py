@@ -76,8 +76,10 @@ def load_layerwise(
     attn_implementation: str = "sdpa",
     activation_checkpointing: bool = False,
     log=lambda s: None,
+    group=None,
 ):
-    """The frozen backbone, quantised and ZeRO-3-partitioned one unit at a time (collective)."""
+    """The frozen backbone, quantised and ZeRO-3-partitioned one unit at a time (collective), over
+    `group` (a process group: each parameter then all-gathers over it only; None: every rank)."""
     import deepspeed
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
@@ -128,7 +130,9 @@ def load_layerwise(
             lin = unit.get_submodule(q_owner)
             if lin.bias is not None and lin.bias.device.type == "meta":
                 raise ModelError(f"{folder}: bias of {prefix}.{q_owner} was not loaded")
-        deepspeed.zero.Init(module=unit, config_dict_or_path=ds_config)  # partition before the next unit
+        deepspeed.zero.Init(
+            module=unit, config_dict_or_path=ds_config, data_parallel_group=group
+        )  # before the next unit
         release_freed_memory()
     if tied:
         model.get_output_embeddings().weight = model.get_input_embeddings().weight
@@ -145,5 +149,30 @@ def load_layerwise(
     freeze(model)
     if activation_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    log(f"loaded {len(units)} units layer by layer, each partitioned over the ranks as it was read")
+    where = "the ranks" if group is None else f"the {torch.distributed.get_world_size(group)} ranks of its group"
+    log(f"loaded {len(units)} units layer by layer, each partitioned over {where} as it was read")
     return model
+
+
+def partition_adapter(adapter: nn.Module, ds_config: dict) -> None:
+    """Partition the trainable adapter over every rank before the engine starts. DeepSpeed converts a
+    module it finds unpartitioned with the group of the model's first ZeRO parameter: with a
+    node-local backbone the adapter would then be partitioned, and its gradients averaged, per node
+    only, and the nodes would drift apart with no error."""
+    import deepspeed
+
+    deepspeed.zero.Init(module=adapter, config_dict_or_path=ds_config)
+
+
+def check_world_group(named_params) -> None:
+    """Every trainable parameter is partitioned (and its gradient reduced) over the world group."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    for name, p in named_params:
+        group = getattr(p, "ds_process_group", None)
+        if group is not None and dist.get_world_size(group) != world:
+            raise RuntimeError(
+                f"trainable parameter {name} is partitioned over {dist.get_world_size(group)} of {world} ranks: its "
+                f"gradient would be averaged over that group only"
+            )

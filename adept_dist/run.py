@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from .dist import Dist
     from .model import AdeptLM
     from .taskdata import TaskData
+    from .topology import Layout
 
 
 class TrainError(UserError, RuntimeError):
@@ -153,6 +154,7 @@ class RunParts:
     ds_config: dict  # the resolved DeepSpeed JSON
     base_model: str  # --model as given ("builtin" for the demo model): recorded in exported adapters
     model_path: str  # the model actually loaded (the built-in model's folder for "builtin")
+    layout: Layout  # the nodes of the ranks and the backbone's shard groups
 
     @property
     def train_examples(self) -> list[Example]:

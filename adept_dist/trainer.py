@@ -16,6 +16,7 @@ import time
 
 import torch
 
+from . import traffic
 from .checkpoint import export_adapter, save_checkpoint
 from .config import CONFIG_FILE, read_run_config
 from .data import collate, pack, step_batches
@@ -24,6 +25,7 @@ from .dist import (
     all_reduce_sum,
     consolidated_state,
     full_grads,
+    full_numel,
     restore_consolidated_state,
     scale_grads,
     total_norm,
@@ -109,7 +111,13 @@ def clip_factor(grad_norm: float, max_norm: float) -> float | None:
 
 
 def train_step(run: Run, stop: int = 0) -> dict:
-    """One optimizer step; a non-finite loss or gradient norm is caught before the optimizer sees it."""
+    """One optimizer step; a non-finite loss or gradient norm is caught before the optimizer sees it.
+    Everything it sends and receives is counted (traffic.COUNTER)."""
+    with traffic.COUNTER.counting():
+        return _train_step(run, stop)
+
+
+def _train_step(run: Run, stop: int) -> dict:
     rec = forward_backward(run, stop)
     lrs = run.engine.get_lr()
     params = list(run.model.adapter.parameters())
@@ -163,25 +171,33 @@ def train_loop(run: Run) -> dict:
     run.engine.train()
     bar = Progress(total, "train", enabled=d.main, initial=run.step)
     first = run.step + 1
-    window_tokens, window_start = 0, time.perf_counter()
+    window_tokens, window_start, window_steps, steps_done = 0, time.perf_counter(), 0, 0
+    traffic.COUNTER.reset()
+    adapter_bytes = 4 * sum(full_numel(p) for p in run.model.adapter.parameters())  # fp32
     last: dict = {}
     has_val = "validation" in run.data.evals
     while run.step < total:
         rec = train_step(run, stop.signum)
         stopping = rec.pop("stop")
         window_tokens += rec["input_tokens"]
+        window_steps += 1
+        steps_done += 1
         bar.update(1, loss=f"{rec['loss']:.4f}")
         if run.step == first and run.step < total and bar.first_s is not None:
             log0(d, f"step {run.step} took {duration(bar.first_s)}: the {total - run.step} steps left need about "
                     f"{duration(bar.first_s * (total - run.step))} (evaluations not included)")  # fmt: skip
         if run.step % rc.log_every == 0 or run.step == total:
             elapsed = time.perf_counter() - window_start
-            last = {"step": run.step, **rec, "tokens_per_s": window_tokens / max(elapsed, 1e-9)}
+            report = traffic.gather_report(traffic.COUNTER, window_steps, adapter_bytes)  # collective
+            last = {"step": run.step, **rec, "tokens_per_s": window_tokens / max(elapsed, 1e-9),
+                    **traffic.headline(report), "traffic": report}  # fmt: skip
             run.metrics.write(last)
-            window_tokens, window_start = 0, time.perf_counter()
+            traffic.COUNTER.reset()
+            window_tokens, window_start, window_steps = 0, time.perf_counter(), 0
         if has_val and rc.eval_every and run.step % rc.eval_every == 0 and run.step != total:
             run_validation(run)
         if stopping:
+            write_traffic(run, steps_done, adapter_bytes)
             save_checkpoint(run)
             bar.close()
             log0(d, f"stopped by a signal after step {run.step}: checkpoint saved, continue with --resume")
@@ -190,6 +206,8 @@ def train_loop(run: Run) -> dict:
             save_checkpoint(run)
     bar.close()
     final = dict(last)
+    if steps_done:
+        final["traffic"] = write_traffic(run, steps_done, adapter_bytes)
     if has_val:
         final.update(run_validation(run))
     if run.step > 0:  # --max_steps 0 only evaluates: nothing to resume
@@ -208,6 +226,19 @@ def train_loop(run: Run) -> dict:
         d, lambda: mark_finished(run), CONFIG_FILE, run.out, "the run's adapter, results and checkpoints are intact"
     )
     return final
+
+
+def write_traffic(run: Run, steps: int, adapter_bytes: int) -> dict:
+    """OUT/traffic.json: every rank's bytes per optimizer step over the steps this start ran, by link
+    and collective, with the layout that sent them (collective); its line on the console."""
+    report = traffic.gather_report(traffic.COUNTER, steps, adapter_bytes, whole_run=True)
+    lay = run.layout
+    report = {"scope": lay.scope, "nodes": lay.n_nodes, "world": run.d.world, "shard_groups": [list(g) for g in lay.groups],
+              **report, "first_step": run.step - steps + 1, "last_step": run.step}  # fmt: skip
+    on_main(run.d, lambda: write_json(run.out / "traffic.json", report), "traffic.json", run.out,
+            "the run's other files are intact")  # fmt: skip
+    log0(run.d, traffic.describe(report))
+    return report
 
 
 def mark_finished(run: Run) -> None:

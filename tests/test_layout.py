@@ -13,7 +13,7 @@ COMMAND_MODULES = {"cli", "infer", "exporter"}  # adept-train, -predict, -export
 # The floors of the package as README's "Layout" lists them: each module imports only modules before it.
 LAYERS = ["errors", "fileio", "progress", "trackers", "lock", "adapters", "model", "tasks", "metrics", "data", "bigbench",
           "taskdata", "config", "gguf_model", "backbone",
-          "builtin", "dist", "export", "peft_export", "merge", "loader", "optim", "run", "checkpoint", "evaluation",
+          "builtin", "topology", "traffic", "dist", "export", "peft_export", "merge", "loader", "optim", "run", "checkpoint", "evaluation",
           "build", "trainer", "cli", "infer", "exporter"]  # fmt: skip
 
 
