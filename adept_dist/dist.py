@@ -519,8 +519,6 @@ def restore_consolidated_state(engine, named_params, state: dict[str, torch.Tens
 
     DeepSpeed creates Adam's state lazily at the first step, so the entries of this rank's fp32
     flat partitions are created here before DeepSpeed's own mapping fills them."""
-    from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
-
     zero_opt = engine.optimizer
     flats = getattr(zero_opt, "fp32_partitioned_groups_flat", None) or getattr(
         zero_opt, "single_partition_of_fp32_groups", None
@@ -538,10 +536,41 @@ def restore_consolidated_state(engine, named_params, state: dict[str, torch.Tens
         for name, p in named_params:
             p.data.copy_(state[f"param.{name}"].to(p.device, p.dtype))
     for name, p in named_params:
-        safe_set_full_fp32_param(p, state[f"param.{name}"].to(p.device))  # the fp32 masters
+        set_full_hp(p, state[f"param.{name}"].to(p.device))  # the fp32 masters
         for key in ADAM_KEYS:
             if f"{key}.{name}" in state:  # absent before the first step: zeros are Adam's fresh state
-                safe_set_full_optimizer_state(p, state[f"{key}.{name}"].to(p.device), key)
+                set_full_hp(p, state[f"{key}.{name}"].to(p.device), key)
+
+
+def set_full_hp(p: torch.nn.Parameter, value: torch.Tensor, key: str | None = None) -> None:
+    """Set a parameter's fp32 master (or Adam moment `key`) from its whole value. A ZeRO-3 parameter
+    gets this rank's slice, zero-padded at the end: DeepSpeed's own full setter (0.19.8) cuts the
+    last rank's slice past the end whenever the size is not a multiple of the ranks (a 19-element
+    tensor on 2 ranks failed to resume)."""
+    from deepspeed.utils import (
+        safe_set_full_fp32_param,
+        safe_set_full_optimizer_state,
+        safe_set_local_fp32_param,
+        safe_set_local_optimizer_state,
+    )
+
+    if not is_zero3_param(p):
+        if key is None:
+            safe_set_full_fp32_param(p, value)
+        else:
+            safe_set_full_optimizer_state(p, value, key)
+        return
+    n = p.ds_tensor.numel()
+    start = n * dist.get_rank(group=p.ds_process_group)
+    flat = value.flatten()
+    local = torch.zeros(n, dtype=flat.dtype, device=flat.device)
+    if start < flat.numel():
+        stop = min(start + n, flat.numel())
+        local[: stop - start] = flat[start:stop]
+    if key is None:
+        safe_set_local_fp32_param(p, local)
+    else:
+        safe_set_local_optimizer_state(p, local, key)
 
 
 def adam_step_count(engine) -> int:

@@ -9,12 +9,13 @@ accumulation. Then one distributed forward/backward; rank 0 writes what both gav
 The reference lays out its micro-batches as the run does (packed or padded, `packing`); that the
 two layouts agree is tests/test_model.py's.
 
-    deepspeed --num_gpus 2 tests/dist_check.py MODEL_DIR TRAIN_JSONL DS_JSON OUT_DIR RESULT_JSON {bf16,fp32} {packed,padded}
+    deepspeed --num_gpus 2 tests/dist_check.py MODEL_DIR TRAIN_JSONL DS_JSON OUT_DIR RESULT_JSON {bf16,fp32} {packed,padded} [SCOPE]
+
+SCOPE (--shard_scope, e.g. node) runs with --ranks_per_node 2.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 import sys
 
@@ -23,10 +24,16 @@ import torch
 
 def main() -> None:
     args = [a for a in sys.argv[1:] if not a.startswith("--local_rank")]  # the launcher adds it
-    model_dir, train_file, ds_json, out_dir, result_path, dtype, layout = args
+    model_dir, train_file, ds_json, out_dir, result_path, dtype, layout, *scope = args
     from deepspeed.utils import safe_get_full_grad
 
-    from adept_dist.backbone import DTYPES, load_backbone
+    from adept_dist.adapters import build_adapter
+    from adept_dist.backbone import DTYPES, load_backbone, load_config
+    from adept_dist.dist import gathered
+
+    def backbone_hidden(path: str) -> int:
+        return load_config(path).hidden_size
+
     from adept_dist.build import assemble, prepare
     from adept_dist.config import make_config
     from adept_dist.data import collate, pack, step_batches
@@ -48,17 +55,27 @@ def main() -> None:
             "max_steps": 10,
             "warmup_steps": 1,
             "packing": layout == "packed",
+            **({"shard_scope": scope[0], "ranks_per_node": 2} if scope else {}),
         }
     )
     parts = prepare(cfg, d)
-    with torch.no_grad():  # at init B = b = 0 and A, a get no gradient: move off init so all five are tested
-        g = torch.Generator().manual_seed(1)
-        for p in (parts.model.adapter.B, parts.model.adapter.b):
+    adapter = parts.model.adapter  # partitioned already with scope node (loader.partition_adapter): gathered here
+    with gathered(list(adapter.parameters()), modifier_rank=0), torch.no_grad():
+        g = torch.Generator().manual_seed(
+            1
+        )  # at init B = b = 0 and A, a get no gradient: move off init so all five are tested
+        for p in (adapter.B, adapter.b):
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+        whole = {n: p.detach().clone() for n, p in adapter.named_parameters()}
+    a = cfg.adapter
+    ref_adapter = build_adapter(a.method, a.prompt_length, backbone_hidden(model_dir), a.offset_rank, cfg.data.max_length,
+                                a.dropout)  # fmt: skip
+    ref_adapter.load_state_dict(whole, strict=False)
+    assert set(whole) == {n for n, _ in ref_adapter.named_parameters()}
 
     # ---- single-process reference, no DeepSpeed, no communication
     backbone = load_backbone(model_dir, "nf4", d.device, dtype=DTYPES[dtype])
-    ref = AdeptLM(backbone, copy.deepcopy(parts.model.adapter).to(DTYPES[dtype]))
+    ref = AdeptLM(backbone, ref_adapter.to(DTYPES[dtype]))
     grads = {n: torch.zeros(p.shape) for n, p in ref.adapter.named_parameters()}
     loss_sum, n_target = 0.0, 0
     for r in range(d.world):
@@ -106,6 +123,14 @@ def main() -> None:
     if d.main:
         result = {
             "world": d.world,
+            "scope": run.cfg.run.shard_scope,
+            "adapter_groups": sorted(
+                {
+                    torch.distributed.get_world_size(p.ds_process_group)
+                    for p in run.model.adapter.parameters()
+                    if hasattr(p, "ds_process_group")
+                }
+            ),
             "zero_stage": zero_stage,
             "packing": run.cfg.data.packing,
             "loss": rec["loss"],

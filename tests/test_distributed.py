@@ -27,8 +27,12 @@ def zero3_config(tmp_path, threshold: int = 0):
 GRAD_TOL = {"bf16": 1e-2, "fp32": 1e-5}
 
 
-@pytest.mark.parametrize("dtype,layout", [("bf16", "packed"), ("fp32", "packed"), ("fp32", "padded")])
-def test_zero3_world2_matches_single_process_reference(tiny_model_dir, tmp_path, dtype, layout):
+@pytest.mark.parametrize(
+    "dtype,layout,scope",
+    [("bf16", "packed", None), ("fp32", "packed", None), ("fp32", "padded", None), ("fp32", "packed", "node")],
+)
+def test_zero3_matches_single_process_reference(tiny_model_dir, tmp_path, dtype, layout, scope):
+    """World 2 (global ZeRO-3); and world 4 as 2 nodes x 2 with the backbone sharded per node (scope node)."""
     train = write_jsonl(tmp_path / "train.jsonl", task_rows(64, seed=7))
     result = tmp_path / "result.json"
     script = str(REPO / "tests" / "dist_check.py")
@@ -40,17 +44,22 @@ def test_zero3_world2_matches_single_process_reference(tiny_model_dir, tmp_path,
         str(result),
         dtype,
         layout,
+        *([scope] if scope else []),
     ]
-    proc = run_cmd(deepspeed_cmd(script, *args))
+    world = 4 if scope == "node" else 2
+    proc = run_cmd(deepspeed_cmd(script, *args, num_gpus=world))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(result.read_text())
-    assert r["world"] == 2 and r["zero_stage"] == 3 and r["backbone_frozen"]
+    assert r["world"] == world and r["zero_stage"] == 3 and r["backbone_frozen"]
+    assert r["scope"] == (scope or "global")
+    assert r["adapter_groups"] == [world]  # the adapter is partitioned, and reduced, over every rank
     assert r["packing"] == (layout == "packed")
     # Each rank holds about half of the packed NF4 bytes (DeepSpeed pads each partition to
-    # alignment, hence the 5% slack; measured exactly half); the two halves cover the whole.
+    # alignment, hence the 5% slack; measured exactly half); the two halves cover the whole (with
+    # scope node each group of 2 holds the whole: the backbone is replicated across the groups).
     for h in r["held"]:
         assert 0.45 <= h["local_bytes"] / h["full_bytes"] <= 0.55, h
-    assert sum(h["local_bytes"] for h in r["held"]) >= r["held"][0]["full_bytes"]
+    assert sum(h["local_bytes"] for h in r["held"]) >= r["held"][0]["full_bytes"] * (world // 2)
     # Same micro-batches, same kernels on each rank as in the reference: the loss is equal up to
     # float64 summation order of per-micro-batch sums (measured: bitwise identical).
     assert r["loss"] == pytest.approx(r["ref_loss"], rel=1e-6)
