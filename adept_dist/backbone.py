@@ -195,6 +195,26 @@ def freeze(model) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
+def quant_state_bytes(model) -> int:
+    """Bytes of the NF4 quantisation statistics (bitsandbytes' QuantState: absmax, nested absmax and
+    codebooks) of a model's weights. A Python attribute, not a parameter: ZeRO-3 does not partition
+    it, so every rank holds all of it. Per matrix of n weights (blocks of 64, absmax blocks of 256):
+    n/64 (uint8 absmax) + 4*ceil(n/16384) (fp32 nested absmax) + 1092 (fp32 codebooks 256 + 16, offset)."""
+    seen: dict[int, int] = {}
+
+    def walk(state) -> None:
+        for value in vars(state).values():
+            if isinstance(value, torch.Tensor) and value.numel():
+                seen[value.data_ptr()] = value.numel() * value.element_size()
+            elif hasattr(value, "absmax"):  # the nested QuantState of the absmax
+                walk(value)
+
+    for p in model.parameters():
+        if getattr(p, "quant_state", None) is not None:
+            walk(p.quant_state)
+    return sum(seen.values())
+
+
 def quantization_config(quant: str, dtype: torch.dtype = torch.bfloat16):
     if quant == "none":
         return None

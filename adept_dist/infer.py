@@ -4,6 +4,12 @@
     python launch/predict.py --adapter runs/rte/adapter --input rows.jsonl --output preds.jsonl
     deepspeed --num_gpus 8 launch/predict.py --adapter ... (ZeRO-3: the backbone is partitioned)
 
+On several ranks with a stage-3 DeepSpeed JSON (the default) the model is loaded layer by layer
+(``loader.load_layerwise``: each unit read, quantised and partitioned before the next, so no rank
+ever holds the whole model) and sharded over every rank (``--shard_scope global``) or over each
+node's ranks (``node``); ``none`` (the default with a stage 0-2 JSON, and with one rank) loads the
+whole model on every rank through transformers and runs it without a DeepSpeed engine.
+
 Rows are decoded by ``evaluation.decode_examples`` (length-sorted batches dealt round-robin to
 the ranks), so predictions, sampled ones too, are the same at any number of ranks.
 """
@@ -19,20 +25,40 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from .backbone import DTYPES, load_backbone, load_config, load_tokenizer, resolve_compute_dtype
-from .build import convert_gguf
+from . import memory
+from .backbone import (
+    DTYPES,
+    load_backbone,
+    load_config,
+    load_tokenizer,
+    quant_state_bytes,
+    resolve_compute_dtype,
+)
+from .build import choose_loader, convert_gguf
+from .config import ConfigError
 from .data import ENCODING, DataError, Example, Joiner, leading_ids, read_records
-from .dist import Dist, build_inference_engine, full_numel, inference_ds_config, local_numel
+from .dist import (
+    Dist,
+    apply_shard_scope,
+    build_inference_engine,
+    full_numel,
+    inference_ds_config,
+    local_numel,
+    read_ds_config,
+)
 from .errors import EXIT_USER_ERROR, guarded
 from .evaluation import decode_examples, gather_to_main
 from .export import CONFIG, MERGE_INFO, AdapterFileError, load_adapter, read_adapter_config
 from .fileio import write_jsonl
+from .loader import load_layerwise, partition_adapter
 from .merge import load_merged_prompt, read_merge_info, resolve_base_model
 from .model import AdeptLM, Sampling
 from .run import log0
 from .tasks import find_task
+from .topology import SCOPES, make_layout
 
 DEFAULT_MAX_NEW_TOKENS = 32
+DEFAULT_DS_CONFIG = "ds_configs/zero3.json"
 
 
 # ----------------------------------------------------------------------------- predict.py
@@ -46,6 +72,18 @@ class Loaded:
     base_model: str
     merged: bool
     encoding: int  # data.ENCODING of the run that trained the adapter (1 when it predates the record)
+    loader: str  # layerwise or transformers
+    engine: object | None  # the ZeRO-3 inference engine (None: the model is whole on every rank)
+    memory: dict  # what loading the weights took on this rank (memory.LoadWatch.figures)
+
+
+@dataclass(frozen=True)
+class Sharding:
+    """How the model is held over the ranks, decided before anything is loaded."""
+
+    scope: str  # global or node: ZeRO-3 (over every rank, or over each group); none: whole on every rank
+    ds_path: str  # the DeepSpeed JSON (read only when scope is not none)
+    group: object | None = None  # the process group the backbone is partitioned over (None: every rank)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,8 +112,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--ds_config",
         default=None,
-        help="DeepSpeed JSON when run with several ranks (default ds_configs/zero3.json: the backbone is "
+        help=f"DeepSpeed JSON when run with several ranks (default {DEFAULT_DS_CONFIG}: the backbone is "
         "partitioned); a stage 0-2 config replicates the model on every rank",
+    )
+    p.add_argument(
+        "--shard_scope",
+        choices=SCOPES,
+        default=None,
+        help="global: ZeRO-3 over every rank (the default with several ranks and a stage-3 --ds_config); node: "
+        "ZeRO-3 within each node (or --shard_group_size group), replicated across them; none: the whole model on "
+        "every rank (the default with one rank or a stage 0-2 config)",
+    )
+    p.add_argument(
+        "--shard_group_size",
+        type=int,
+        default=None,
+        help="with --shard_scope node: ranks per group (a divisor of the ranks per node); default: a whole node",
+    )
+    p.add_argument(
+        "--ranks_per_node",
+        type=int,
+        default=None,
+        help="ranks per node for --shard_scope node (ranks 0..N-1 are node 0, ...); default: from the launcher "
+        "or the host name",
+    )
+    p.add_argument(
+        "--loader",
+        choices=("auto", "layerwise", "transformers"),
+        default="auto",
+        help="layerwise: read, quantise and partition one layer at a time (no rank holds the whole model); "
+        "transformers: the whole model on every rank, then partitioned; auto: layerwise under ZeRO-3 for dense "
+        "models (LLaMA, Mistral, Qwen2/3)",
     )
     p.add_argument("--local_rank", type=int, default=None, help=argparse.SUPPRESS)
     return p
@@ -127,9 +194,40 @@ def encode_sources(
     return out, truncated
 
 
-def load_for_inference(args, d: Dist, log) -> Loaded:
+def choose_sharding(args, world: int) -> Sharding:
+    """The sharding scope and DeepSpeed JSON, with every error of these options raised before anything
+    is loaded. Default: global with several ranks and a stage-3 JSON, none with a stage 0-2 JSON
+    (``dist.apply_shard_scope``, as in training) and with one rank (the JSON is then not read)."""
+    path = args.ds_config or DEFAULT_DS_CONFIG
+    for name in ("shard_group_size", "ranks_per_node"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise ConfigError(f"--{name} must be >= 1, got {value}")
+    if args.shard_group_size is not None and args.shard_scope != "node":
+        raise ConfigError(
+            "--shard_group_size sets the groups of --shard_scope node: add --shard_scope node, or drop it"
+        )
+    if args.shard_scope == "node" and args.loader == "transformers":
+        raise ConfigError("--shard_scope node partitions each layer over its group as it is loaded, which the "
+                          "transformers loader cannot: drop --loader transformers")  # fmt: skip
+    if world == 1 and args.shard_scope is None:
+        scope = "none"
+        why = "one rank holds the whole model: add --shard_scope global (ZeRO-3 over that rank)"
+    else:
+        _, scope, _ = apply_shard_scope(read_ds_config(path), args.shard_scope, path)
+        why = ("--shard_scope none keeps the whole model on every rank: drop --shard_scope none" if args.shard_scope
+               else f"{path} is not stage 3: pass --ds_config {DEFAULT_DS_CONFIG}")  # fmt: skip
+    if args.loader == "layerwise" and scope == "none":
+        raise ConfigError(f"--loader layerwise partitions the model with ZeRO-3 as it loads, but {why}, or drop "
+                          f"--loader layerwise")  # fmt: skip
+    return Sharding(scope, path)
+
+
+def load_for_inference(args, d: Dist, log, sharding: Sharding | None = None) -> Loaded:
     """Base model (from the adapter config, or --model) + adapter, or a merged export + its prompt;
-    every compatibility check runs before the weights are loaded."""
+    every compatibility check runs before the weights are loaded. Under ZeRO-3 (`sharding`) the
+    model is partitioned by the time this returns (collective)."""
+    sharding = sharding or Sharding("none", DEFAULT_DS_CONFIG)
     folder = Path(args.adapter)
     if not folder.is_dir():
         raise AdapterFileError(f"--adapter {folder} is not a folder: give OUT/adapter of a run, or a merged export")
@@ -156,10 +254,31 @@ def load_for_inference(args, d: Dist, log) -> Loaded:
         adapter, cfg = load_adapter(folder, config, name)
     tokenizer = load_tokenizer(name)
     quant = args.quant or cfg.get("quant", "nf4")
-    backbone = load_backbone(name, quant, d.device, args.attn_implementation, False, DTYPES[dtype_name])
-    model = AdeptLM(backbone, adapter.to(d.device)).eval()
+    dtype = DTYPES[dtype_name]
+    zero3 = sharding.scope != "none"
+    option = "layerwise" if sharding.scope == "node" else args.loader  # node groups exist only layer by layer
+    loader = choose_loader(option, zero3, config.model_type, sharding.ds_path)
+    ds = inference_ds_config(sharding.ds_path, args.batch_size, d.world, dtype_name == "bf16") if zero3 else None
+    log(f"{'merged export' if merged else cfg['method'] + ' adapter'} {folder} on {name} ({quant}, {dtype_name}; "
+        f"{loader} loader)")  # fmt: skip
+    if quant == "nf4":
+        import bitsandbytes  # noqa: F401 - imported before the watch: its ~130 MB of RSS are the library's
+
+    watch = memory.LoadWatch.start(d.device)
+    if loader == "layerwise":
+        backbone = load_layerwise(name, quant, d.device, dtype, ds, args.attn_implementation, log=log,
+                                  group=sharding.group)  # fmt: skip
+        # DeepSpeed casts (and partitions) only modules it finds unpartitioned, as the transformers
+        # path's adapter: the same cast here, and the adapter partitioned over every rank, not over
+        # the backbone's group (loader.partition_adapter)
+        adapter.to(d.device, dtype=dtype)
+        partition_adapter(adapter, ds)
+    else:
+        backbone = load_backbone(name, quant, d.device, args.attn_implementation, False, dtype)
+        adapter.to(d.device)
+    model = AdeptLM(backbone, adapter).eval()
     model.requires_grad_(False)
-    log(f"{'merged export' if merged else cfg['method'] + ' adapter'} {folder} on {name} ({quant}, {dtype_name})")
+    engine = build_inference_engine(model, ds) if ds is not None else None
     return Loaded(
         model,
         tokenizer,
@@ -169,6 +288,9 @@ def load_for_inference(args, d: Dist, log) -> Loaded:
         name,
         merged,
         cfg.get("encoding", 1),
+        loader,
+        engine,
+        watch.figures(),
     )
 
 
@@ -176,6 +298,36 @@ def local_share(model: torch.nn.Module) -> tuple[int, int]:
     """(elements this rank holds, elements of the whole model): ZeRO-3 keeps 1/world of each."""
     params = list(model.parameters())
     return sum(local_numel(p) for p in params), sum(full_numel(p) for p in params)
+
+
+def partition_ranks(module: torch.nn.Module) -> int:
+    """The number of ranks a module's first ZeRO-3 parameter is partitioned over (1: not partitioned)."""
+    for p in module.parameters():
+        if hasattr(p, "ds_process_group"):
+            return dist.get_world_size(group=p.ds_process_group)
+    return 1
+
+
+def holding(loaded: Loaded, d: Dist) -> dict:
+    """What this rank holds once loaded, and the memory loading took: one line on the main process,
+    and one JSON line per rank in $ADEPT_MEMORY_REPORT (memory.MEMORY_REPORT) when it is set."""
+    model = loaded.model
+    held, whole = local_share(model)
+    record = {"rank": d.rank, "world": d.world, "loader": loaded.loader, "held_elements": held,
+              "whole_elements": whole, "quant_state_bytes": quant_state_bytes(model), **loaded.memory}  # fmt: skip
+    if loaded.engine is not None:
+        record["backbone_ranks"] = partition_ranks(model.backbone)
+        record["adapter_ranks"] = partition_ranks(model.adapter)
+        log0(d, f"ZeRO-3: rank 0 holds {held:,} of {whole:,} parameter elements (the backbone partitioned over "
+                f"{record['backbone_ranks']} rank(s), the adapter over {record['adapter_ranks']})")  # fmt: skip
+    elif d.world > 1:
+        log0(d, "model replicated: every rank holds all of it")
+    cuda = f", CUDA peak {record['cuda_peak_mb']:.0f} MB" if "cuda_peak_mb" in record else ""
+    log0(d, f"loading on rank 0: RSS {record['rss_before_mb']:.0f} MB before, peak {record['peak_rss_mb']:.0f} MB "
+            f"(+{record['peak_increase_mb']:.0f} MB), {record['rss_after_mb']:.0f} MB after{cuda}; the NF4 statistics "
+            f"(QuantState, whole on every rank) take {record['quant_state_bytes'] / 2**20:.2f} MB")  # fmt: skip
+    memory.append_report(record)
+    return record
 
 
 def predict(args, d: Dist) -> dict:
@@ -190,7 +342,12 @@ def predict(args, d: Dist) -> dict:
     sampling = Sampling(args.do_sample, args.temperature, args.top_k, args.top_p)
     if args.batch_size < 1 or (args.max_new_tokens is not None and args.max_new_tokens < 1):
         raise DataError("--batch_size and --max_new_tokens must be >= 1")
-    loaded = load_for_inference(args, d, log)
+    sharding = choose_sharding(args, d.world)
+    layout, group = make_layout(sharding.scope, args.shard_group_size, args.ranks_per_node)  # collective
+    if d.world > 1:
+        log(layout.describe())
+    loaded = load_for_inference(args, d, log, Sharding(sharding.scope, sharding.ds_path, group))
+    holding(loaded, d)
     task = find_task(loaded.task)
     rows = read_inputs(args.input, task)
     max_length = args.max_length or loaded.max_length
@@ -207,12 +364,6 @@ def predict(args, d: Dist) -> dict:
         )
     log(f"{len(rows)} rows ({truncated} inputs cut to --max_length {max_length}); up to {max_new} new tokens, "
         f"{'sampled' if sampling.do_sample else 'greedy'}, {d.world} rank(s)")  # fmt: skip
-    if d.world > 1:
-        bf16 = next(loaded.model.backbone.parameters()).dtype == torch.bfloat16
-        ds = inference_ds_config(args.ds_config or "ds_configs/zero3.json", args.batch_size, d.world, bf16)
-        engine = build_inference_engine(loaded.model, ds) if ds is not None else None
-        held, whole = local_share(loaded.model)
-        log(f"ZeRO-3: rank 0 holds {held:,} of {whole:,} parameter elements" if engine else "model replicated")
     tok = loaded.tokenizer
     mine, _ = decode_examples(
         loaded.model, examples, tok.pad_token_id, tok.eos_token_id, d, args.batch_size, max_new, sampling, args.seed

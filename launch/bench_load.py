@@ -36,13 +36,6 @@ def parse(argv=None):
     return p.parse_args(argv)
 
 
-def status_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def worker(args) -> None:
     import deepspeed
     import torch
@@ -50,6 +43,7 @@ def worker(args) -> None:
     from adept_dist.backbone import DTYPES, load_backbone, resolve_compute_dtype
     from adept_dist.dist import full_numel, init_distributed, local_numel
     from adept_dist.loader import load_layerwise
+    from adept_dist.memory import status_mb
 
     d = init_distributed(args.local_rank)
     root = Path(args.workdir)

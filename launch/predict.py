@@ -5,7 +5,8 @@
 
 The base model named in the adapter's config is loaded (or --model), the adapter applied, and
 each row's prediction written next to the row. Greedy by default; --do_sample --temperature
---top_k --top_p --seed for sampling; --max_new_tokens.
+--top_k --top_p --seed for sampling; --max_new_tokens. On several ranks with a stage-3 --ds_config
+the model is loaded layer by layer and partitioned (--shard_scope global|node|none, --loader).
 """
 
 from __future__ import annotations

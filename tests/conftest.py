@@ -64,6 +64,19 @@ def tokenizer(tiny_model_dir):
     return load_tokenizer(str(tiny_model_dir))
 
 
+@pytest.fixture
+def predict(monkeypatch, capsys):
+    """predict.py's main in this process (world size 1); returns (exit code, stderr)."""
+    from adept_dist.infer import main as predict_main
+
+    def call(*argv: str) -> tuple[int, str]:
+        monkeypatch.setenv("MASTER_PORT", str(free_port()))
+        code = predict_main(list(argv))
+        return code, capsys.readouterr().err
+
+    return call
+
+
 # set in this process by in-process runs (cli.main -> init_distributed): a child that inherited them
 # would join that (long gone) world's rendezvous port instead of starting its own
 DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")

@@ -15,24 +15,11 @@ from adept_dist.backbone import load_backbone, load_tokenizer
 from adept_dist.data import collate
 from adept_dist.export import CONFIG, WEIGHTS, adapter_config, save_adapter
 from adept_dist.infer import encode_sources
-from adept_dist.infer import main as predict_main
 from adept_dist.model import AdeptLM
-from tests.conftest import deepspeed_cmd, free_port, run_cmd, save_tiny_llama, write_jsonl
+from tests.conftest import deepspeed_cmd, run_cmd, save_tiny_llama, write_jsonl
 from tests.test_model import perturbed_adept
 
 WORDS = ["review : the soup was fantastic", "review : the staff was rude", "the movie", "the pasta was truly"]
-
-
-@pytest.fixture
-def predict(monkeypatch, capsys):
-    """predict.py's main in this process (world size 1); returns (exit code, stderr)."""
-
-    def call(*argv: str) -> tuple[int, str]:
-        monkeypatch.setenv("MASTER_PORT", str(free_port()))
-        code = predict_main(list(argv))
-        return code, capsys.readouterr().err
-
-    return call
 
 
 @pytest.fixture

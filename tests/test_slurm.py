@@ -297,3 +297,24 @@ def test_port_taken_on_the_first_node_is_not_used(cluster, tmp_path):
     port = int(re.search(r"master localnode1:(\d+)", text).group(1))
     assert port != derived
     assert len(losses(tmp_path / "out")) == 3
+
+
+def test_node_scope_on_two_nodes_keeps_the_backbone_inside_each_node(cluster, tmp_path):
+    """2 nodes x 2 tasks with the backbone sharded per node, each rank's node taken from SLURM_NODEID
+    (no --ranks_per_node): it trains, and across nodes go only the adapter's gathers and gradient
+    reduction. (Exactness against global ZeRO-3 and the single-process reference: tests/test_layouts.py
+    and tests/test_distributed.py, on 4 ranks standing in for 2 nodes.)"""
+    ds = json.loads((REPO / "ds_configs" / "zero3.json").read_text())
+    ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0  # the built-in model's tensors partitioned too
+    (tmp_path / "zero3_t0.json").write_text(json.dumps(ds))
+    job, out = submit(cluster, tmp_path, "node", sbatch_args=("--ntasks-per-node=2",), shard_scope="node",
+                      micro_batch_size=4, max_steps=8, ds_config=str(tmp_path / "zero3_t0.json"))  # fmt: skip
+    assert cluster.wait(job, timeout=600) == "COMPLETED", cluster.diagnostics(job)
+    log = next(tmp_path.glob("node-*.log")).read_text(errors="replace")
+    assert "4 rank(s) on 2 node(s)" in log and "2 group(s) of 2); --shard_scope node" in log, log[-3000:]
+    assert len(losses(out)) == 8 and losses(out)[-1] < losses(out)[0]
+    t = json.loads((out / "traffic.json").read_text())
+    assert [r["node"] for r in t["ranks"]] == [0, 0, 1, 1] and t["shard_groups"] == [[0, 1], [2, 3]]
+    for r in t["ranks"]:
+        assert 0 < r["inter_node_bytes_per_step"] <= 3 * t["adapter_bytes"], r
+        assert r["intra_node_bytes_per_step"] > 2 * r["inter_node_bytes_per_step"], r  # the backbone's gathers
