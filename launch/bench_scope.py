@@ -21,7 +21,6 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def parse(argv=None):
@@ -83,7 +82,12 @@ def run_scope(args, root: Path, scope: str, out: Path) -> dict:
 
 def main(argv=None) -> int:
     args = parse(argv)
-    from bench import make_inputs
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench", Path(__file__).resolve().with_name("bench.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)  # launch/bench.py's random LLaMA and data
+    make_inputs = bench.make_inputs
 
     root = Path(args.workdir or tempfile.mkdtemp(prefix="bench_scope_"))
     root.mkdir(parents=True, exist_ok=True)

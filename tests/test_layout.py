@@ -9,12 +9,13 @@ from pathlib import Path
 from tests.conftest import REPO
 
 PACKAGE = REPO / "adept_dist"
-COMMAND_MODULES = {"cli", "infer", "exporter"}  # adept-train, -predict, -export: entry points, imported by no module
+# adept-train, -predict, -export, -plan: entry points, imported by no module
+COMMAND_MODULES = {"cli", "infer", "exporter", "planner"}
 # The floors of the package as README's "Layout" lists them: each module imports only modules before it.
 LAYERS = ["errors", "fileio", "progress", "trackers", "lock", "adapters", "model", "tasks", "metrics", "data", "bigbench",
           "taskdata", "config", "gguf_model", "backbone",
-          "builtin", "topology", "traffic", "dist", "export", "peft_export", "merge", "loader", "optim", "run", "checkpoint", "evaluation",
-          "build", "trainer", "cli", "infer", "exporter"]  # fmt: skip
+          "builtin", "topology", "traffic", "memory", "plan", "dist", "export", "peft_export", "merge", "loader", "optim", "run", "checkpoint", "evaluation",
+          "build", "trainer", "cli", "infer", "exporter", "planner"]  # fmt: skip
 
 
 def imports_of(path: Path) -> tuple[set[str], set[str]]:
