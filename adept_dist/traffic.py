@@ -91,20 +91,19 @@ class Counter:
         self.nodes, self.rank = list(nodes), rank
 
     @contextlib.contextmanager
-    def counting(self):
-        before, self.on = self.on, True
+    def switched(self, on: bool):
+        """Counting on (or off) inside the block, as it was after it."""
+        before, self.on = self.on, on
         try:
             yield
         finally:
             self.on = before
 
-    @contextlib.contextmanager
+    def counting(self):
+        return self.switched(True)
+
     def paused(self):
-        before, self.on = self.on, False
-        try:
-            yield
-        finally:
-            self.on = before
+        return self.switched(False)
 
     def group_ranks(self, group) -> list[int]:
         key = id(group) if group is not None else 0
