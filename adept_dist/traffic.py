@@ -254,9 +254,8 @@ def headline(report: dict) -> dict:
 
 def describe(report: dict) -> str:
     """One line: the largest per-rank receive per step, inside and across nodes, against the adapter."""
-    ranks = report["ranks"]
-    intra = max(r["intra_node_bytes_per_step"] for r in ranks)
-    inter = max(r["inter_node_bytes_per_step"] for r in ranks)
+    most = headline(report)
+    intra, inter = most["intra_node_bytes_per_step"], most["inter_node_bytes_per_step"]
     ratio = inter / report["adapter_bytes"] if report["adapter_bytes"] else 0.0
     return (f"traffic per step and rank (received, most of any rank): {mb(intra)} inside its node, {mb(inter)} from "
             f"other nodes ({ratio:.1f}x the adapter's {mb(report['adapter_bytes'])} in fp32)")  # fmt: skip
