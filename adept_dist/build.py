@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 
 from . import builtin, gguf_model, lock, taskdata, traffic
+from . import plan as P
 from .adapters import PromptAdapter, build_adapter
 from .backbone import (
     DENSE_TYPES,
@@ -39,6 +40,8 @@ from .checkpoint import resume_state
 from .config import CONFIG_FILE, Config, ConfigError, read_run_config, resumed_config
 from .data import ENCODING, UNKNOWN_WARN_SHARE, DataError, make_stream, unknown_shares
 from .dist import (
+    AUTO,
+    DEFAULT_DS_CONFIG,
     Dist,
     apply_shard_scope,
     broadcast_packed,
@@ -52,12 +55,13 @@ from .errors import EXIT_OK, UserError
 from .export import load_adapter
 from .fileio import now, write_json
 from .loader import check_world_group, load_layerwise, partition_adapter
+from .memory import DEVICE_MEMORY, device_bytes
 from .merge import shard_map
 from .model import AdeptLM
 from .optim import make_optimizer
 from .run import MetricsLog, Run, RunParts, TrainError, log0, on_main
 from .tasks import get_task
-from .topology import make_layout
+from .topology import discover_nodes, make_layout
 from .trackers import parse_report_to
 
 
@@ -89,15 +93,19 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    ds_config = resolve_ds_config(cfg.run.ds_config, cfg, d.world)
-    ds_config, cfg.run.shard_scope, note = apply_shard_scope(ds_config, cfg.run.shard_scope, cfg.run.ds_config)
+    ds_path = DEFAULT_DS_CONFIG if cfg.run.ds_config == AUTO else cfg.run.ds_config
+    ds_config = resolve_ds_config(ds_path, cfg, d.world)
+    scope = cfg.run.shard_scope
+    if scope == AUTO or (scope is None and cfg.run.ds_config == AUTO):
+        scope = planned_scope(cfg, d, model_config.to_dict(), ds_config, model_name)
+    ds_config, cfg.run.shard_scope, note = apply_shard_scope(ds_config, scope, ds_path)
     if note:
         log0(d, note)
     layout, group = make_layout(cfg.run.shard_scope, cfg.run.shard_group_size, cfg.run.ranks_per_node)
     traffic.COUNTER.set_nodes(list(layout.nodes), d.rank)
     log0(d, layout.describe())
     zero3 = zero_stage(ds_config) == 3
-    cfg.model.loader = choose_loader(cfg.model.loader, zero3, model_config.model_type, cfg.run.ds_config)
+    cfg.model.loader = choose_loader(cfg.model.loader, zero3, model_config.model_type, ds_path)
     if group is not None and cfg.model.loader != "layerwise":
         raise ConfigError(f"--shard_scope node partitions each layer over its group as it is loaded, which the "
                           f"{cfg.model.loader} loader cannot: drop --loader {cfg.model.loader}")  # fmt: skip
@@ -134,6 +142,53 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     stream = make_stream(lengths, cfg.optim.seed, cfg.data.global_batch(d.world), window)
     return RunParts(cfg, d, out, tokenizer, data, model, stream, ds_config, cfg.model.model or "builtin", model_name,
                     layout)  # fmt: skip
+
+
+def size(n: float) -> str:
+    return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
+
+
+def planned_scope(cfg: Config, d: Dist, model_config: dict, ds_config: dict, model_name: str) -> str:
+    """--shard_scope auto (or --ds_config auto): the scope adept-plan recommends for this model, these
+    options and this job's nodes, ranks and device memory (collective: the nodes are all-gathered)."""
+    nodes = discover_nodes(d.world, cfg.run.ranks_per_node)
+    n_nodes = len(set(nodes))
+    per_node = d.world // n_nodes
+    if per_node * n_nodes != d.world:
+        raise ConfigError(f"--shard_scope auto plans nodes of equal size, but this job's {d.world} ranks sit "
+                          f"unevenly on {n_nodes} nodes: pass --shard_scope global, node or none")  # fmt: skip
+    mine = device_bytes(d.device, nodes.count(nodes[d.rank]))
+    mine = P.memory_size(mine, f"${DEVICE_MEMORY}") if isinstance(mine, str) else mine
+    least = torch.tensor([float(mine)], dtype=torch.float64)
+    if dist.is_initialized():
+        dist.all_reduce(least, op=dist.ReduceOp.MIN)  # the smallest device decides
+    memory = int(least.item())
+    c, a = cfg, cfg.adapter
+    work = P.Workload(
+        max_length=c.data.max_length, micro_batch=c.data.micro_batch_size, grad_accum=c.data.grad_accum,
+        method=a.method, prompt_length=a.prompt_length, offset_rank=a.offset_rank,
+        activation_checkpointing=c.model.activation_checkpointing, compute_dtype=c.model.compute_dtype,
+        quant=c.model.quant, packing=c.data.packing, pack_tokens=c.data.pack_tokens,
+    )  # fmt: skip
+    cluster = P.Cluster(n_nodes, per_node, memory, cfg.run.shard_group_size)
+    try:
+        pl = P.plan(P.shape_of(model_config, model_name), cluster, work, P.Zero.from_ds(ds_config),
+                    cpu=d.device.type == "cpu")  # fmt: skip
+    except P.PlanError as exc:
+        raise ConfigError(f"--shard_scope auto cannot plan this model ({exc}): pass --shard_scope global, node or "
+                          f"none") from None  # fmt: skip
+    figures = ", ".join(
+        f"{lay.scope}: {size(lay.peak_bytes_per_gpu)} peak{'' if lay.fits else ' (does not fit)'}, "
+        f"{size(lay.inter_node_bytes_per_step)} inter-node per step"
+        for lay in pl.layouts
+    )
+    if pl.recommended is None:
+        raise ConfigError(f"--shard_scope auto: no sharding scope fits in {size(cluster.usable)} per rank "
+                          f"({figures}): try --activation_checkpointing, a smaller --micro_batch_size, more ranks, "
+                          f"or pass --shard_scope to try one anyway")  # fmt: skip
+    log0(d, f"--shard_scope auto: {pl.recommended} on {n_nodes} node(s) x {per_node} rank(s) with "
+            f"{size(memory)} each ({figures}); adept-plan shows the whole plan")  # fmt: skip
+    return pl.recommended
 
 
 def assemble(parts: RunParts) -> Run:

@@ -135,14 +135,19 @@ class OptimConfig:
 @dataclass
 class RunConfig:
     output_dir: str = opt("runs/builtin", "run folder: config, metrics.jsonl, adapter/, checkpoints/")
-    ds_config: str = opt("ds_configs/zero3.json", "DeepSpeed JSON ('auto' values are filled from this config)")
+    ds_config: str = opt(
+        "ds_configs/zero3.json",
+        "DeepSpeed JSON ('auto' values are filled from this config); auto: ds_configs/zero3.json with the sharding "
+        "scope adept-plan recommends for this job (--shard_scope auto)",
+    )
     shard_scope: str | None = opt(
         None,
         "how the frozen backbone is held: global (ZeRO-3 over all ranks; the default with a stage-3 --ds_config), "
         "node (ZeRO-3 within each node, or each --shard_group_size group, replicated across them: its all-gathers "
         "never leave the group; the adapter's gradients are still reduced over all ranks), none (replicated on every "
-        "rank, ZeRO stage 2; the default with a stage 0-2 config)",
-        ("global", "node", "none"),
+        "rank, ZeRO stage 2; the default with a stage 0-2 config), auto (the one adept-plan recommends for this model, "
+        "these options and this job's nodes, ranks and device memory; chosen again on each --resume)",
+        ("global", "node", "none", "auto"),
     )
     shard_group_size: int | None = opt(
         None, "with --shard_scope node: ranks per shard group (a divisor of the ranks per node); default: a whole node"
@@ -471,7 +476,10 @@ def check_config(cfg: Config) -> None:
         if value is not None and value < 1:
             raise ConfigError(f"option {name} must be >= 1, got {value}")
     check_packing(cfg)
-    if r.shard_group_size is not None and r.shard_scope != "node":
+    if r.ds_config == "auto" and r.shard_scope not in (None, "auto"):
+        raise ConfigError(f"--ds_config auto lets the plan choose the sharding scope, which --shard_scope {r.shard_scope} "
+                          f"sets: drop one of them")  # fmt: skip
+    if r.shard_group_size is not None and r.shard_scope not in ("node", "auto") and r.ds_config != "auto":
         raise ConfigError(
             "--shard_group_size sets the groups of --shard_scope node: add --shard_scope node, or drop it"
         )

@@ -29,6 +29,7 @@ from .config import Config, ConfigError
 from .fileio import home, refuse_duplicate_keys
 
 AUTO = "auto"
+DEFAULT_DS_CONFIG = "ds_configs/zero3.json"  # the JSON behind --ds_config's default and --ds_config auto
 STALE_BUILD_LOCK_S = 600  # building DeepSpeed's CPU comm op takes about a minute
 
 

@@ -38,6 +38,7 @@ from .build import choose_loader, convert_gguf
 from .config import ConfigError
 from .data import ENCODING, DataError, Example, Joiner, leading_ids, read_records
 from .dist import (
+    DEFAULT_DS_CONFIG,
     Dist,
     apply_shard_scope,
     build_inference_engine,
@@ -58,7 +59,6 @@ from .tasks import find_task
 from .topology import SCOPES, make_layout
 
 DEFAULT_MAX_NEW_TOKENS = 32
-DEFAULT_DS_CONFIG = "ds_configs/zero3.json"
 
 
 # ----------------------------------------------------------------------------- predict.py

@@ -69,3 +69,16 @@ def append_report(record: dict) -> None:
     if path:
         with open(path, "a") as f:
             f.write(json.dumps(record) + "\n")
+
+
+DEVICE_MEMORY = "ADEPT_DEVICE_MEMORY"  # bytes (or 40GB, 24GiB) a rank may use, instead of its device's
+
+
+def device_bytes(device: torch.device, ranks_on_host: int) -> int | str:
+    """Memory one rank may use: $ADEPT_DEVICE_MEMORY as given (a share of a GPU, or a run planned for
+    other devices), else the GPU's total on CUDA, else this host's RAM shared by its ranks."""
+    if os.environ.get(DEVICE_MEMORY):
+        return os.environ[DEVICE_MEMORY]
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // max(ranks_on_host, 1)

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import collections
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,6 +62,17 @@ DEFAULT_HEADROOM = 0.10
 
 class PlanError(UserError, ValueError):
     """A model or layout the planner cannot work out; the message says what to give instead."""
+
+
+UNITS = {"": 10**9, "gb": 10**9, "gib": 2**30, "mb": 10**6, "mib": 2**20, "tb": 10**12, "tib": 2**40}
+
+
+def memory_size(text: str, what: str = "--gpu_memory") -> int:
+    """'80GB' (10^9), '40GiB' (2^30), '24' (GB) -> bytes."""
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
+    if not m or m.group(2).lower() not in UNITS:
+        raise PlanError(f"{what} {text!r}: give a size such as 80GB, 40GiB or 24")
+    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
 
 
 @dataclass(frozen=True)
@@ -111,6 +123,14 @@ def read_shape(model: str) -> Shape:
         )
     try:
         cfg = json.loads(path.read_text())
+    except ValueError as exc:
+        raise PlanError(f"{path} is not JSON ({exc}): give a model's config.json") from None
+    return shape_of(cfg, str(path), default_name=path.parent.name)
+
+
+def shape_of(cfg: dict, where: str, default_name: str = "") -> Shape:
+    """The Shape of a config.json's dict (a transformers config's to_dict() too)."""
+    try:
         hidden, heads = int(cfg["hidden_size"]), int(cfg["num_attention_heads"])
         return Shape(
             hidden=hidden,
@@ -122,10 +142,10 @@ def read_shape(model: str) -> Shape:
             tied=bool(cfg.get("tie_word_embeddings", False)),
             head_dim=int(cfg.get("head_dim") or hidden // heads),
             qkv_bias=bool(cfg.get("attention_bias", cfg.get("model_type") == "qwen2")),
-            name=str(cfg.get("_name_or_path") or path.parent.name),
+            name=str(cfg.get("_name_or_path") or default_name),
         )
     except (ValueError, KeyError, TypeError) as exc:
-        raise PlanError(f"{path} is not a LLaMA-family config.json ({type(exc).__name__}: {exc}); give one that "
+        raise PlanError(f"{where} is not a LLaMA-family config.json ({type(exc).__name__}: {exc}); give one that "
                         f"has hidden_size, intermediate_size, num_hidden_layers, num_attention_heads, vocab_size"
                         ) from None  # fmt: skip
 
@@ -653,7 +673,8 @@ def scopes_for(cluster: Cluster) -> list[str]:
 def recommend(layouts: list[LayoutPlan]) -> str | None:
     """Of the scopes that fit: those that keep the backbone off the inter-node network (no more than
     10x the least inter-node traffic of any), then the least traffic in all (a replicated backbone,
-    which gathers nothing, wins where it fits), then the least memory."""
+    which gathers nothing, wins where it fits), then the least memory, then the simplest (none, node,
+    global: a shard group of one rank gathers nothing either, but runs ZeRO-3's machinery)."""
     fitting = [lay for lay in layouts if lay.fits]
     if not fitting:
         return None
@@ -662,7 +683,7 @@ def recommend(layouts: list[LayoutPlan]) -> str | None:
     def key(lay: LayoutPlan) -> tuple:
         ships_backbone = lay.inter_node_bytes_per_step > 10 * max(least, 1)
         total = lay.inter_node_bytes_per_step + lay.intra_node_bytes_per_step
-        return ships_backbone, total, lay.peak_bytes_per_gpu
+        return ships_backbone, total, lay.peak_bytes_per_gpu, ("none", "node", "global").index(lay.scope)
 
     return min(fitting, key=key).scope
 

@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from pathlib import Path
 
 from . import plan as P
 from .errors import EXIT_OK, EXIT_USER_ERROR, UserError
 
-UNITS = {"": 10**9, "gb": 10**9, "gib": 2**30, "mb": 10**6, "mib": 2**20, "tb": 10**12, "tib": 2**40}
 PARTS = {  # memory part -> its line in the table
     "backbone": "backbone: NF4 shard or replica, embedding, head, norms",
     "quant_stats": "NF4 statistics (a full copy on every GPU)",
@@ -28,14 +26,6 @@ PARTS = {  # memory part -> its line in the table
     "adapter_and_adam": "adapter and Adam (fp32 masters, 2 moments)",
     "deepspeed_buffers": "DeepSpeed buffers (reduce bucket)",
 }
-
-
-def memory_size(text: str) -> int:
-    """'80GB' (10^9), '40GiB' (2^30), '24' (GB) -> bytes."""
-    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", text)
-    if not m or m.group(2).lower() not in UNITS:
-        raise P.PlanError(f"--gpu_memory {text!r}: give a size such as 80GB, 40GiB or 24")
-    return int(float(m.group(1)) * UNITS[m.group(2).lower()])
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -131,7 +121,7 @@ def run(args) -> int:
     from .dist import read_ds_config
 
     shape = P.read_shape(args.model)
-    cluster = P.Cluster(args.nodes, args.gpus_per_node, memory_size(args.gpu_memory), args.shard_group_size,
+    cluster = P.Cluster(args.nodes, args.gpus_per_node, P.memory_size(args.gpu_memory, "--gpu_memory"), args.shard_group_size,
                         args.headroom)  # fmt: skip
     work = P.Workload(
         max_length=args.max_length, micro_batch=args.micro_batch, grad_accum=args.grad_accum, method=args.method,

@@ -5,14 +5,18 @@ runs (2 simulated nodes x 2) within 5%, the peak memory of a small run within 15
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 
 import pytest
 
 from adept_dist import plan as P
-from adept_dist.builtin import task_rows
-from adept_dist.planner import ds_config_for, main, memory_size
-from tests.conftest import REPO, deepspeed_cmd, run_cmd, write_jsonl
+from adept_dist.build import size
+from adept_dist.builtin import ensure_builtin, task_rows
+from adept_dist.config import ConfigError, make_config
+from adept_dist.plan import memory_size
+from adept_dist.planner import ds_config_for, main
+from tests.conftest import REPO, child_env, deepspeed_cmd, run_cmd, write_jsonl
 from tests.test_distributed import zero3_config
 
 GB = 10**9
@@ -193,3 +197,42 @@ def test_memory_prediction_matches_a_real_run(tmp_path):
     [row] = json.loads(out.read_text())["rows"]
     assert row["memory_predicted"] > 250e6 and row["memory_ratio"] == pytest.approx(1.0, abs=0.15), row
     assert row["intra_measured"] == row["inter_measured"] == 0  # one rank: nothing sent
+
+
+# ----------------------------------------------------------------------------- --ds_config auto
+def test_auto_scope_is_refused_beside_a_given_scope():
+    with pytest.raises(ConfigError, match="--ds_config auto lets the plan choose the sharding scope"):
+        make_config({"ds_config": "auto", "shard_scope": "node"})
+
+
+@pytest.mark.dist
+def test_ds_config_auto_trains_with_the_plans_scope(tmp_path):
+    """--ds_config auto at world 2 on one node: the run plans this model and these options as adept-plan
+    does (its log line gives the plan's figures for both scopes) and takes the recommended scope. A model
+    this small is smaller replicated than sharded (ZeRO-3's gather buffers outweigh half of its weights),
+    so with room to spare that is none, run as ZeRO stage 2 (the rules that pick global or node where
+    memory is short: the tests above). With $ADEPT_DEVICE_MEMORY=1MB nothing fits: a one-line refusal
+    before any data is read."""
+    opts = ["--max_length", "64", "--micro_batch_size", "2", "--compute_dtype", "fp32", "--max_steps", "1",
+            "--max_eval_samples", "8"]  # fmt: skip
+    shape = P.read_shape(str(ensure_builtin() / "model"))  # built once per session, as the run would
+    work = P.Workload(max_length=64, micro_batch=2, compute_dtype="fp32")
+    pl = P.plan(shape, P.Cluster(1, 2, 10**12), work, ZERO3, cpu=True)
+    assert pl.recommended == "none"
+    out = tmp_path / "run"
+    proc = run_cmd(deepspeed_cmd("launch/train.py", "--ds_config", "auto", "--output_dir", str(out), *opts))
+    log = proc.stdout + proc.stderr
+    assert proc.returncode == 0, log[-3000:]
+    assert "--shard_scope auto: none on 1 node(s) x 2 rank(s)" in log, log[-3000:]
+    for scope in ("global", "none"):
+        assert f"{scope}: {size(pl.layout(scope).peak_bytes_per_gpu)} peak" in log, log[-3000:]
+    assert json.loads((out / "config.json").read_text())["run"]["shard_scope"] == "none"
+    assert json.loads((out / "ds_config.json").read_text())["zero_optimization"]["stage"] == 2
+    env = {**child_env(), "ADEPT_DEVICE_MEMORY": "1MB"}
+    proc = subprocess.run(deepspeed_cmd("launch/train.py", "--ds_config", "auto", "--output_dir",
+                                        str(tmp_path / "small"), *opts),
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    log = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert "--shard_scope auto: no sharding scope fits in 0.90 MB per rank" in log, log[-3000:]
+    assert "data (" not in log  # refused before the data is read
