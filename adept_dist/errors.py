@@ -14,6 +14,7 @@ EXIT_OK = 0
 EXIT_USER_ERROR = 2  # bad input: one line says what and how to fix it
 EXIT_STOPPED = 3  # stopped by SIGUSR1/SIGTERM after saving a checkpoint: rerun with --resume
 EXIT_WRITE_FAILED = 4  # a write failed (disk full, quota, read-only): what was written before is intact
+EXIT_LOCK_LOST = 5  # another job took the run folder's lock over (--take_over): this one wrote nothing more
 
 
 class UserError(Exception):

@@ -8,11 +8,15 @@ while the holder lives; a lock whose holder is gone is taken over, with a line s
 - the holder's SLURM job (of this cluster) has ended by ``squeue`` (completed, cancelled, failed,
   ..., or no longer listed);
 - the user says so (``--take_over``): a holder on another host without SLURM cannot be checked.
+  ``--take_over`` never takes the lock from a holder the rules find alive (a process of this host
+  whose pid and start time match, a SLURM job that squeue lists as pending or running).
 
 The main process takes the lock before anything is written into the folder and gives it back when
 the command ends (``release_held``, also after an error, and at exit); a killed job leaves it behind, which the rules above
 handle. Creating the file is atomic (``O_EXCL``); taking one over renames it away first, so two
-jobs taking over the same stale lock cannot both win.
+jobs taking over the same stale lock cannot both win. A job whose lock was taken over (by
+``--take_over`` elsewhere) finds out before its next write (``check_held``, called by
+``run.on_main`` and before each checkpoint) and stops with ``LockLost``, writing nothing more.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import UserError
+from .errors import EXIT_LOCK_LOST, UserError
 from .fileio import now
 
 LOCK = "lock.json"
@@ -38,6 +42,12 @@ ENDED_STATES = ("COMPLETED", "CANCELLED", "FAILED", "TIMEOUT", "NODE_FAIL", "OUT
 
 class LockError(UserError, RuntimeError):
     """The run folder belongs to a job that is still alive (or cannot be checked)."""
+
+
+class LockLost(UserError, RuntimeError):
+    """This job's lock was taken over by another job: it stops without writing anything more."""
+
+    exit_code = EXIT_LOCK_LOST
 
 
 def process_start(pid: int) -> str | None:
@@ -98,38 +108,41 @@ def slurm_job_state(job_id: str) -> str | None:
     return res.stdout.strip().splitlines()[0] if res.stdout.strip() else ""
 
 
-def gone(holder: dict, mine: dict) -> str | None:
-    """Why the holder is gone, or None when it may be alive."""
+def judge(holder: dict, mine: dict) -> tuple[str, str]:
+    """("gone", why) when the holder can never write again, ("alive", why) when it can be seen
+    running, ("unknown", "") when it cannot be checked from here."""
     same_pids = holder.get("host") == mine["host"] and all(
         holder.get(k) == mine[k] for k in ("boot_id", "pid_ns") if mine[k] is not None
     )
     if same_pids and isinstance(holder.get("pid"), int):
         pid = holder["pid"]
         if pid == mine["pid"]:
-            return "it is this process (an earlier start in it)"
+            return "gone", "it is this process (an earlier start in it)"
         start = process_start(pid)
         if start is None:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                return f"process {pid} has ended"
+                return "gone", f"process {pid} has ended"
             except PermissionError:
-                return None
-            return None
+                return "alive", f"process {pid} of another user is running on this host"
+            return "alive", f"process {pid} is running on this host"
         if holder.get("pid_start") not in (None, start):
-            return f"process {pid} has ended (its pid now belongs to another process)"
-        return None
+            return "gone", f"process {pid} has ended (its pid now belongs to another process)"
+        return "alive", f"process {pid} is running on this host"
     job = holder.get("slurm_job_id")
     theirs, ours = holder.get("slurm_cluster"), mine["slurm_cluster"]
     if job and (theirs is None or ours is None or theirs == ours):  # squeue answers for its own cluster only
         if job == mine["slurm_job_id"] and int(holder.get("slurm_restart", 0)) < mine["slurm_restart"]:
-            return f"it is an earlier run of this job ({job}, requeued)"
+            return "gone", f"it is an earlier run of this job ({job}, requeued)"
         state = slurm_job_state(job)
         if state == "":
-            return f"SLURM job {job} has ended (squeue no longer knows it)"
+            return "gone", f"SLURM job {job} has ended (squeue no longer knows it)"
         if state is not None and state.split()[0] in ENDED_STATES:
-            return f"SLURM job {job} is {state}"
-    return None
+            return "gone", f"SLURM job {job} is {state}"
+        if state is not None:
+            return "alive", f"SLURM job {job} is {state} by squeue"
+    return "unknown", ""
 
 
 _held: list[RunLock] = []
@@ -157,6 +170,23 @@ class RunLock:
             pass
 
 
+def check_held(where: Path) -> None:
+    """Raise LockLost when `where` lies in a run folder whose lock this process took and no longer
+    holds (another job took it over); nothing for a folder this process holds no lock of."""
+    where = Path(where).resolve()
+    for held in _held:
+        folder = held.path.parent.resolve()
+        if where != folder and folder not in where.parents:
+            continue
+        holder = read_holder(held.path)
+        if holder != held.record:
+            who = "nobody (lock.json was removed)" if holder is None else describe(holder)
+            raise LockLost(
+                f"run folder {folder} was taken over by {who}: this job stops here and writes nothing more "
+                f"there; its last checkpoint is the other job's to resume"
+            )
+
+
 def read_holder(path: Path) -> dict | None:
     """The lock's record; None when it vanished. A file still empty after a moment (its writer died
     between creating and writing it) reads as a holder nobody can check."""
@@ -180,20 +210,27 @@ def acquire(folder: Path, take_over: bool = False, log: Callable[[str], None] = 
             holder = read_holder(path)
             if holder is None:
                 continue
-            why = None if holder.get("unreadable") else gone(holder, mine)
-            if why is None and not take_over and holder.get("unreadable"):
+            verdict, why = ("unknown", "") if holder.get("unreadable") else judge(holder, mine)
+            if verdict == "alive":
+                raise LockError(
+                    f"run folder {folder} is in use by {describe(holder)} ({why}): wait for that job to end or stop "
+                    f"it; --take_over never takes a lock from a job that is alive"
+                ) from None
+            if verdict == "unknown" and not take_over and holder.get("unreadable"):
                 raise LockError(
                     f"run folder {folder}: its lock {path} is unreadable (a job died writing it?): if no job runs "
                     f"in that folder, pass --take_over"
                 ) from None
-            if why is None and not take_over:
+            if verdict == "unknown" and not take_over:
                 raise LockError(
-                    f"run folder {folder} is in use by {describe(holder)}: wait for that job to end or cancel it; "
-                    f"if it is gone (another host, no SLURM), pass --take_over"
+                    f"run folder {folder} is in use by {describe(holder)}, which cannot be checked from here: wait "
+                    f"for that job to end or cancel it; if it is gone, pass --take_over"
                 ) from None
             if not steal(path, holder):
                 continue  # another job took it over first: look again
-            log(f"took over the lock of {folder} from {describe(holder)}: {why or '--take_over'}")
+            log(
+                f"took over the lock of {folder} from {describe(holder)}: {why if verdict == 'gone' else '--take_over'}"
+            )
             continue
         try:
             with os.fdopen(fd, "w") as f:

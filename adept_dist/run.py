@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from tqdm.auto import tqdm
 
+from . import lock
 from .dist import broadcast_packed
 from .errors import UserError, first_line
 from .fileio import write_error, write_text
@@ -50,10 +51,13 @@ def on_main(d: Dist, fn, what: str = "", where: Path | None = None, kept: str = 
     """Run `fn` on the main process only; a user error it raises (or, when it writes `what` into the
     folder `where`, a disk failure: WriteError, saying `kept` is intact) is raised on every rank
     (collective), so no rank waits for a main process that has given up. Every rank returns after
-    the main one is done."""
+    the main one is done. A write into a run folder whose lock another job has taken over is not
+    made: LockLost on every rank (lock.check_held)."""
     error, bug = None, None
     if d.main:
         try:
+            if where is not None:
+                lock.check_held(where)
             fn()
         except UserError as exc:
             error = exc

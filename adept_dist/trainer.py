@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from . import traffic
+from . import lock, traffic
 from .checkpoint import export_adapter, save_checkpoint
 from .config import CONFIG_FILE, read_run_config
 from .data import collate, pack, step_batches
@@ -198,12 +198,12 @@ def train_loop(run: Run) -> dict:
             run_validation(run)
         if stopping:
             write_traffic(run, steps_done, adapter_bytes)
-            save_checkpoint(run)
+            checkpoint(run)
             bar.close()
             log0(d, f"stopped by a signal after step {run.step}: checkpoint saved, continue with --resume")
             return {"stopped": True, "step": run.step}
         if run.step % rc.save_every == 0 and run.step != total:
-            save_checkpoint(run)
+            checkpoint(run)
     bar.close()
     final = dict(last)
     if steps_done:
@@ -211,7 +211,7 @@ def train_loop(run: Run) -> dict:
     if has_val:
         final.update(run_validation(run))
     if run.step > 0:  # --max_steps 0 only evaluates: nothing to resume
-        save_checkpoint(run)
+        checkpoint(run)
     if not has_val:  # nothing to select by: the adapter is the last one
         export_adapter(run, run.out / "adapter")
     log0(d, f"adapter written to {run.out / 'adapter'}" + (f" (step {run.best['step']})" if run.best else ""))
@@ -226,6 +226,12 @@ def train_loop(run: Run) -> dict:
         d, lambda: mark_finished(run), CONFIG_FILE, run.out, "the run's adapter, results and checkpoints are intact"
     )
     return final
+
+
+def checkpoint(run: Run) -> None:
+    """A resume checkpoint (collective), unless another job has taken the run folder's lock over."""
+    on_main(run.d, lambda: lock.check_held(run.out))
+    save_checkpoint(run)
 
 
 def write_traffic(run: Run, steps: int, adapter_bytes: int) -> dict:

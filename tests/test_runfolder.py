@@ -52,15 +52,14 @@ def test_lock_refuses_a_second_job_and_is_given_back(tmp_path):
     held.release()  # a second release is harmless
 
 
-def test_lock_of_a_live_process_needs_take_over(tmp_path, live_process):
+def test_lock_of_a_live_process_is_never_taken_over(tmp_path, live_process):
+    """A holder on this host whose pid and start time match is alive: --take_over is refused too."""
     path = write_lock(tmp_path, holder_record(live_process.pid))
-    with pytest.raises(lock.LockError, match=f"in use by pid {live_process.pid} .* pass --take_over"):
-        lock.acquire(tmp_path)
+    for take_over in (False, True):
+        with pytest.raises(lock.LockError, match=f"in use by pid {live_process.pid} .*process {live_process.pid} is "
+                                                 f"running on this host.*never takes a lock from a job that is alive"):  # fmt: skip
+            lock.acquire(tmp_path, take_over=take_over)
     assert json.loads(path.read_text())["pid"] == live_process.pid  # refused: left as it was
-    said = []
-    lock.acquire(tmp_path, take_over=True, log=said.append)
-    assert json.loads(path.read_text())["pid"] == os.getpid() and "--take_over" in said[0]
-    lock.release_held()
 
 
 def test_lock_of_a_dead_or_reused_pid_is_taken_over(tmp_path, live_process):
@@ -107,8 +106,58 @@ def test_lock_of_the_same_slurm_job_before_its_requeue_is_taken_over(tmp_path, m
     assert "earlier run of this job (777, requeued)" in said[-1]
     lock.release_held()
     write_lock(tmp_path, {**record, "slurm_job_id": None})
-    with pytest.raises(lock.LockError, match="in use by pid 1234 on node-elsewhere"):
+    with pytest.raises(lock.LockError, match="in use by pid 1234 on node-elsewhere.* cannot be checked from here"):
         lock.acquire(tmp_path)
+    lock.acquire(tmp_path, take_over=True, log=said.append)  # what --take_over is for
+    assert "from pid 1234 on node-elsewhere" in said[-1] and said[-1].endswith("--take_over")
+    lock.release_held()
+
+
+@pytest.mark.parametrize(("state", "taken"), [("RUNNING", False), ("PENDING", False), ("COMPLETED", True)])
+def test_lock_of_a_slurm_job_follows_squeue(tmp_path, monkeypatch, state, taken):
+    """A holder on another node is judged by squeue (here a script on PATH answering as squeue -h -o %T
+    does): listed as pending or running it is alive, and --take_over is refused; ended, it is taken."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text(f"#!/bin/sh\necho {state}\n")
+    (bin_dir / "squeue").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    run = tmp_path / "run"
+    write_lock(run, {"host": "node-elsewhere", "pid": 1234, "slurm_job_id": "778", "slurm_restart": 0, "started": "x"})
+    said = []
+    if taken:
+        lock.acquire(run, take_over=False, log=said.append)
+        assert "SLURM job 778 is COMPLETED" in said[-1]
+        lock.release_held()
+        return
+    with pytest.raises(lock.LockError, match=f"SLURM job 778 is {state} by squeue.*never takes a lock"):
+        lock.acquire(run, take_over=True)
+
+
+def test_a_job_whose_lock_was_taken_over_writes_nothing_more(tmp_path):
+    """check_held, and through it every on_main write into the folder: once another job holds the
+    lock, LockLost (exit code 5) and the write is not made; folders this process holds no lock of
+    are not its concern."""
+    import torch
+
+    from adept_dist.dist import Dist
+    from adept_dist.errors import EXIT_LOCK_LOST
+    from adept_dist.run import on_main
+
+    lock.acquire(tmp_path)
+    lock.check_held(tmp_path / "checkpoints")  # held: nothing happens
+    d = Dist(0, 1, 0, torch.device("cpu"))
+    write_lock(tmp_path, holder_record(os.getppid(), host="node-elsewhere"))  # --take_over from elsewhere
+    wrote = []
+    with pytest.raises(lock.LockLost, match=f"{tmp_path} was taken over by pid {os.getppid()} on node-elsewhere"):
+        on_main(d, lambda: wrote.append(1), "metrics.jsonl", tmp_path, "")
+    assert wrote == [] and lock.LockLost.exit_code == EXIT_LOCK_LOST == 5
+    lock.check_held(tmp_path.parent / "another-run")  # no lock of ours there
+    (tmp_path / lock.LOCK).unlink()
+    with pytest.raises(lock.LockLost, match="taken over by nobody"):
+        lock.check_held(tmp_path)
+    lock._held.clear()
 
 
 def test_release_never_removes_a_lock_taken_over_by_another_job(tmp_path):
@@ -220,8 +269,10 @@ def test_a_second_job_on_a_live_run_is_refused_and_a_dead_ones_lock_taken_over(t
     out = tmp_path / "out"
     first = start_long_run(tmp_path, tiny_model_dir, out, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        proc = train_py("--output_dir", str(out), "--resume")
-        assert proc.returncode == 2 and f"is in use by pid {first.pid} on {socket.gethostname()}" in proc.stderr
+        for more in ([], ["--take_over"]):  # a holder alive on this host is never taken over
+            proc = train_py("--output_dir", str(out), "--resume", *more)
+            assert proc.returncode == 2 and f"is in use by pid {first.pid} on {socket.gethostname()}" in proc.stderr
+            assert f"process {first.pid} is running on this host" in proc.stderr
         assert first.poll() is None  # the first job never noticed
     finally:
         first.kill()
@@ -232,6 +283,31 @@ def test_a_second_job_on_a_live_run_is_refused_and_a_dead_ones_lock_taken_over(t
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert f"took over the lock of {out} from pid {first.pid}" in proc.stdout
     assert f"process {first.pid} has ended" in proc.stdout and f"resumed from step{saved:08d}" in proc.stdout
+
+
+@pytest.mark.slow
+def test_a_run_whose_lock_is_taken_over_stops_and_writes_nothing_more(tmp_path, tiny_model_dir):
+    """A real run (a metrics line every step, a checkpoint every 2) whose lock.json another job takes
+    over, as --take_over on another host does: it stops before its next write with exit code 5 and
+    the one-line reason, leaves the other job's lock in place, and its metrics.jsonl and checkpoints
+    get nothing more (at most the one write already under way when the lock changed)."""
+    out = tmp_path / "out"
+    first = start_long_run(tmp_path, tiny_model_dir, out, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        other = holder_record(os.getppid(), host="node-elsewhere", started="later")
+        write_lock(out, other)
+        lines_then = len((out / "metrics.jsonl").read_text().splitlines())
+        _, err = first.communicate(timeout=120)
+    finally:
+        first.kill()
+    assert first.returncode == 5, err[-2000:]
+    assert f"run folder {out} was taken over by pid {os.getppid()} on node-elsewhere" in err
+    assert json.loads((out / lock.LOCK).read_text()) == other
+    before = snapshot(out)
+    time.sleep(1)
+    assert snapshot(out) == before  # nothing of the first job is still writing
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) <= lines_then + 1, (lines_then, len(lines))
 
 
 # ----------------------------------------------------------------------------- a full disk
