@@ -35,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     from .lock import release_held
     from .run import log0
     from .trainer import train
+    from .watchdog import watch_launchers
+
+    watch_launchers()  # a rank never outlives the launcher that started it
 
     d = init_distributed(local_rank)
     if d.world == 1 and d.device.type == "cpu":

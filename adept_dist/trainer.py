@@ -38,11 +38,13 @@ from .run import Run, TrainError, log0, on_main
 
 # ----------------------------------------------------------------------------- train step
 class StopRequest:
-    """SIGUSR1 (SLURM's warning before a time limit or preemption) or SIGTERM asks the run to
-    finish the current step, save and exit. Ranks agree through the step's loss all-reduce, so a
-    signal that reached one rank only stops all of them at the same step."""
+    """SIGUSR1 (SLURM's warning before a time limit or preemption), SIGTERM, SIGHUP (the terminal
+    closed) or a first SIGINT (Ctrl-C; a second one interrupts at once) asks the run to finish the
+    current step, save and exit. Ranks agree through the step's loss all-reduce, so a signal that
+    reached one rank only stops all of them at the same step. A rank whose launcher has ended sends
+    itself SIGTERM (watchdog.py)."""
 
-    SIGNALS = (signal.SIGUSR1, signal.SIGTERM)
+    SIGNALS = (signal.SIGUSR1, signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
     def __init__(self) -> None:
         self.signum = 0
@@ -50,7 +52,9 @@ class StopRequest:
             signal.signal(s, self._on_signal)
 
     def _on_signal(self, signum, frame) -> None:
-        self.signum = signum
+        if signum == signal.SIGINT:
+            signal.signal(signal.SIGINT, signal.default_int_handler)  # the next Ctrl-C: KeyboardInterrupt now
+        self.signum = self.signum or signum
 
 
 def slot_seed(seed: int, step: int, slot: int) -> int:
