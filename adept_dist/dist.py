@@ -223,10 +223,11 @@ def _fill(section: dict, key: str, value, where: str) -> None:
 
 
 def read_ds_config(path: str) -> dict:
-    """The DeepSpeed JSON at `path` (or at that path inside this checkout, for ds_configs/...)."""
+    """The DeepSpeed JSON at `path`, or for ds_configs/NAME.json the one shipped in the package (the
+    checkout's ds_configs/ is a link to it), so the defaults work from any folder and any install."""
     p = Path(path)
     if not p.is_file():
-        repo_copy = Path(__file__).resolve().parent.parent / path
+        repo_copy = Path(__file__).resolve().parent / path
         if not repo_copy.is_file():
             raise ConfigError(
                 f"DeepSpeed config {path} not found: pass --ds_config ds_configs/zero3.json or a path to your JSON"
