@@ -1,7 +1,7 @@
 """Input-level adapters: ADePT, DePT and vanilla prompt tuning (PT).
 
 Plain ``torch.nn``: this module imports neither deepspeed, bitsandbytes nor transformers, so the
-maths tests in milliseconds on CPU. The spec is ``shared/docs/METHOD.md``.
+maths tests in milliseconds on CPU. The spec is ``docs/METHOD.md`` (shapes, inits, budget, recipe).
 
 Every adapter turns the frozen embeddings ``e`` (B, T, d) of a batch into ``inputs_embeds``
 (B, m + T, d): a token offset (ADePT: per token id; DePT: per position; PT: none) and then the

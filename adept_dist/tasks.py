@@ -8,7 +8,7 @@ Adding a task is adding one entry to ``TASKS``.
 Conventions follow the reference code (ATTEMPT / DePT ``tasks.py``), text-to-text:
 ``"key1: value1 key2: value2"`` -> ``"0"``/``"1"``/... for classification, the answer span for QA.
 Deliberate differences, each a fix of a reference quirk:
-- STS-B targets are rounded to steps of 0.2 (T5's rule and METHOD.md); the reference's
+- STS-B targets are rounded to steps of 0.2 (T5's rule and docs/METHOD.md); the reference's
   ``np.round((label * 5) / 5, decimals=1)`` rounds to steps of 0.1.
 - ReCoRD keeps one example per answer for training (as the reference) but evaluates each query
   once against all its answers (the reference scores every duplicate, over-weighting queries with
@@ -205,7 +205,7 @@ TASK_LIST: list[Task] = [
          mbpp_source, mbpp_target, ("pass@1",), splits="official", test_split="test", max_steps=5000,
          max_new_tokens=384, program=lambda r: {"setup": r["test_setup_code"], "tests": list(r["test_list"])}),
 ]  # fmt: skip
-# Step budgets: the reference's (METHOD.md) where it gives one; ReCoRD and MRQA use its 200k for large QA
+# Step budgets: the reference's (docs/METHOD.md) where it gives one; ReCoRD and MRQA use its 200k for large QA
 # sets, WinoGrande/SciTail its small-task 30k, Yelp/PAWS its large-classification 100k, and MBPP (374
 # training problems, ~430 epochs at batch 32) 5k.
 

@@ -1,4 +1,4 @@
-"""Adapter maths against shared/docs/METHOD.md (plain torch, milliseconds)."""
+"""Adapter maths against docs/METHOD.md (plain torch, milliseconds)."""
 
 from __future__ import annotations
 
