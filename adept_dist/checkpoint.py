@@ -19,26 +19,40 @@ adapter found so far, ``restore_best``) and ``export_adapter`` (OUT/adapter).
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 from pathlib import Path
+from typing import Annotated
 
 import torch
 import torch.distributed as dist
+from pydantic import Field
 
 from .data import ENCODING
 from .dist import (
+    ADAM_KEYS,
     adam_step_count,
     all_reduce_sum,
     consolidated_state,
     full_fp32_state,
+    full_numel,
     restore_consolidated_state,
 )
 from .errors import UserError, first_line
-from .export import CONFIG, WEIGHTS, adapter_config, save_adapter
+from .export import (
+    WEIGHTS,
+    AdapterFileError,
+    adapter_config,
+    adapter_shapes,
+    check_adapter_config,
+    read_adapter_config,
+    read_tensors,
+    save_adapter,
+    shapes_source,
+)
 from .fileio import WriteError, write_error, write_text
 from .run import Run, log0, on_main
+from .schema import BestFile, Count, Finite, PositiveInt, Record, check, check_tensors, load_json
 
 CKPT_DIR = "checkpoints"
 META = "adept_meta.json"
@@ -49,6 +63,46 @@ ADAPTER_PREFIX = "adapter."  # AdeptLM.adapter: the trainable part of the engine
 
 class CheckpointError(UserError, RuntimeError):
     """No usable checkpoint; the message says what was found and what to do."""
+
+
+class SchedulerState(Record):
+    base_lrs: list[Finite]
+    last_epoch: Annotated[int, Field(ge=-1)]
+
+
+class CheckpointMeta(Record):
+    """adept_meta.json: where the run stood (save_checkpoint, save) and, from 2026-12 on, the
+    checkpoint's own identity: ``adapter``, the adapter config its export gets (the run's data
+    settings, base model, encoding; export.AdapterConfigFile), and ``run_id``, the identity.id of
+    the run's config.json. Checkpoints written before lack both: their export takes the settings of
+    the config.json of the run folder they sit in (and says so)."""
+
+    step: Count
+    position: Count
+    world: PositiveInt
+    global_batch: PositiveInt = None  # absent before 2026-11: the run's own is assumed
+    zero_stage: Annotated[int, Field(ge=0, le=3)] = None
+    adam_step: Count = None  # with the scheduler: needed to resume at another world size
+    scheduler: SchedulerState = None
+    adapter: dict = None
+    run_id: str = None
+
+
+META_FIX = "resume or export another step (the damaged checkpoint folder can be deleted)"
+
+
+def read_meta(folder: Path) -> dict:
+    """A checkpoint's adept_meta.json, every field checked (its adapter config too); one
+    CheckpointError line naming the file and field where it is damaged."""
+    path = folder / META
+    meta = load_json(path, META_FIX, CheckpointError)
+    check(meta, CheckpointMeta, path, META_FIX, CheckpointError)
+    if meta.get("adapter") is not None:
+        try:
+            check_adapter_config(meta["adapter"], f'{path} (its "adapter")', META_FIX)
+        except AdapterFileError as exc:
+            raise CheckpointError(str(exc)) from None
+    return meta
 
 
 def tag_of(step: int) -> str:
@@ -156,6 +210,21 @@ def load_trainable_only(src: dict, dst: torch.nn.Module) -> None:
     dst.load_state_dict({k: src[k] for k in trainable}, strict=False)
 
 
+def load_one(engine, named_params, root: Path, folder: Path, meta: dict, world: int, log) -> None:
+    """Load one checkpoint: DeepSpeed's own files at the world size and ZeRO stage that wrote it,
+    else its whole-state copy."""
+    same_stage = meta.get("zero_stage", engine.zero_optimization_stage()) == engine.zero_optimization_stage()
+    if meta["world"] == world and same_stage:
+        path, _ = engine.load_checkpoint(str(root), tag=folder.name, custom_load_fn=load_trainable_only)
+        if path is None:
+            raise CheckpointError("DeepSpeed found nothing to load")
+    else:
+        what = (f"{meta['world']} ranks, this run has {world}" if meta["world"] != world else
+                f"ZeRO stage {meta['zero_stage']}, this run uses {engine.zero_optimization_stage()}")  # fmt: skip
+        log(f"{folder.name} was written by {what}: loading its whole-state copy")
+        load_consolidated(engine, named_params, folder, meta)
+
+
 def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
     """Load the newest checkpoint that every rank can load; return its meta (None: no checkpoint)."""
     candidates = complete_checkpoints(root)
@@ -163,19 +232,13 @@ def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
         return None
     skipped: list[str] = []
     for folder in reversed(candidates):
-        meta = json.loads((folder / META).read_text())
-        error = ""
         try:
-            same_stage = meta.get("zero_stage", engine.zero_optimization_stage()) == engine.zero_optimization_stage()
-            if meta["world"] == world and same_stage:
-                path, _ = engine.load_checkpoint(str(root), tag=folder.name, custom_load_fn=load_trainable_only)
-                if path is None:
-                    error = "DeepSpeed found nothing to load"
-            else:
-                what = (f"{meta['world']} ranks, this run has {world}" if meta["world"] != world else
-                        f"ZeRO stage {meta['zero_stage']}, this run uses {engine.zero_optimization_stage()}")  # fmt: skip
-                log(f"{folder.name} was written by {what}: loading its whole-state copy")
-                load_consolidated(engine, named_params, folder, meta)
+            meta, error = read_meta(folder), ""
+        except CheckpointError as exc:  # damaged metadata: skipped like a checkpoint that fails to load
+            meta, error = None, str(exc).split("; fix:")[0]
+        try:
+            if meta is not None:
+                load_one(engine, named_params, root, folder, meta, world, log)
         except Exception as exc:  # noqa: BLE001 - torch/DeepSpeed raise many kinds for a damaged file
             error = first_line(exc, 200)
         failed = all_reduce_sum(torch.tensor([1.0 if error else 0.0])).item()
@@ -193,7 +256,9 @@ def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
 def save_checkpoint(run: Run) -> None:
     """Resume state of the run at its current step (collective)."""
     meta = {"step": run.step, "position": run.position, "world": run.d.world, "global_batch": run.global_batch,
-            "zero_stage": run.engine.zero_optimization_stage()}  # fmt: skip
+            "zero_stage": run.engine.zero_optimization_stage(), "adapter": own_adapter_config(run)}  # fmt: skip
+    if run.d.main:  # only the main process writes adept_meta.json
+        meta["run_id"] = run_id(run.out)
     adapter_params = list(run.model.adapter.named_parameters())
     save(run.engine, adapter_params, run.out / CKPT_DIR, meta, run.cfg.run.keep_checkpoints, run.d.main)
 
@@ -237,16 +302,20 @@ def resume_state(run: Run) -> None:
 
 def restore_best(run: Run) -> None:
     """The best validation result up to the resumed step, and its adapter (a best found after the
-    checkpoint is ignored: the resumed run finds it again, identically)."""
+    checkpoint is ignored: the resumed run finds it again, identically). A damaged best.json or
+    OUT/adapter is one line naming the file and field."""
     best_path, adapter_dir = run.out / "best.json", run.out / "adapter"
     if not best_path.is_file() or not (adapter_dir / WEIGHTS).is_file():
         return
-    from safetensors.torch import load_file
-
-    best = json.loads(best_path.read_text())
-    saved_step = json.loads((adapter_dir / CONFIG).read_text()).get("step")
-    if best.get("step", math.inf) <= run.step and saved_step == best["step"]:
-        run.best, run.best_state = best, load_file(str(adapter_dir / WEIGHTS))
+    fix = (f"restore it from a backup, or delete {best_path.name} and adapter/ of {run.out}: the best adapter is then "
+           f"selected anew among the validations after step {run.step}")  # fmt: skip
+    best = load_json(best_path, fix, CheckpointError)
+    check(best, BestFile, best_path, fix, CheckpointError)
+    saved_step = read_adapter_config(adapter_dir).get("step")
+    if best["step"] <= run.step and saved_step == best["step"]:
+        shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in run.model.adapter.named_parameters()}
+        check_tensors(adapter_dir / WEIGHTS, shapes, fix, CheckpointError, "this run's adapter")
+        run.best, run.best_state = best, read_tensors(adapter_dir / WEIGHTS, fix)
         log0(run.d, f"best so far: step {best['step']}, validation {best['metric']} {best['value']:.4g}")
 
 
@@ -263,13 +332,31 @@ def export_adapter(run: Run, out_dir: Path, state: dict | None = None, **more) -
     state = state if state is not None else full_fp32_state(adapter.named_parameters())
 
     def write() -> None:
-        record = run.cfg.to_dict()
-        extra = {**run_fields(record, run.base_model, run.model.backbone.config.vocab_size, ENCODING, run.step), **more}
-        config = adapter_config(adapter, **extra)
-        config["parameter_count"] = sum(v.numel() for v in state.values())  # ZeRO-3 local numel is 0
+        config = {**own_adapter_config(run), **more}
+        config["parameter_count"] = sum(v.numel() for v in state.values())
         save_adapter(out_dir, state, config)
 
     on_main(run.d, write, f"the adapter (step {run.step})", out_dir.parent, "the adapter written before is intact")
+
+
+def own_adapter_config(run: Run) -> dict:
+    """The adapter config of the run at its current step: what OUT/adapter and a checkpoint's
+    export get (every checkpoint keeps it in its adept_meta.json)."""
+    adapter = run.model.adapter
+    fields = run_fields(run.cfg.to_dict(), run.base_model, run.model.backbone.config.vocab_size, ENCODING, run.step)
+    config = adapter_config(adapter, **fields)
+    config["parameter_count"] = sum(full_numel(p) for p in adapter.parameters())  # ZeRO-3 local numel is 0
+    return config
+
+
+def run_id(out: Path) -> str | None:
+    """The identity.id of the run folder's config.json (None: none readable)."""
+    from .config import CONFIG_FILE, ConfigError, read_run_config
+
+    try:
+        return read_run_config(out / CONFIG_FILE).get("identity", {}).get("id")
+    except ConfigError:
+        return None
 
 
 def run_fields(record: dict, base_model: str, vocab_size: int, encoding: int, step: int) -> dict:
@@ -288,19 +375,23 @@ def run_fields(record: dict, base_model: str, vocab_size: int, encoding: int, st
     }
 
 
-def export_checkpoint(folder: str | Path, out_dir: str | Path, model: str | None = None) -> Path:
+def export_checkpoint(folder: str | Path, out_dir: str | Path, model: str | None = None, log=print) -> Path:
     """The adapter of one checkpoint, OUT/checkpoints/stepN, written to `out_dir` as a run writes
     OUT/adapter (the same files and config keys), from the checkpoint's whole fp32 adapter state
-    alone: no DeepSpeed engine and no model weights, whatever the world size that wrote it. The run
-    folder's config.json says how the adapter was built; the base model's config (`model`, else the
-    run's) gives its vocabulary size. A missing, partial or corrupt checkpoint is one CheckpointError."""
+    alone: no DeepSpeed engine and no model weights, whatever the world size that wrote it.
+
+    A checkpoint carries its own identity (adept_meta.json's "adapter": its run's separator,
+    max_length, task, method and shapes, base model, encoding): that config is exported as it is,
+    wherever the folder sits, and a line says so when the run folder around it is another run's
+    (its config.json's identity.id is not the checkpoint's run_id) or has no readable config.json.
+    A checkpoint written before (no "adapter") is described by its run folder's config.json, and
+    the base model's config (`model`, else the run's) gives its vocabulary size, as before; a line
+    says that this cannot be checked. A missing, partial or corrupt checkpoint is one CheckpointError."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from .adapters import build_adapter
-    from .backbone import load_config
-    from .builtin import builtin_dir
-    from .config import CONFIG_FILE, ConfigError, read_run_config
+    from .export import adapter_args
 
     ckpt, out = Path(folder), Path(out_dir)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -310,16 +401,65 @@ def export_checkpoint(folder: str | Path, out_dir: str | Path, model: str | None
     if not (ckpt / META).is_file():
         raise CheckpointError(f"{ckpt} is not a complete checkpoint (it has no {META}: it was being written when its "
                               f"run stopped, or is no checkpoint): export another step of {ckpt.parent}")  # fmt: skip
-    try:
-        meta = json.loads((ckpt / META).read_text())
-        step = int(meta["step"])
-        state = load_file(str(ckpt / CONSOLIDATED))
-    except FileNotFoundError:
+    meta = read_meta(ckpt)
+    path = ckpt / CONSOLIDATED
+    if not path.is_file():
         raise CheckpointError(f"{ckpt} has no {CONSOLIDATED} (written by adept-dist 2026-11-27 and later): "
-                              f"export another step, or the run's OUT/adapter") from None  # fmt: skip
-    except (OSError, ValueError, KeyError, TypeError, SafetensorError) as exc:
+                              f"export another step, or the run's OUT/adapter")  # fmt: skip
+    try:
+        state = load_file(str(path))
+    except (OSError, ValueError, SafetensorError) as exc:
         raise CheckpointError(f"{ckpt} is corrupt ({first_line(exc)}): export another step") from None
+    params = {k.removeprefix("param."): v for k, v in state.items() if k.startswith("param.")}  # the adapter's own
     run_dir = ckpt.parent.parent
+    if meta.get("adapter") is not None:
+        cfg, where = dict(meta["adapter"]), f"its {META}"
+        note = identity_note(ckpt, run_dir, meta.get("run_id"), cfg)
+    else:
+        cfg, where = settings_of_run(ckpt, run_dir, params, meta["step"], model), f"{run_dir}/config.json"
+        note = (f"{ckpt} predates checkpoints that carry their own settings: exported with those of {where} "
+                f"(separator, max_length, task), which cannot be checked against it")  # fmt: skip
+    shapes = adapter_shapes(cfg)
+    adam = {f"{key}.{name}": shape for key in ADAM_KEYS for name, shape in shapes.items()}
+    check_tensors(path, {f"param.{k}": v for k, v in shapes.items()}, "export another step", CheckpointError,
+                  shapes_source(cfg, where), optional=adam)  # fmt: skip
+    if not all(torch.isfinite(v).all() for v in params.values()):
+        raise CheckpointError(f"{path}: the adapter holds NaN or inf: export another step")
+    adapter = build_adapter(*adapter_args(cfg))
+    adapter.load_state_dict(params)
+    cfg["parameter_count"] = sum(v.numel() for v in params.values())
+    written = save_adapter(out, dict(adapter.state_dict()), cfg)
+    if note:
+        log(note)
+    return written
+
+
+def identity_note(ckpt: Path, run_dir: Path, own_id: str | None, cfg: dict) -> str | None:
+    """A line when the folder a checkpoint sits in is not its run's (None: it is, or cannot be told)."""
+    from .config import CONFIG_FILE, ConfigError, read_run_config
+
+    settings = f"separator {cfg.get('separator')!r}, max_length {cfg.get('max_length')}, task {cfg.get('task')}"
+    used = f"exported with the settings saved in its own {META} ({settings})"
+    path = run_dir / CONFIG_FILE
+    if not path.is_file():
+        return f"{ckpt} sits in no run folder ({path} not found): {used}"
+    try:
+        theirs = (read_run_config(path).get("identity") or {}).get("id")
+    except ConfigError as exc:
+        return f"{ckpt}: {used}; its folder's config.json is unreadable ({first_line(exc, 200)})"
+    if own_id is None or theirs == own_id:
+        return None
+    return f"{ckpt} was written by run {own_id}, not by the run of {run_dir} ({theirs}): {used}, not {path}'s"
+
+
+def settings_of_run(ckpt: Path, run_dir: Path, params: dict, step: int, model: str | None) -> dict:
+    """The adapter config of a checkpoint without its own: the run folder's config.json and the
+    checkpoint's tensors (m, d, r)."""
+    from .adapters import build_adapter
+    from .backbone import load_config
+    from .builtin import builtin_dir
+    from .config import CONFIG_FILE, ConfigError, read_run_config
+
     if not (run_dir / CONFIG_FILE).is_file():
         raise CheckpointError(f"{run_dir / CONFIG_FILE} not found: give the checkpoint inside its run folder "
                               f"(OUT/checkpoints/stepN), where the run's config says how its adapter was built")  # fmt: skip
@@ -327,7 +467,6 @@ def export_checkpoint(folder: str | Path, out_dir: str | Path, model: str | None
         record = read_run_config(run_dir / CONFIG_FILE)
     except ConfigError as exc:
         raise CheckpointError(str(exc).removeprefix("--resume: ")) from None
-    params = {k.removeprefix("param."): v for k, v in state.items() if k.startswith("param.")}  # the adapter's own
     try:
         a, data, model_path = record["adapter"], record["data"], record["model"]["model"]
         method, max_length, dropout = a["method"], data["max_length"], a["dropout"]
@@ -341,14 +480,11 @@ def export_checkpoint(folder: str | Path, out_dir: str | Path, model: str | None
             f"{run_dir / CONFIG_FILE} lacks {exc} of a run record: restore it from a backup"
         ) from None
     prompt, offset = params.get("prompt"), params.get("A")
-    finite = all(torch.isfinite(v).all() for v in params.values())
-    if prompt is None or prompt.dim() != 2 or not finite:
-        raise CheckpointError(f"{ckpt / CONSOLIDATED} holds no usable adapter (no 2-D prompt, or NaN/inf): export "
-                              f"another step")  # fmt: skip
+    if prompt is None or prompt.dim() != 2 or (offset is not None and offset.dim() != 2):
+        raise CheckpointError(f"{ckpt / CONSOLIDATED} holds no usable adapter (no 2-D prompt): export another step")
     m, d = prompt.shape
     try:
         adapter = build_adapter(method, m, d, None if offset is None else offset.shape[1], max_length, dropout)
-        adapter.load_state_dict(params)
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{ckpt} does not hold the {method} adapter its run's config describes "
                               f"({first_line(exc)}): export another step") from None  # fmt: skip
@@ -356,5 +492,4 @@ def export_checkpoint(folder: str | Path, out_dir: str | Path, model: str | None
     base = "builtin" if model_path == builtin and data.get("train_file") is None else model_path
     encoding = record.get("identity", {}).get("encoding", 1)
     vocab_size = load_config(model or model_path).vocab_size  # a model gone from this machine: --model
-    config = adapter_config(adapter, **run_fields(record, base, vocab_size, encoding, step))
-    return save_adapter(out, dict(adapter.state_dict()), config)
+    return adapter_config(adapter, **run_fields(record, base, vocab_size, encoding, step))

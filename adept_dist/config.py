@@ -19,6 +19,7 @@ from pathlib import Path
 from .adapters import METHODS
 from .errors import UserError
 from .fileio import refuse_duplicate_keys
+from .schema import Count, PositiveInt, Record, check, problem, shown
 from .tasks import TASKS, get_task
 from .trackers import TrackerError, parse_report_to
 
@@ -376,12 +377,13 @@ def make_config(values: dict) -> Config:
 
 # What a resumed run may set anew: how it logs, evaluates, saves and runs on the machine (the global
 # batch is checked against the checkpoint's; --max_steps needs --reschedule). Every other option
-# changes the optimisation or the data, so it stays as the run's config.json says.
+# changes the optimisation or the data, so it stays as the run's config.json says; --packing and
+# --pack_tokens too: they lay the micro-batches out in other rows (other dropout draws, other sums).
 CHANGEABLE_ON_RESUME = frozenset(
     ("resume", "reschedule", "take_over", "output_dir", "ds_config", "log_every", "eval_every", "save_every",
      "keep_checkpoints", "report_to", "max_eval_samples", "eval_batch_size", "nonfinite", "cache_dir", "micro_batch_size",
-     "grad_accum", "activation_checkpointing", "attn_implementation", "loader", "compute_dtype", "max_steps", "packing",
-     "pack_tokens", "shard_scope", "shard_group_size", "ranks_per_node")
+     "grad_accum", "activation_checkpointing", "attn_implementation", "loader", "compute_dtype", "max_steps",
+     "shard_scope", "shard_group_size", "ranks_per_node")
 )  # fmt: skip
 PER_START = ("resume", "reschedule", "take_over", "output_dir")  # what one start says about itself, never inherited
 
@@ -391,13 +393,65 @@ def read_run_config(path: Path, text: str | None = None) -> dict:
     `text`: its content as read already (by the main process, for every rank)."""
     try:
         stored = json.loads(path.read_text() if text is None else text, object_pairs_hook=refuse_duplicate_keys)
-        for sec in SECTIONS:
-            if not isinstance(stored[sec], dict):
-                raise TypeError(f"section {sec} is not a mapping")
-        return stored
-    except (OSError, ValueError, KeyError, TypeError) as exc:
+    except (OSError, ValueError) as exc:
         raise ConfigError(f"--resume: {path} is unreadable ({exc}): restore it from a backup, or start a new run "
                           f"in another --output_dir") from None  # fmt: skip
+    check_run_record(stored, path)
+    return stored
+
+
+class Identity(Record):
+    id: str
+    created: str = None
+    host: str = None
+    encoding: PositiveInt = None  # data.ENCODING of the run's first start (absent: 1; build.check_encoding)
+
+
+class Change(Record):
+    at: str
+    step: Count
+    changed: dict[str, list]
+
+
+class Finished(Record):
+    step: Count
+    at: str = None
+
+
+class RunRecordFile(Record):
+    """config.json of a run folder (build.run_record): the option sections, each option checked by
+    its own type, choices and range (``check_run_record``); an option this release does not know
+    (a later one's) is kept and ignored."""
+
+    model: dict
+    adapter: dict
+    data: dict
+    optim: dict
+    run: dict
+    identity: Identity = None  # absent in runs started before 2026-11
+    history: list[Change] = None
+    finished: Finished = None
+
+
+def check_run_record(stored, path: Path) -> None:
+    """A run's config.json read back: the sections and records (RunRecordFile), then each known
+    option's type and choices (as on the command line) and the range of the positive ones."""
+    fix = "restore it from a backup, or start a new run in another --output_dir"
+    check(stored, RunRecordFile, path, fix, ConfigError)
+    for sec, cls in SECTIONS.items():
+        for name, value in stored[sec].items():
+            if FIELD_SECTION.get(name) != sec:
+                continue
+            tp, optional = _base_type(_hints(cls)[name])
+            choices = next(f for f in dataclasses.fields(cls) if f.name == name).metadata.get("choices")
+            words = {int: "an integer", float: "a finite number", str: "a string", bool: "true or false"}[tp]
+            expected = f"one of {', '.join(choices)}" if choices else words + (" or null" if optional else "")
+            try:
+                _check_value(name, value, cls)
+            except ConfigError:
+                raise ConfigError(problem(path, f"{sec}.{name}", expected, shown(value), fix)) from None
+            if name in POSITIVE_OPTIONS and value is not None and value < 1:
+                raise ConfigError(problem(path, f"{sec}.{name}", "an integer >= 1", shown(value), fix))
 
 
 def resumed_config(cfg: Config, path: Path, builtin_model: str, text: str | None = None) -> Config:
@@ -435,6 +489,7 @@ def resumed_config(cfg: Config, path: Path, builtin_model: str, text: str | None
         )
     merged = {**flat, **{name: cfg.value(name) for name in cfg.given}}
     merged.update({name: cfg.value(name) for name in PER_START})
+    check_packed_attention(merged, path)
     if "loader" not in cfg.given:
         merged["loader"] = "auto"  # chosen again for this resume's DeepSpeed config
     if "shard_scope" not in cfg.given:  # so is the layout (exact either way: tests/test_layouts.py)
@@ -443,6 +498,25 @@ def resumed_config(cfg: Config, path: Path, builtin_model: str, text: str | None
     out = make_config(merged)
     out.changes = changes
     return out
+
+
+def check_packed_attention(merged: dict, path: Path) -> None:
+    """A packed run resumed with an attention kernel that takes no packed mask: said as the resume's
+    problem (check_packing would suggest --no-packing, which a resume refuses)."""
+    from .model import PACKED_ATTENTION
+
+    attn = merged.get("attn_implementation")
+    if merged.get("packing") and attn is not None and attn not in PACKED_ATTENTION:
+        raise ConfigError(
+            f"--resume: this run ({path}) packs its examples, which --attn_implementation {attn} cannot (it takes no "
+            f"packed mask), and packing cannot change within a run: resume with --attn_implementation "
+            f"{' or '.join(PACKED_ATTENTION)}, or start a new run in another --output_dir"
+        )
+
+
+POSITIVE_OPTIONS = ("prompt_length", "offset_rank", "max_length", "micro_batch_size", "grad_accum", "eval_batch_size",
+                    "max_new_tokens", "max_eval_samples", "k_shot", "validation_size", "log_every", "eval_every",
+                    "save_every", "keep_checkpoints", "shard_group_size", "ranks_per_node")  # fmt: skip
 
 
 def check_config(cfg: Config) -> None:
@@ -454,24 +528,7 @@ def check_config(cfg: Config) -> None:
         )
     if a.prompt_length is None:
         a.prompt_length = 100 if a.method == "pt" else 60
-    positive = {
-        "prompt_length": a.prompt_length,
-        "offset_rank": a.offset_rank,
-        "max_length": d.max_length,
-        "micro_batch_size": d.micro_batch_size,
-        "grad_accum": d.grad_accum,
-        "eval_batch_size": d.eval_batch_size,
-        "max_new_tokens": d.max_new_tokens,
-        "max_eval_samples": d.max_eval_samples,
-        "k_shot": d.k_shot,
-        "validation_size": d.validation_size,
-        "log_every": r.log_every,
-        "eval_every": r.eval_every,
-        "save_every": r.save_every,
-        "keep_checkpoints": r.keep_checkpoints,
-        "shard_group_size": r.shard_group_size,
-        "ranks_per_node": r.ranks_per_node,
-    }
+    positive = {name: cfg.value(name) for name in POSITIVE_OPTIONS}
     for name, value in positive.items():
         if value is not None and value < 1:
             raise ConfigError(f"option {name} must be >= 1, got {value}")

@@ -13,12 +13,17 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Annotated, Literal
 
 import torch
+from pydantic import Field, field_validator
 
 from .adapters import PromptAdapter, build_adapter
+from .data import ENCODING
 from .errors import UserError
 from .fileio import replace_folder, temp_folder_for, write_error
+from .schema import Count, Finite, PositiveInt, Record, check, check_tensors, load_json, problem, shown
+from .tasks import TASKS, get_task
 
 FORMAT = "adept-dist-adapter"
 FORMAT_VERSION = 1
@@ -69,7 +74,54 @@ def save_adapter(out_dir: str | Path, state: dict[str, torch.Tensor], config: di
         raise failed from exc
 
 
+FIX = "export the adapter again with this adept-dist (or correct that field)"
+
+
+class Selected(Record):
+    metric: str
+    value: float
+
+
+class AdapterConfigFile(Record):
+    """adapter_config.json (``adapter_config`` + ``checkpoint.run_fields``). Fields an adapter of an
+    earlier release may lack have defaults (predict.py's); none may be null except task (a run on
+    files or the built-in task has none). The method and its version are checked by ``check_method``."""
+
+    format: str
+    format_version: int
+    method: str
+    method_version: int = 1  # the first exports did not write it; they are version 1
+    m: PositiveInt
+    d: PositiveInt
+    r: PositiveInt = None  # adept, dept (check_method)
+    max_length: PositiveInt = None  # dept's offset rows; every method's: predict.py's input limit (default 256)
+    dropout: Annotated[float, Field(ge=0.0, lt=1.0)] = None
+    alpha: Finite = None
+    dtype: Literal["float32"] = None  # what save_adapter writes
+    parameter_count: Count = None
+    base_model: str = None
+    task: str | None = None
+    compute_dtype: Literal["auto", "bf16", "fp32"] = None
+    quant: Literal["nf4", "none"] = None
+    vocab_size: PositiveInt = None
+    separator: str = None
+    encoding: Annotated[int, Field(ge=1, le=ENCODING)] = None  # data.ENCODING of the writer (absent: 1)
+    step: Count = None
+    selected: Selected = None
+
+    @field_validator("task")
+    @classmethod
+    def _known_task(cls, name: str | None) -> str | None:
+        if name is not None:
+            try:
+                get_task(name)
+            except ValueError:
+                raise ValueError(f"a task of this adept-dist ({', '.join(TASKS)}) or bigbench:NAME, or null") from None
+        return name
+
+
 def read_adapter_config(adapter_dir: str | Path) -> dict:
+    """An adapter folder's config, every field checked (``check_adapter_config``); the dict as read."""
     path = Path(adapter_dir) / CONFIG
     if not path.is_file():
         hint = (
@@ -80,40 +132,54 @@ def read_adapter_config(adapter_dir: str | Path) -> dict:
         raise AdapterFileError(
             f"{path} not found: point at a folder written by adept-dist (it holds {CONFIG} and {WEIGHTS}){hint}"
         )
-    try:
-        cfg = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterFileError(f"{path} is not valid JSON ({exc}): the export is corrupt, export it again") from None
-    if not isinstance(cfg, dict):
-        raise AdapterFileError(f"{path} is not a JSON object: the export is corrupt, export it again")
-    if cfg.get("format") != FORMAT or cfg.get("format_version") != FORMAT_VERSION:
-        raise AdapterFileError(
-            f"{path}: format {cfg.get('format')!r} version {cfg.get('format_version')!r} is not "
-            f"{FORMAT!r} version {FORMAT_VERSION}: upgrade adept-dist or re-export the adapter"
-        )
-    check_method(cfg, path)
+    return check_adapter_config(load_json(path, FIX, AdapterFileError), path)
+
+
+def check_adapter_config(cfg: dict, path: str | Path, fix: str = FIX) -> dict:
+    """`cfg` (an adapter config read from `path`) checked: its format first (a newer one is not
+    guessed at), then every field's type, range and choice, then the method's own fields."""
+    fmt, version = cfg.get("format"), cfg.get("format_version")
+    if fmt != FORMAT or version != FORMAT_VERSION or isinstance(version, bool):
+        field = "format" if fmt != FORMAT else "format_version"
+        raise AdapterFileError(problem(path, field, f"{FORMAT!r} version {FORMAT_VERSION}",
+                                       f"{shown(fmt)} version {shown(version)}",
+                                       "upgrade adept-dist, or export the adapter again"))  # fmt: skip
+    check(cfg, AdapterConfigFile, path, fix, AdapterFileError)
+    check_method(cfg, path, fix)
     return cfg
 
 
-def check_method(cfg: dict, path: Path) -> None:
-    """The method and its maths version are known, and the shape fields it needs are positive ints."""
+def check_method(cfg: dict, path: str | Path, fix: str = FIX) -> None:
+    """The method and its maths version are known, and it has the shape fields it needs."""
     method = cfg.get("method")
     if method not in METHOD_VERSIONS:
-        raise AdapterFileError(
-            f"{path}: unknown method {method!r} (this adept-dist knows {', '.join(METHOD_VERSIONS)}): "
-            f"upgrade adept-dist or check the file"
-        )
-    version = cfg.get("method_version", 1)  # the first exports did not write it; they are version 1
+        known = f"one of {', '.join(METHOD_VERSIONS)} (this adept-dist's methods)"
+        raise AdapterFileError(problem(path, "method", known, shown(method), "upgrade adept-dist, or check the file"))
+    version = cfg.get("method_version", 1)
     if version != METHOD_VERSIONS[method]:
-        raise AdapterFileError(
-            f"{path}: {method} method version {version!r} is not the one this adept-dist implements "
-            f"({METHOD_VERSIONS[method]}): its weights would be read with other maths; use the adept-dist that wrote it"
-        )
-    needed = ["m", "d"] + {"adept": ["r"], "dept": ["r", "max_length"], "pt": []}[method]
-    for key in needed:
-        value = cfg.get(key)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise AdapterFileError(f"{path}: {key}={value!r} must be a positive integer: the config is corrupt")
+        raise AdapterFileError(problem(path, "method_version", f"{METHOD_VERSIONS[method]} (the {method} maths this "
+                                       f"adept-dist implements)", shown(version), "use the adept-dist that wrote it: "
+                                       "its weights would be read with other maths"))  # fmt: skip
+    for key in {"adept": ["r"], "dept": ["r", "max_length"], "pt": []}[method]:
+        if key not in cfg:
+            raise AdapterFileError(problem(path, key, f"a positive integer (the {method} adapter needs it)", "nothing",
+                                           fix))  # fmt: skip
+
+
+def adapter_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
+    """The tensors (name -> shape) of the adapter a checked config describes, built on the meta
+    device (no memory, whatever m or d the file claims)."""
+    with torch.device("meta"):
+        return {k: tuple(v.shape) for k, v in build_adapter(*adapter_args(cfg)).state_dict().items()}
+
+
+def adapter_args(cfg: dict) -> tuple:
+    return cfg["method"], cfg["m"], cfg["d"], cfg.get("r"), cfg.get("max_length", 256), cfg.get("dropout", 0.1)
+
+
+def shapes_source(cfg: dict, where: str) -> str:
+    dims = ", ".join(f"{k}={cfg[k]}" for k in ("m", "d", "r", "max_length") if k in cfg)
+    return f"the {cfg['method']} adapter of {where}: {dims}"
 
 
 def check_compatible(cfg: dict, model_config, model_name: str, where: str) -> None:
@@ -134,38 +200,19 @@ def check_compatible(cfg: dict, model_config, model_name: str, where: str) -> No
 
 
 def load_adapter(adapter_dir: str | Path, model_config=None, model_name: str = "") -> tuple[PromptAdapter, dict]:
-    """Rebuild the adapter from its config and load its tensors (strict: no missing/extra names,
-    finite values); with `model_config`, also check it fits that model. The shapes the config
-    implies are compared with the file's header before anything is allocated, so a damaged or
-    hostile config (a huge m) is an error, not an out-of-memory kill."""
+    """Rebuild the adapter from its config and load its tensors (strict: exactly the names, shapes
+    and float dtypes the config implies, finite values); with `model_config`, also check it fits
+    that model. The header is checked before anything is allocated, so a damaged or hostile config
+    (a huge m) is an error, not an out-of-memory kill."""
     cfg = read_adapter_config(adapter_dir)
     if model_config is not None:
         check_compatible(cfg, model_config, model_name, str(adapter_dir))
-    args = (cfg["method"], cfg["m"], cfg["d"], cfg.get("r"), cfg.get("max_length", 256), cfg.get("dropout", 0.1))
-    with torch.device("meta"):  # shapes only, no memory
-        expected = {k: tuple(v.shape) for k, v in build_adapter(*args).state_dict().items()}
     path = Path(adapter_dir) / WEIGHTS
-    got = header_shapes(path, "the export is incomplete, export it again")
-    if expected != got:
-        raise AdapterFileError(
-            f"{path}: tensors {got} do not match the {cfg['method']} adapter of its config {expected}"
-        )
-    adapter = build_adapter(*args)
+    fix = "the export is incomplete or damaged: export it again"
+    check_tensors(path, adapter_shapes(cfg), fix, AdapterFileError, shapes_source(cfg, CONFIG))
+    adapter = build_adapter(*adapter_args(cfg))
     adapter.load_state_dict(read_tensors(path, "the export is incomplete, export it again"))
     return adapter, cfg
-
-
-def header_shapes(path: Path, missing_hint: str) -> dict[str, tuple[int, ...]]:
-    """Tensor names and shapes from a safetensors file's header (no tensor is read)."""
-    from safetensors import SafetensorError, safe_open
-
-    if not path.is_file():
-        raise AdapterFileError(f"{path} not found: {missing_hint}")
-    try:
-        with safe_open(str(path), "pt") as f:
-            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 - no __iter__
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise AdapterFileError(f"{path} is corrupt ({exc}): export it again") from None
 
 
 def read_tensors(path: Path, missing_hint: str) -> dict[str, torch.Tensor]:

@@ -8,10 +8,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from .backbone import ModelError
-from .checkpoint import CheckpointError, export_checkpoint
-from .errors import EXIT_USER_ERROR
-from .export import AdapterFileError
+from .checkpoint import export_checkpoint
+from .errors import EXIT_USER_ERROR, UserError
 from .merge import merge, peft_adapter
 from .peft_export import PEFT_FOLDER
 
@@ -48,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
                 export(str(export_checkpoint(args.checkpoint, Path(scratch) / "adapter", args.model)))
         else:
             export(args.adapter)
-    except (AdapterFileError, ModelError, CheckpointError) as exc:
+    except UserError as exc:  # a bad adapter, model, checkpoint or file of either (schema.SchemaError), a full disk
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_USER_ERROR
+        return exc.exit_code
     return 0

@@ -89,9 +89,37 @@ def write_error(exc: BaseException, what: str, folder: Path, kept: str) -> Write
     reason = DISK_ERRNOS.get(code) or disk_problem(folder)
     if reason is None:
         return None
-    return WriteError(
-        f"could not write {what} in {folder}: {reason}; {kept}: free space (or make the folder writable) "
-        f"and rerun with --resume"
+    return WriteError(f"could not write {what} in {folder}: {reason}; {kept}: {after_freeing(folder)}")
+
+
+# A training run's folder as lock.py and checkpoint.py lay it out (modules above this one; tests/test_runfolder.py
+# checks that these names are theirs): the lock held from before its first write to its end, complete checkpoints.
+RUN_LOCK = "lock.json"  # lock.LOCK
+CHECKPOINTS, CHECKPOINT_PREFIX, CHECKPOINT_META = "checkpoints", "step", "adept_meta.json"  # checkpoint.py's
+
+
+def after_freeing(folder: Path) -> str:
+    """What to do once the disk has room again, for a write into `folder`: a training run's (it or its
+    parent holds the run's lock) is rerun with --resume, which continues from its newest complete
+    checkpoint or, with none yet, starts again from step 0; any other command is run again."""
+    fix = "free space (or make the folder writable)"
+    folder = Path(folder)
+    run = next((f for f in (folder, folder.parent) if (f / RUN_LOCK).is_file()), None)
+    if run is None:
+        return f"{fix} and run the command again"
+    try:
+        saved = sorted(
+            p.name
+            for p in (run / CHECKPOINTS).iterdir()
+            if p.name.startswith(CHECKPOINT_PREFIX) and (p / CHECKPOINT_META).is_file()
+        )
+    except OSError:  # no checkpoints folder yet (or it cannot be listed)
+        saved = []
+    if saved:
+        return f"{fix} and rerun with --resume to continue from {saved[-1]}"
+    return (
+        f"no checkpoint was saved yet, so {fix} and run the same command with --resume added: it starts the run "
+        f"again from step 0"
     )
 
 
@@ -159,3 +187,35 @@ def replace_folder(tmp: Path, out: Path) -> Path:
     else:
         os.replace(tmp, out)
     return out
+
+
+# ----------------------------------------------------------------------------- metrics.jsonl
+def metrics_record(line: bytes) -> tuple[dict | None, str]:
+    """One line of metrics.jsonl as its record, or (None, why it is not one): a line that does not
+    parse (cut by a crash mid-write), or parses to something other than an object with an integer step."""
+    try:
+        rec = json.loads(line.decode("utf-8"))
+    except UnicodeDecodeError:
+        return None, "not UTF-8 text"
+    except ValueError as exc:
+        return None, f"not JSON ({str(exc).splitlines()[0][:120]})"
+    if not isinstance(rec, dict):
+        return None, f"not a JSON object (a {type(rec).__name__})"
+    if type(rec.get("step")) is not int:
+        return None, 'no integer "step"'
+    return rec, ""
+
+
+def read_metrics(path: Path) -> tuple[list[dict], list[str]]:
+    """The records of a metrics.jsonl and, for each line that is not one, "line N: why" (readers
+    that only look, such as the plots, skip those with a warning; a resume keeps them aside)."""
+    records, broken = [], []
+    for number, line in enumerate(Path(path).read_bytes().split(b"\n"), 1):
+        if not line.strip():
+            continue
+        rec, why = metrics_record(line)
+        if rec is None:
+            broken.append(f"line {number}: {why}")
+        else:
+            records.append(rec)
+    return records, broken

@@ -31,8 +31,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from .errors import EXIT_LOCK_LOST, UserError
+from .errors import EXIT_LOCK_LOST, UserError, first_line
 from .fileio import now
+from .schema import LockFile, SchemaError, check
 
 LOCK = "lock.json"
 # the states of a job that will never run again (anything else, e.g. SIGNALING or STAGE_OUT, may)
@@ -190,14 +191,22 @@ def check_held(where: Path) -> None:
 def read_holder(path: Path) -> dict | None:
     """The lock's record; None when it vanished. A file still empty after a moment (its writer died
     between creating and writing it) reads as a holder nobody can check."""
+    why = ""
     for _ in range(2):
         try:
-            return json.loads(path.read_text())
+            record = json.loads(path.read_text())
         except FileNotFoundError:
             return None
-        except (OSError, ValueError):
+        except (OSError, ValueError) as exc:
+            why = f"{path} is not JSON ({first_line(exc, 120)})"
             time.sleep(0.5)  # being written right now
-    return {"unreadable": True}
+            continue
+        try:
+            check(record, LockFile, path, "")
+        except SchemaError as exc:  # written by something else, or damaged: its holder cannot be judged
+            return {"unreadable": True, "why": str(exc).removesuffix("; fix: ")}
+        return record
+    return {"unreadable": True, "why": why}
 
 
 def acquire(folder: Path, take_over: bool = False, log: Callable[[str], None] = print) -> RunLock:
@@ -218,8 +227,8 @@ def acquire(folder: Path, take_over: bool = False, log: Callable[[str], None] = 
                 ) from None
             if verdict == "unknown" and not take_over and holder.get("unreadable"):
                 raise LockError(
-                    f"run folder {folder}: its lock {path} is unreadable (a job died writing it?): if no job runs "
-                    f"in that folder, pass --take_over"
+                    f"run folder {folder}: its lock {path} is unreadable ({holder.get('why') or 'empty'}: a job died "
+                    f"writing it?): if no job runs in that folder, pass --take_over"
                 ) from None
             if verdict == "unknown" and not take_over:
                 raise LockError(

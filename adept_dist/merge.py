@@ -17,15 +17,25 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Annotated
 
 import torch
+from pydantic import Field
 
 from .adapters import PromptAdapter
 from .backbone import ModelError, check_weight_files, convert_command, load_config, resolve_source
 from .errors import first_line
-from .export import MERGE_INFO, AdapterFileError, load_adapter, read_adapter_config, read_tensors
+from .export import (
+    MERGE_INFO,
+    AdapterFileError,
+    check_adapter_config,
+    load_adapter,
+    read_adapter_config,
+    read_tensors,
+)
 from .fileio import replace_folder, temp_folder_for
 from .peft_export import PEFT_FOLDER, require_peft, write_peft_prompt
+from .schema import PositiveInt, Record, check, check_tensors, load_json, problem, shown
 
 MERGE_FORMAT = "adept-dist-merged"
 MERGE_VERSION = 1
@@ -226,26 +236,48 @@ def peft_adapter(adapter_dir: str, out_dir: str, model: str | None = None) -> Pa
     return write_peft_prompt(adapter.prompt, config, name, out)
 
 
+MERGE_FIX = "the merged export is damaged: export it again (export.py --merge)"
+
+
+class MergeInfoFile(Record):
+    """adept_merge.json of a merged export (``merge``); its "adapter" is the adapter config it was
+    merged from (export.check_adapter_config)."""
+
+    format: str
+    format_version: int
+    prompt_file: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.-]+\.safetensors$")]  # a file of the folder
+    m: PositiveInt
+    d: PositiveInt
+    embedding: str
+    untied_head: str | None = None
+    separator: str = None
+    max_length: PositiveInt = None
+    task: str | None = None
+    base_model: str = None
+    adapter: dict
+
+
 def read_merge_info(folder: str | Path) -> dict:
+    """A merged export's adept_merge.json, every field checked; the dict as read."""
     path = Path(folder) / MERGE_INFO
-    try:
-        info = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise AdapterFileError(f"{path} is unreadable ({exc}): the merged export is corrupt, export it again") from None
-    if not isinstance(info, dict) or info.get("format") != MERGE_FORMAT or info.get("format_version") != MERGE_VERSION:
-        raise AdapterFileError(
-            f"{path}: not an {MERGE_FORMAT!r} version {MERGE_VERSION} file: upgrade adept-dist or export it again"
-        )
+    info = load_json(path, MERGE_FIX, AdapterFileError)
+    fmt, version = info.get("format"), info.get("format_version")
+    if fmt != MERGE_FORMAT or version != MERGE_VERSION or isinstance(version, bool):
+        field = "format" if fmt != MERGE_FORMAT else "format_version"
+        got = f"{shown(fmt)} version {shown(version)}"
+        raise AdapterFileError(problem(path, field, f"{MERGE_FORMAT!r} version {MERGE_VERSION}", got,
+                                       "upgrade adept-dist, or export it again"))  # fmt: skip
+    check(info, MergeInfoFile, path, MERGE_FIX, AdapterFileError)
+    check_adapter_config(info["adapter"], f'{path} (its "adapter")', MERGE_FIX)
     return info
 
 
 def load_merged_prompt(folder: str | Path, info: dict, hidden: int) -> PromptAdapter:
     """The soft prompt of a merged export as a prompt-only adapter (the offset is in the table)."""
-    state = read_tensors(Path(folder) / info["prompt_file"], "the merged export is incomplete, export it again")
-    prompt = state.get("prompt")
-    if prompt is None or tuple(prompt.shape) != (info["m"], hidden):
-        got = None if prompt is None else tuple(prompt.shape)
-        raise AdapterFileError(f"{folder}: soft prompt of shape {got}, expected {(info['m'], hidden)}: export it again")
+    path = Path(folder) / info["prompt_file"]
+    check_tensors(path, {"prompt": (info["m"], hidden)}, MERGE_FIX, AdapterFileError,
+                  f"m={info['m']} of {MERGE_INFO}, the hidden size {hidden} of the model")  # fmt: skip
+    state = read_tensors(path, "the merged export is incomplete, export it again")
     adapter = PromptAdapter(info["m"], hidden)
-    adapter.init_prompt(prompt)
+    adapter.init_prompt(state["prompt"])
     return adapter

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from . import lock
 from .dist import broadcast_packed
 from .errors import UserError, first_line
-from .fileio import write_error, write_text
+from .fileio import metrics_record, write_error, write_text
 
 if TYPE_CHECKING:
     from .config import Config
@@ -103,35 +103,63 @@ class MetricsLog:
             except Exception as exc:  # noqa: BLE001 - never hides the error the run may be ending with
                 tqdm.write(f"[adept-dist] warning: closing {type(tracker).__name__} failed: {first_line(exc, 200)}")
 
+    @staticmethod
+    def append(path: Path, data: bytes) -> None:
+        """Add `data` to the end of `path` whole, or not at all (a full disk: no half line for a reader
+        or a resume to trip over)."""
+        with open(path, "ab", buffering=0) as f:  # unbuffered: nothing is written later, at close
+            size = f.seek(0, os.SEEK_END)
+            try:
+                if f.write(data) != len(data):
+                    raise OSError(errno.ENOSPC, "short write")
+            except OSError:
+                f.truncate(size)
+                raise
+
+    @property
+    def aside(self) -> Path:
+        """Where a resume keeps the lines of metrics.jsonl it could not read (appended, never rewritten)."""
+        return self.path.with_name(self.path.name + ".broken")
+
     def drop_after(self, step: int, final: bool = False) -> None:
         """Resume: forget the lines of steps after the checkpoint (the resumed run writes them again);
         from the final checkpoint (`final`: a run that failed in its last writes) also the closing
-        evaluations, which run again."""
+        evaluations, which run again. Lines that are not records (`parse`) are dropped too, kept in
+        `aside` with their line number and why, and said in one line."""
 
         def keep(rec: dict) -> bool:
             if final and (rec.get("split") == "test" or (rec.get("split") == "validation" and rec["step"] == step)):
                 return False
-            return rec.get("step", 0) <= step
+            return rec["step"] <= step
 
         def drop() -> None:
-            if self.path.is_file():
-                lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-                kept = [ln for ln in lines if keep(json.loads(ln))]
-                write_text(self.path, "".join(ln + "\n" for ln in kept))
+            if not self.path.is_file():
+                return
+            from .fileio import now
+
+            kept, broken = [], []
+            for number, line in enumerate(self.path.read_bytes().split(b"\n"), 1):
+                if not line.strip():
+                    continue
+                rec, why = metrics_record(line)
+                if rec is None:
+                    broken.append({"at": now(), "line": number, "reason": why, "resumed_at_step": step,
+                                   "text": line.decode("utf-8", "surrogateescape")})  # fmt: skip
+                elif keep(rec):
+                    kept.append(line.strip().decode())
+            if broken:  # first, so that a failure here leaves metrics.jsonl as it was
+                self.append(self.aside, "".join(json.dumps(b) + "\n" for b in broken).encode())
+            write_text(self.path, "".join(ln + "\n" for ln in kept))
+            if broken:
+                where = ", ".join(str(b["line"]) for b in broken[:5]) + (", ..." if len(broken) > 5 else "")
+                log0(self.d, f"{self.path}: dropped {len(broken)} line(s) that are not records (line {where}; line "
+                             f"{broken[0]['line']}: {broken[0]['reason']}); they are kept in {self.aside}")  # fmt: skip
 
         on_main(self.d, drop, self.path.name, self.path.parent, "it is as it was")
 
     def write(self, record: dict) -> None:
         def append() -> None:
-            line = (json.dumps(record) + "\n").encode()
-            with open(self.path, "ab", buffering=0) as f:  # unbuffered: nothing is written later, at close
-                size = f.seek(0, os.SEEK_END)
-                try:
-                    if f.write(line) != len(line):
-                        raise OSError(errno.ENOSPC, "short write")
-                except OSError:
-                    f.truncate(size)  # no half line (a full disk) for a reader or a resume to trip over
-                    raise
+            self.append(self.path, (json.dumps(record) + "\n").encode())
             for tracker in list(self.trackers):  # after the line: metrics.jsonl is the record
                 try:
                     tracker.log(record)

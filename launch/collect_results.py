@@ -20,6 +20,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
+from adept_dist.fileio import read_metrics
+from adept_dist.schema import ResultsFile, SchemaError, check, load_json
 from adept_dist.tasks import TASK_LIST, find_task
 
 FAMILIES = {"glue": "GLUE", "superglue": "SuperGLUE", "mrqa": "MRQA", "other": "Others", "bigbench": "BIG-bench"}
@@ -60,9 +62,10 @@ def find_results(paths: list[str]) -> list[dict]:
         files = [p] if p.is_file() else sorted(p.rglob("results.json"))
         for f in files:
             try:
-                r = json.loads(f.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
-                print(f"skipping {f}: {exc}", file=sys.stderr)
+                r = load_json(f, "rerun that run, or leave it out")
+                check(r, ResultsFile, f, "rerun that run, or leave it out")
+            except SchemaError as exc:
+                print(f"skipping {exc}", file=sys.stderr)
                 continue
             r["_path"] = str(f)
             out.append(r)
@@ -166,9 +169,11 @@ def curves(results: list[dict]) -> dict:
         path = Path(r["_path"]).parent / "metrics.jsonl"
         metric = r["metrics"][0]
         try:
-            lines = [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
-        except (OSError, ValueError):
+            lines, broken = read_metrics(path)
+        except OSError:
             continue
+        if broken:
+            print(f"warning: {path}: skipped {len(broken)} line(s) that are not records ({broken[0]})", file=sys.stderr)
         for rec in lines:
             if rec.get("split") == "validation" and f"eval_{metric}" in rec:
                 out[r["task"]][method_of(r)][rec["step"]].append(rec[f"eval_{metric}"])

@@ -15,13 +15,17 @@ import json
 import sys
 from pathlib import Path
 
+from adept_dist.fileio import read_metrics
+
 
 def load(run: Path) -> tuple[list[dict], list[dict], list[dict]]:
     """The run's training, validation and test records."""
     path = run / "metrics.jsonl" if run.is_dir() else run
     if not path.is_file():
         sys.exit(f"error: {path} not found: give a run folder written by launch/train.py")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows, skipped = read_metrics(path)
+    if skipped:
+        print(f"warning: {path}: skipped {len(skipped)} line(s) that are not records ({skipped[0]})", file=sys.stderr)
     return (
         [r for r in rows if "loss" in r],
         [r for r in rows if "eval_loss" in r],

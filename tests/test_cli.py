@@ -83,7 +83,7 @@ def test_bad_starts_are_refused_and_leave_no_config(cli, tmp_path, tiny_model_di
         cfg = json.loads((tmp_path / "adapter" / CONFIG).read_text())
         (tmp_path / "adapter" / CONFIG).write_text(json.dumps({**cfg, "m": 2**26}))  # 16 GB if built
         args += ["--init_adapter", str(tmp_path / "adapter")]
-        match = r"do not match the adept adapter of its config \{'prompt': \(67108864, 64\)"
+        match = r"tensor prompt: expected shape \(67108864, 64\) \(the adept adapter of adapter_config.json"
     peak_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     code, err = cli(*args)
     lines = [ln for ln in err.splitlines() if ln.startswith("error")]

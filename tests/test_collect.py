@@ -34,8 +34,12 @@ def test_collect_means_stds_and_family_averages(tmp_path, capsys):
     write(tmp_path, result("cb", "adept", 1, {"macro_f1": 90.0, "accuracy": 95.0}))
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "results.json").write_text("{")  # skipped with a message, not a crash
+    write(tmp_path / "odd", {**result("rte", "adept", 9, {"accuracy": 0.0}), "seed": "9"})  # off schema: skipped
     assert collect_results.main([str(tmp_path), "--output", str(tmp_path / "t.md")]) == 0
-    text = capsys.readouterr().out
+    out = capsys.readouterr()
+    assert "broken/results.json is not valid JSON" in out.err
+    assert 'results.json: field seed: expected an integer, got "9"' in out.err
+    text = out.out
     assert (tmp_path / "t.md").read_text() == text
     head = next(line for line in text.splitlines() if line.startswith("| method"))
     assert head == "| method | mrpc (accuracy) | rte (accuracy) | cb (macro_f1) | GLUE avg | SuperGLUE avg |"

@@ -178,3 +178,38 @@ def test_resume_starts_from_the_runs_own_config(tmp_path):
     own = make_config({"model": "/home/x/builtin/model", "train_file": "t.csv", "compute_dtype": "fp32"}).to_dict()
     path.write_text(json.dumps(own))
     assert resumed_config(plain, path, builtin_model="/home/x/builtin/model").model.model == "/home/x/builtin/model"
+
+
+def test_resume_keeps_the_runs_packing(tmp_path):
+    """The README says a resume that changes --packing is refused: packed and padded steps lay the
+    micro-batches out in other rows (other dropout draws, other sums), so the adapter would differ
+    from the uninterrupted run's. Found accepted (2026-12-06): packing and pack_tokens were listed as
+    changeable. Giving the run's own layout again, or nothing, still resumes it."""
+    from adept_dist.config import resumed_config
+
+    path = tmp_path / "config.json"
+
+    def resume(*flags: str):
+        now, _ = parse_config(["--resume", "--output_dir", str(tmp_path), *flags])
+        return resumed_config(now, path, builtin_model="/nowhere")
+
+    packed = make_config({"model": "m", "train_file": "t.jsonl", "compute_dtype": "fp32"})  # packing resolved: on
+    path.write_text(json.dumps(packed.to_dict()))
+    assert (packed.data.packing, packed.data.pack_tokens) == (True, 4096)
+    with pytest.raises(ConfigError, match=r"started with other settings \(packing True -> False\); .*cannot change"):
+        resume("--no-packing")
+    with pytest.raises(ConfigError, match=r"\(pack_tokens 4096 -> 8192\)"):
+        resume("--pack_tokens", "8192")
+    with pytest.raises(ConfigError, match=r"packs its examples, which --attn_implementation flash_attention_2 cannot"):
+        resume("--attn_implementation", "flash_attention_2")  # it would have to unpack
+    for same in ((), ("--packing",), ("--packing", "--pack_tokens", "4096")):
+        cfg = resume(*same)
+        assert (cfg.data.packing, cfg.data.pack_tokens, cfg.changes) == (True, 4096, {}), same
+
+    padded = make_config({"model": "m", "train_file": "t.jsonl", "compute_dtype": "fp32", "packing": False})
+    path.write_text(json.dumps(padded.to_dict()))
+    with pytest.raises(ConfigError, match=r"\(packing False -> True\)"):
+        resume("--packing")
+    assert not resume().data.packing and not resume("--no-packing").data.packing
+    cfg = resume("--attn_implementation", "flash_attention_2")  # padded: any kernel, as before
+    assert cfg.changes == {"attn_implementation": ["sdpa", "flash_attention_2"]} and not cfg.data.packing

@@ -58,7 +58,9 @@ def test_bad_adapter_folders(tmp_path):
         load_adapter(out)
     cfg = json.loads((out / CONFIG).read_text())
     (out / CONFIG).write_text(json.dumps({**cfg, "format_version": 99}))
-    with pytest.raises(AdapterFileError, match="version 99"):
+    with pytest.raises(
+        AdapterFileError, match=r"field format_version: expected 'adept-dist-adapter' version 1, got .* version 99"
+    ):
         load_adapter(out)
     (out / CONFIG).write_text("{")
     with pytest.raises(AdapterFileError, match="not valid JSON"):
@@ -96,16 +98,16 @@ def test_load_checks_name_the_problem(tmp_path, tiny_model_dir):
     with pytest.raises(AdapterFileError, match="vocabulary of 32000 tokens but model tiny has"):
         load_adapter(out, model_cfg, "tiny")
     with_config(method_version=2)
-    with pytest.raises(AdapterFileError, match="adept method version 2 is not the one"):
+    with pytest.raises(AdapterFileError, match=r"field method_version: expected 1 \(the adept maths .*got 2"):
         load_adapter(out)
     with_config(method="lora")
-    with pytest.raises(AdapterFileError, match="unknown method 'lora'"):
+    with pytest.raises(AdapterFileError, match='field method: expected one of adept, dept, pt .*got "lora"'):
         load_adapter(out)
     with_config(r="19")
-    with pytest.raises(AdapterFileError, match="r='19' must be a positive integer"):
+    with pytest.raises(AdapterFileError, match='field r: expected an integer, got "19"'):
         load_adapter(out)
     with_config(m=5)  # config and tensors disagree
-    with pytest.raises(AdapterFileError, match="do not match"):
+    with pytest.raises(AdapterFileError, match=r"tensor prompt: expected shape \(5, 64\) \(the adept adapter"):
         load_adapter(out)
     with_config()
     (out / WEIGHTS).unlink()
@@ -139,7 +141,13 @@ def test_exports_without_method_version_read_as_version_1(tmp_path):
 def test_the_adapter_of_any_checkpoint_and_clear_errors_for_bad_ones(tiny_model_dir, tmp_path):
     """A 2-rank ZeRO-3 run of 4 steps without validation saves steps 2 and 4; its OUT/adapter is the
     last one. Exported in this process (no engine, world 1): step 4 equals OUT/adapter bitwise, with
-    the same config; step 2 is another adapter that loads alike."""
+    the same config; step 2 is another adapter that loads alike. Each checkpoint carries that config
+    and its run's identity: copied out of its run folder, or into another run's, it exports the same
+    adapter, and a line says so; one of an earlier release (without them) takes its folder's
+    config.json. A newest checkpoint whose adept_meta.json is damaged is skipped by --resume, which
+    goes on from step 2 (at world size 1) to the same final adapter, bitwise."""
+    import sys
+
     from adept_dist.checkpoint import CheckpointError, export_checkpoint
     from adept_dist.exporter import main as export_main
     from tests.conftest import REPO, deepspeed_cmd, run_cmd, write_jsonl
@@ -176,14 +184,33 @@ def test_the_adapter_of_any_checkpoint_and_clear_errors_for_bad_ones(tiny_model_
     state = corrupt / "trainable_state.safetensors"
     state.write_bytes(state.read_bytes()[:200])
     refused(corrupt, "is corrupt .*: export another step")
-    elsewhere = shutil.copytree(ckpts / "step00000002", tmp_path / "loose" / "step00000002")
-    refused(elsewhere, "config.json not found: give the checkpoint inside its run folder")
-    other = tmp_path / "other"
-    shutil.copytree(ckpts / "step00000002", other / "checkpoints" / "step00000002")
     record = json.loads((out / "config.json").read_text())
-    del record["data"]["max_length"]
-    (other / "config.json").write_text(json.dumps(record))
-    refused(other / "checkpoints" / "step00000002", "config.json lacks 'max_length' of a run record")
+    meta = json.loads((ckpts / "step00000004" / "adept_meta.json").read_text())
+    assert meta["adapter"] == json.loads((final / CONFIG).read_text()) and meta["run_id"] == record["identity"]["id"]
+    notes = []
+    elsewhere = shutil.copytree(ckpts / "step00000002", tmp_path / "loose" / "step00000002")
+    export_checkpoint(elsewhere, tmp_path / "a2loose", log=notes.append)
+    assert json.loads((tmp_path / "a2loose" / CONFIG).read_text()) == cfg2 and "sits in no run folder" in notes[-1]
+    other = tmp_path / "other"  # another run (its own identity) with other data settings
+    foreign = shutil.copytree(ckpts / "step00000002", other / "checkpoints" / "step00000002")
+    theirs = {**record, "identity": {**record["identity"], "id": "another-run"}}
+    theirs["data"] = {**record["data"], "separator": " => ", "max_length": 7}
+    (other / "config.json").write_text(json.dumps(theirs))
+    export_checkpoint(foreign, tmp_path / "a2other", log=notes.append)
+    assert json.loads((tmp_path / "a2other" / CONFIG).read_text()) == cfg2  # separator " Label : ", max_length 256
+    assert f"written by run {record['identity']['id']}, not by the run of {other} (another-run)" in notes[-1]
+    assert (tmp_path / "a2other" / WEIGHTS).read_bytes() == (tmp_path / "a2" / WEIGHTS).read_bytes()
+    old = json.loads((foreign / "adept_meta.json").read_text())  # as an earlier release wrote it
+    del old["adapter"], old["run_id"]
+    (foreign / "adept_meta.json").write_text(json.dumps(old))
+    export_checkpoint(foreign, tmp_path / "a2old", log=notes.append)
+    assert json.loads((tmp_path / "a2old" / CONFIG).read_text())["separator"] == " => "  # its folder's, as before
+    assert "predates checkpoints that carry their own settings" in notes[-1]
+    del theirs["data"]["max_length"]
+    (other / "config.json").write_text(json.dumps(theirs))
+    refused(foreign, "config.json lacks 'max_length' of a run record")
+    loose_old = shutil.copytree(foreign, tmp_path / "loose_old" / "step00000002")
+    refused(loose_old, "config.json not found: give the checkpoint inside its run folder")
     # the base model's config comes from --model where given (the run's model may be gone from this machine)
     export_checkpoint(ckpts / "step00000002", tmp_path / "a2m", model=str(tiny_model_dir))
     assert (tmp_path / "a2m" / WEIGHTS).read_bytes() == (tmp_path / "a2" / WEIGHTS).read_bytes()
@@ -192,3 +219,20 @@ def test_the_adapter_of_any_checkpoint_and_clear_errors_for_bad_ones(tiny_model_
     with pytest.raises(CheckpointError, match="exists and is not empty"):
         export_checkpoint(ckpts / "step00000002", tmp_path / "taken")
     assert (tmp_path / "taken" / "keep.txt").read_text() == "mine"
+
+    # --resume past a newest checkpoint whose metadata was cut short: at world size 1 (the same global
+    # batch of 4 as 2 micro-batches of 2), from step 2, to the run's own final adapter
+    resumed = shutil.copytree(out, tmp_path / "resumed")
+    for made in ("step00000006", "step00000008"):  # the damaged copies above
+        shutil.rmtree(resumed / "checkpoints" / made)
+    (resumed / "checkpoints" / "step00000004" / "adept_meta.json").write_text('{"step": 4, "posi')
+    del record["finished"]  # as a run that died after writing step 4 left it
+    (resumed / "config.json").write_text(json.dumps(record))
+    shutil.rmtree(resumed / "adapter")
+    proc = run_cmd([sys.executable, str(REPO / "launch" / "train.py"), "--output_dir", str(resumed), "--resume",
+                    "--grad_accum", "2"])  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    said = proc.stdout + proc.stderr
+    assert "resumed from step00000002 after skipping unusable checkpoint(s): step00000004 is corrupt (" in said, said
+    assert "adept_meta.json is not valid JSON" in said and "Traceback" not in said
+    assert (resumed / "adapter" / WEIGHTS).read_bytes() == (final / WEIGHTS).read_bytes()

@@ -12,7 +12,7 @@ PACKAGE = REPO / "adept_dist"
 # adept-train, -predict, -export, -plan: entry points, imported by no module
 COMMAND_MODULES = {"cli", "infer", "exporter", "planner"}
 # The floors of the package as README's "Layout" lists them: each module imports only modules before it.
-LAYERS = ["errors", "fileio", "progress", "trackers", "lock", "adapters", "model", "tasks", "metrics", "data", "bigbench",
+LAYERS = ["errors", "fileio", "schema", "progress", "trackers", "lock", "watchdog", "adapters", "model", "tasks", "metrics", "data", "bigbench",
           "taskdata", "config", "gguf_model", "backbone",
           "builtin", "topology", "traffic", "memory", "plan", "dist", "export", "peft_export", "merge", "loader", "optim", "run", "checkpoint", "evaluation",
           "build", "trainer", "cli", "infer", "exporter", "planner"]  # fmt: skip

@@ -42,3 +42,17 @@ def test_the_command_writes_the_png(tmp_path):
     assert (run / "metrics.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     missing = run_cmd([sys.executable, "launch/plot_metrics.py", str(tmp_path / "nothing")])
     assert missing.returncode != 0 and "not found: give a run folder" in missing.stderr
+
+
+def test_lines_that_are_not_records_are_skipped_with_a_warning(tmp_path, capsys):
+    """A line cut by a crash mid-write (or one that is not a record) ended the plot with a traceback:
+    it is skipped, one warning names it, and the records around it are plotted."""
+    run = fake_run(tmp_path / "run")
+    path = run / "metrics.jsonl"
+    good = path.read_bytes()
+    path.write_bytes(good.replace(b"\n", b'\n{"step": 25, "lo\0\0\n[1, 2]\n', 1) + b"\xff\xfe")
+    train, evals, test = plot_metrics.load(run)
+    assert [r["step"] for r in train] == [10, 20, 30, 40] and len(evals) == 2 and len(test) == 1
+    err = capsys.readouterr().err
+    assert f"warning: {path}: skipped 3 line(s) that are not records (line 2: " in err and len(err.splitlines()) == 1
+    plot_metrics.figure([run])  # and the figure is drawn

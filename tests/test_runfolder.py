@@ -88,6 +88,10 @@ def test_locks_that_cannot_be_checked_need_take_over(tmp_path):
     (tmp_path / lock.LOCK).write_text("")
     with pytest.raises(lock.LockError, match="is unreadable .* pass --take_over"):
         lock.acquire(tmp_path)
+    write_lock(tmp_path, {**holder_record(dead.pid), "pid": "12"})  # a field off its schema (schema.LockFile)
+    with pytest.raises(lock.LockError, match=r"is unreadable \(.*lock.json: field pid: expected an integer, got "
+                                             r"\"12\".* pass --take_over"):  # fmt: skip
+        lock.acquire(tmp_path)
     said = []
     lock.acquire(tmp_path, take_over=True, log=said.append)
     assert "from an unreadable lock: --take_over" in said[-1]
@@ -203,6 +207,8 @@ def test_resume_finished_run_history_reschedule_batch_and_lock(tmp_path, tiny_mo
     )
     proc = train_py("--output_dir", str(out), "--resume", "--method", "dept")
     assert proc.returncode == 2 and "started with other settings (method 'adept' -> 'dept')" in proc.stderr
+    proc = train_py("--output_dir", str(out), "--resume", "--no-packing")  # the run packed (adept's default)
+    assert proc.returncode == 2 and "started with other settings (packing True -> False)" in proc.stderr
     proc = train_py("--output_dir", str(out), "--resume", "--max_steps", "3")
     assert proc.returncode == 2 and "--max_steps 3 differs from this run's 2" in proc.stderr, proc.stderr[-2000:]
     assert "add --reschedule" in proc.stderr
@@ -223,8 +229,12 @@ def test_resume_finished_run_history_reschedule_batch_and_lock(tmp_path, tiny_mo
     record["optim"]["max_steps"] = 4
     del record["finished"]
     (died / "config.json").write_text(json.dumps(record))
+    with open(died / "metrics.jsonl", "ab") as f:  # and it died mid-write: half a line, then NULs (NFS)
+        f.write(b'{"step": 3, "lo\0\0\0\n')
     proc = train_py("--output_dir", str(died), "--resume", "--log_every", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "dropped 1 line(s) that are not records (line 2; line 2: not JSON" in proc.stdout, proc.stdout[-2000:]
+    assert json.loads((died / "metrics.jsonl.broken").read_text())["text"] == '{"step": 3, "lo\0\0\0'
     lrs = {m["step"]: m["lr"] for m in map(json.loads, (died / "metrics.jsonl").read_text().splitlines()) if "lr" in m}
     assert lrs[3] == pytest.approx(0.15) and lrs[4] == pytest.approx(0.075)
 
@@ -385,10 +395,95 @@ def test_disk_full_during_a_checkpoint_keeps_the_earlier_ones(tmp_path, tiny_mod
     assert not [p.name for p in ckpts.iterdir() if p.name.startswith(".tmp-")]
     latest = (ckpts / "latest").read_text()
     assert (ckpts / latest / "adept_meta.json").is_file()
+    assert lines[0].endswith(
+        f"free space (or make the folder writable) and rerun with --resume to continue from {latest}"
+    )
     filler.unlink()
     saved = int(latest.removeprefix("step"))
     proc = train_py("--output_dir", str(out), "--resume", "--max_steps", str(saved + 1), "--reschedule")
     assert proc.returncode == 0 and f"resumed from {latest}" in proc.stdout, proc.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_disk_full_before_the_first_checkpoint_says_resume_starts_again(tmp_path, tiny_model_dir, small_disk):
+    """The disk fills after the run has started but before its first checkpoint (issue: the line said
+    to rerun with --resume, which then had nothing to resume): exit code 4 and one line saying no
+    checkpoint was saved, so --resume starts the run again from step 0; once space is freed it does."""
+    out = small_disk / "out"
+    train = write_jsonl(tmp_path / "train.jsonl", [{"input": "review : the food was great", "target": "positive"}] * 8)
+    job = subprocess.Popen(
+        [sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero2.json", "--model", str(tiny_model_dir),
+         "--train_file", str(train), "--output_dir", str(out), "--max_steps", "100000", "--save_every", "100000",
+         "--log_every", "1", "--warmup_steps", "0"],
+        cwd=REPO, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.time() + 300
+        while not (out / "metrics.jsonl").exists() and job.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
+        filler = fill(small_disk)
+        _, err = job.communicate(timeout=300)
+    finally:
+        job.kill()
+    lines = re.findall(r"error \(rank \d+\): [^\r\n]*", err)
+    assert job.returncode == 4 and len(lines) == 1, err[-3000:]
+    assert re.search(r"could not write metrics.jsonl \(step \d+\) in .*: no space left on the device; its earlier "
+                     r"lines are intact: no checkpoint was saved yet, so free space \(or make the folder writable\) "
+                     r"and run the same command with --resume added: it starts the run again from step 0$", lines[0])  # fmt: skip
+    assert not (out / "checkpoints").exists()
+    filler.unlink()
+    # the advice, with a shorter run (2 steps, not 100000) to keep the test short
+    proc = train_py("--output_dir", str(out), "--resume", "--max_steps", "2", "--reschedule")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert f"--resume: no checkpoint in {out / 'checkpoints'} yet, starting from step 0" in proc.stdout
+    steps = [json.loads(ln)["step"] for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]  # the failed start's lines dropped, the new start's written
+
+
+def test_write_error_says_what_to_do_by_what_the_run_folder_holds(tmp_path):
+    """After a failed write (here ENOSPC, as the OS reports a full disk) the line says what to do:
+    a training run (its folder holds the run's lock) reruns with --resume, which continues from the
+    newest complete checkpoint or, with none yet, starts again from step 0 (the folder is no longer
+    empty, so the same command without --resume would be refused); another command (adept-export's
+    adapter, no lock) is run again."""
+    import errno
+
+    from adept_dist import checkpoint, fileio
+    from adept_dist.fileio import write_error
+
+    # fileio sits below lock.py and checkpoint.py: the names it looks for must be theirs
+    assert fileio.RUN_LOCK == lock.LOCK
+    assert (fileio.CHECKPOINTS, fileio.CHECKPOINT_PREFIX, fileio.CHECKPOINT_META) == (
+        checkpoint.CKPT_DIR, checkpoint.PREFIX, checkpoint.META)  # fmt: skip
+
+    full = OSError(errno.ENOSPC, "No space left on device")
+    out = tmp_path / "run"
+    out.mkdir()
+
+    def advice(folder: Path) -> str:
+        return str(write_error(full, "metrics.jsonl (step 3)", folder, "its earlier lines are intact"))
+
+    assert advice(out).endswith("its earlier lines are intact: free space (or make the folder writable) and run the "
+                                "command again")  # fmt: skip
+    lock.acquire(out)
+    try:
+        start = ("no checkpoint was saved yet, so free space (or make the folder writable) and run the same command "
+                 "with --resume added: it starts the run again from step 0")  # fmt: skip
+        assert advice(out).startswith(f"could not write metrics.jsonl (step 3) in {out}: no space left on the device")
+        assert advice(out).endswith(start)
+        ckpts = out / "checkpoints"
+        (ckpts / ".tmp-step00000002").mkdir(parents=True)  # being written
+        (ckpts / "step00000004").mkdir()  # no adept_meta.json: incomplete, never loaded
+        assert advice(out).endswith(start) and advice(ckpts).endswith(start)
+        (ckpts / "step00000002").mkdir()
+        (ckpts / "step00000002" / "adept_meta.json").write_text("{}")
+        assert advice(out).endswith("rerun with --resume to continue from step00000002")
+        (ckpts / "step00000004" / "adept_meta.json").write_text("{}")
+        for folder in (out, ckpts, out / "predictions"):  # a run's writes: its folder, checkpoints, predictions
+            assert advice(folder).endswith("free space (or make the folder writable) and rerun with --resume to "
+                                           "continue from step00000004"), folder  # fmt: skip
+    finally:
+        lock.release_held()
 
 
 def test_a_write_that_fills_the_disk_itself_is_named(small_disk):
@@ -423,6 +518,56 @@ def test_resume_from_the_final_checkpoint_drops_the_closing_evaluations(tmp_path
     assert [json.loads(ln) for ln in log.path.read_text().splitlines()] == records[:3]
     log.drop_after(5)
     assert [json.loads(ln) for ln in log.path.read_text().splitlines()] == records[:2]
+
+
+def test_resume_drops_lines_that_are_not_records_and_keeps_them_aside(tmp_path, capsys):
+    """One broken line in metrics.jsonl (a crash mid-write on a network file system) ended --resume
+    with a traceback. Now every line that is not a record (does not parse, is not UTF-8, is not an
+    object, has no integer step) is dropped, kept in metrics.jsonl.broken (appended: line number,
+    why, the exact text), and one line says so; the good lines up to the checkpoint stay as they were."""
+    import torch
+
+    from adept_dist.dist import Dist
+    from adept_dist.run import MetricsLog
+
+    path = tmp_path / "metrics.jsonl"
+    lines = [
+        b'{"step": 1, "loss": 1.0}',
+        b'{"step": 2, "loss": 0.9}',
+        b'{"step": 3, "lo{"step": 3, "loss": 0.8}',  # cut mid-write, the restart appended after it
+        b"\0\0\0\0\0\0",  # a block never written (NFS after a client crash)
+        b"[3, 0.8]",
+        b'{"loss": 0.8}',
+        b'{"step": "3", "loss": 0.8}',
+        b"\xff\xfe\x00garbage",
+        b'{"step": 3, "split": "validation", "eval_loss": 0.7}',
+        b'{"step": 4, "loss": 0.7}',  # after the checkpoint: written again by the resumed run
+        b'{"step": 5, "lo',  # the last line, cut
+    ]
+    path.write_bytes(b"\n".join(lines))
+    log = MetricsLog(path, Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu")))
+    log.drop_after(3)
+    assert path.read_bytes() == b"\n".join(lines[i] for i in (0, 1, 8)) + b"\n"
+    aside = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl.broken").read_text().splitlines()]
+    assert [(a["line"], a["reason"].split(" (")[0]) for a in aside] == [
+        (3, "not JSON"), (4, "not JSON"), (5, "not a JSON object"), (6, 'no integer "step"'),
+        (7, 'no integer "step"'), (8, "not UTF-8 text"), (11, "not JSON")]  # fmt: skip
+    assert [a["text"].encode("utf-8", "surrogateescape") for a in aside] == [
+        lines[i - 1] for i in (3, 4, 5, 6, 7, 8, 11)
+    ]
+    assert all(a["resumed_at_step"] == 3 for a in aside)
+    said = capsys.readouterr().out
+    assert f"{path}: dropped 7 line(s) that are not records (line 3, 4, 5, 6, 7, ...; line 3: not JSON" in said
+    assert f"they are kept in {tmp_path / 'metrics.jsonl.broken'}" in said and len(said.splitlines()) == 1
+
+    log.drop_after(3)  # nothing broken left: nothing more aside, nothing said
+    assert len((tmp_path / "metrics.jsonl.broken").read_text().splitlines()) == 7 and not capsys.readouterr().out
+    with open(path, "ab") as f:
+        f.write(b"{oops\n")
+    log.drop_after(2)  # a later resume appends to the file aside, never over it
+    aside = [json.loads(ln) for ln in (tmp_path / "metrics.jsonl.broken").read_text().splitlines()]
+    assert len(aside) == 8 and (aside[-1]["line"], aside[-1]["text"]) == (4, "{oops")
+    assert path.read_bytes() == b"\n".join(lines[:2]) + b"\n"
 
 
 def test_metrics_and_results_writes_on_a_full_disk_keep_what_was_there(small_disk):
