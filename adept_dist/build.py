@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import json
 import socket
 import uuid
 from pathlib import Path
@@ -38,13 +37,12 @@ from .backbone import (
 )
 from .checkpoint import resume_state
 from .config import CONFIG_FILE, Config, ConfigError, read_run_config, resumed_config
-from .data import ENCODING, UNKNOWN_WARN_SHARE, DataError, make_stream, unknown_shares
+from .data import ENCODING, UNKNOWN_WARN_SHARE, make_stream, unknown_shares
 from .dist import (
     AUTO,
     DEFAULT_DS_CONFIG,
     Dist,
     apply_shard_scope,
-    broadcast_packed,
     build_engine,
     full_numel,
     gathered,
@@ -242,13 +240,15 @@ class RunFinished(UserError):
 def run_config_text(path: Path, d: Dist) -> str:
     """The run's config.json as the main process reads it, on every rank ("" when there is none), so
     all ranks decide alike even while the file changes (collective)."""
-    text = ""
-    if d.main and path.is_file():
+
+    def read() -> str:
         try:
-            text = path.read_text()
+            return path.read_text() if path.is_file() else ""
         except OSError as exc:
-            text = f"unreadable: {exc}"  # every rank then refuses it alike
-    return broadcast_packed({}, text, d.device)[1]
+            raise ConfigError(f"--resume: {path} is unreadable ({exc}): restore it from a backup, or start a new "
+                              f"run in another --output_dir") from None  # fmt: skip
+
+    return on_main(d, read, returns=True)
 
 
 def check_encoding(out: Path, stored: dict) -> None:
@@ -360,20 +360,15 @@ def load_data(cfg: Config, d: Dist, tokenizer, files: dict) -> taskdata.TaskData
         "seed": cfg.optim.seed,
     }
     task = get_task(dc.task) if dc.task else None
-    tensors, meta, data, failure = None, None, None, None
-    if d.main:
-        try:
-            cache = Path(dc.cache_dir) if dc.cache_dir else builtin.home() / "tokenized"
-            data = taskdata.prepare_main(task, tokenizer, opts, cache, log=lambda m: log0(d, m))
-            tensors, meta = taskdata.pack(data) if d.world > 1 else ({}, "")
-        except Exception as exc:
-            failure = exc
-            tensors, meta = {}, json.dumps({"error": str(exc), "user": isinstance(exc, DataError)})
-    tensors, meta = broadcast_packed(tensors, meta, d.device)
-    if failure is not None:
-        raise failure
-    if meta and (err := json.loads(meta).get("error")) is not None:
-        raise (DataError if json.loads(meta)["user"] else RuntimeError)(f"{err} (reported by rank 0)")
+    data = None
+
+    def prepare() -> tuple[dict, str]:
+        nonlocal data
+        cache = Path(dc.cache_dir) if dc.cache_dir else builtin.home() / "tokenized"
+        data = taskdata.prepare_main(task, tokenizer, opts, cache, log=lambda m: log0(d, m))
+        return taskdata.pack(data) if d.world > 1 else ({}, "")
+
+    tensors, meta = on_main(d, prepare, tensors=True)
     if data is None:
         data = taskdata.unpack(tensors, meta)
     if dc.max_eval_samples:

@@ -32,7 +32,6 @@ from .data import ENCODING
 from .dist import (
     ADAM_KEYS,
     adam_step_count,
-    all_reduce_sum,
     consolidated_state,
     full_fp32_state,
     full_numel,
@@ -51,7 +50,7 @@ from .export import (
     shapes_source,
 )
 from .fileio import WriteError, write_error, write_text
-from .run import Run, log0, on_main
+from .run import Run, any_rank, log0, on_main
 from .schema import BestFile, Count, Finite, PositiveInt, Record, check, check_tensors, load_json
 
 CKPT_DIR = "checkpoints"
@@ -167,8 +166,7 @@ def save(engine, named_params, root: Path, meta: dict, keep: int, main: bool) ->
 def agree(failure: BaseException | None, tag: str, root: Path, main: bool) -> None:
     """Collective: raise on every rank when the checkpoint write failed on any (the main rank removes
     the partial folder first); a failure that is not the disk's keeps its traceback."""
-    failed = all_reduce_sum(torch.tensor([0.0 if failure is None else 1.0])).item()
-    if not failed:
+    if not any_rank(failure is not None):
         return
     kept = f"the checkpoints before {tag} are intact"
     error = write_error(failure, f"checkpoint {tag}", root, kept) if failure is not None else None  # before cleanup
@@ -241,8 +239,7 @@ def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
                 load_one(engine, named_params, root, folder, meta, world, log)
         except Exception as exc:  # noqa: BLE001 - torch/DeepSpeed raise many kinds for a damaged file
             error = first_line(exc, 200)
-        failed = all_reduce_sum(torch.tensor([1.0 if error else 0.0])).item()
-        if not failed:
+        if not any_rank(bool(error)):
             if skipped:
                 log(f"resumed from {folder.name} after skipping unusable checkpoint(s): {'; '.join(skipped)}")
             return meta

@@ -19,8 +19,8 @@ from . import metrics
 from .adapters import IGNORE_INDEX
 from .checkpoint import export_adapter
 from .data import Example, collate
-from .dist import Dist, all_reduce_sum, broadcast_object, full_fp32_state, full_numel, set_full_weights
-from .fileio import WriteError, write_error, write_json, write_jsonl, write_text
+from .dist import Dist, all_reduce_sum, full_fp32_state, full_numel, set_full_weights
+from .fileio import write_json, write_jsonl, write_text
 from .model import AdeptLM, Sampling
 from .progress import Progress
 from .run import Run, TrainError, log0, on_main
@@ -144,32 +144,25 @@ def evaluate(run: Run, split: str) -> dict:
     )  # fmt: skip
     ordered = gather_to_main(d, [(i, tok.decode(ids, skip_special_tokens=True).strip()) for i, ids in mine],
                              len(es.examples))  # fmt: skip
-    scores = None
-    if d.main:
+
+    def score_and_write() -> dict:
         try:
             scores = metrics.compute(
                 data.metrics, ordered, es.refs, data.labels, allow_code_execution=dc.allow_code_execution
             )
-        except metrics.MetricError as exc:  # every rank must hear of it, or the others wait forever
-            scores = {"error": str(exc)}
+        except metrics.MetricError as exc:
+            raise TrainError(f"scoring the {split} split: {exc}") from None
         pred_dir = run.out / "predictions"
         rows = [
             {"index": i, "input": source_text(tok, e), "prediction": text, **ref}
             for i, (e, text, ref) in enumerate(zip(es.examples, ordered, es.refs))
         ]
-        try:
-            pred_dir.mkdir(exist_ok=True)
-            write_jsonl(pred_dir / f"{split}.jsonl", rows, ensure_ascii=True)
-        except OSError as exc:
-            failed = write_error(exc, f"the {split} predictions", pred_dir, "earlier files are intact")
-            if failed is None:
-                raise
-            scores = {"write_error": str(failed)}
-    scores = broadcast_object(scores)
-    if "error" in scores:
-        raise TrainError(f"scoring the {split} split: {scores['error']}")
-    if "write_error" in scores:
-        raise WriteError(scores["write_error"])
+        pred_dir.mkdir(exist_ok=True)
+        write_jsonl(pred_dir / f"{split}.jsonl", rows, ensure_ascii=True)
+        return scores
+
+    scores = on_main(d, score_and_write, f"the {split} predictions", run.out / "predictions",
+                     "earlier files are intact", returns=True)  # fmt: skip
     prefix = "eval" if split == "validation" else split
     return {
         "split": split,

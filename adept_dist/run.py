@@ -13,10 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import torch
 from tqdm.auto import tqdm
 
 from . import lock
-from .dist import broadcast_packed
+from .dist import all_reduce_sum, broadcast_packed
 from .errors import UserError, first_line
 from .fileio import metrics_record, write_error, write_text
 
@@ -47,35 +48,61 @@ class RankZeroError(UserError, RuntimeError):
         self.exit_code = exit_code
 
 
-def on_main(d: Dist, fn, what: str = "", where: Path | None = None, kept: str = "") -> None:
-    """Run `fn` on the main process only; a user error it raises (or, when it writes `what` into the
-    folder `where`, a disk failure: WriteError, saying `kept` is intact) is raised on every rank
-    (collective), so no rank waits for a main process that has given up. Every rank returns after
-    the main one is done. A write into a run folder whose lock another job has taken over is not
-    made: LockLost on every rank (lock.check_held)."""
-    error, bug = None, None
+def on_main(
+    d: Dist, fn, what: str = "", where: Path | None = None, kept: str = "", returns: bool = False, tensors: bool = False
+):
+    """The one way ranks agree: run `fn` on the main process only and, with `returns`, return its
+    result on every rank (collective), or raise the same error on every rank, so no rank waits for a
+    main process that has given up. The result is a JSON value (the main process keeps its own
+    object), or with `tensors` a pair (dict of named tensors, text) sent as they are; without either,
+    None. A user error `fn` raises is
+    raised on every rank (the others get it as RankZeroError, its exit code kept); when `fn` writes
+    `what` into the folder `where`, a disk failure is a WriteError saying `kept` is intact, and a
+    write into a run folder whose lock another job has taken over is not made (LockLost,
+    lock.check_held). A bug keeps its traceback on the main process; the others stop too."""
+    error, bug, value, sent = None, None, None, {}
     if d.main:
         try:
             if where is not None:
                 lock.check_held(where)
-            fn()
+            value = fn()
+            if tensors:
+                sent, value = value
+            elif not returns:
+                value = None
         except UserError as exc:
             error = exc
         except Exception as exc:
             error = write_error(exc, what, where, kept) if where is not None else None
             bug = exc if error is None else None
-    if bug is not None:  # a bug keeps its traceback here; the other ranks stop too instead of waiting
-        meta = json.dumps({"message": f"the main process failed: {first_line(bug, 300)}", "code": 1})
+    if bug is not None:
+        meta = {"message": f"the main process failed: {first_line(bug, 300)}", "code": 1}
+    elif error is not None:
+        meta = {"message": str(error), "code": error.exit_code}
     else:
-        meta = json.dumps({"message": str(error), "code": error.exit_code}) if error is not None else ""
-    _, meta = broadcast_packed({}, meta, d.device)
+        meta = {"value": value}
+    if d.world > 1:
+        try:
+            text = json.dumps(meta)
+        except (TypeError, ValueError) as exc:  # a result that is no JSON value: a bug, told to every rank
+            bug = bug or exc
+            text = json.dumps({"message": f"the main process failed: {first_line(exc, 300)}", "code": 1})
+        sent, text = broadcast_packed(sent if error is None and bug is None else {}, text, d.device)
+        meta = json.loads(text)
     if bug is not None:
         raise bug
     if error is not None:
         raise error
-    if meta:
-        sent = json.loads(meta)
-        raise RankZeroError(f"{sent['message']} (reported by rank 0)", sent["code"])
+    if "message" in meta:
+        raise RankZeroError(f"{meta['message']} (reported by rank 0)", meta["code"])
+    result = value if d.main else meta["value"]
+    return (sent, result) if tensors else result if returns else None
+
+
+def any_rank(failed: bool) -> bool:
+    """Whether `failed` holds on any rank (collective): on_main's partner for work every rank does
+    (a checkpoint's files, loading one), where each must know whether all succeeded."""
+    return all_reduce_sum(torch.tensor([1.0 if failed else 0.0])).item() > 0
 
 
 class MetricsLog:
