@@ -12,8 +12,9 @@ Each checkpoint also holds ``trainable_state.safetensors``: the whole fp32 adapt
 moments (tiny), with the Adam step and the scheduler state in the meta file. A run with another
 number of ranks resumes from that instead of DeepSpeed's per-rank partitions.
 
-A run's own files go through here too: ``save_checkpoint`` / ``resume_state`` (with the best
-adapter found so far, ``restore_best``) and ``export_adapter`` (OUT/adapter).
+A run saves and resumes through ``save_checkpoint`` / ``resume_state`` (which restores the best
+adapter found so far with ``artifacts.restore_best``); ``export_checkpoint`` writes the adapter of
+any checkpoint (adept-export). The run's other files are ``artifacts.py``'s.
 """
 
 from __future__ import annotations
@@ -28,30 +29,25 @@ import torch
 import torch.distributed as dist
 from pydantic import Field
 
-from .data import ENCODING
+from .artifacts import own_adapter_config, restore_best, run_fields, run_id
 from .dist import (
     ADAM_KEYS,
     adam_step_count,
     consolidated_state,
-    full_fp32_state,
-    full_numel,
     restore_consolidated_state,
 )
 from .errors import UserError, first_line
 from .export import (
-    WEIGHTS,
     AdapterFileError,
     adapter_config,
     adapter_shapes,
     check_adapter_config,
-    read_adapter_config,
-    read_tensors,
     save_adapter,
     shapes_source,
 )
 from .fileio import WriteError, write_error, write_text
-from .run import Run, any_rank, log0, on_main
-from .schema import BestFile, Count, Finite, PositiveInt, Record, check, check_tensors, load_json
+from .run import Run, any_rank, log0
+from .schema import Count, Finite, PositiveInt, Record, check, check_tensors, load_json
 
 CKPT_DIR = "checkpoints"
 META = "adept_meta.json"
@@ -249,7 +245,7 @@ def resume(engine, named_params, root: Path, world: int, log) -> dict | None:
     )
 
 
-# ----------------------------------------------------------------------------- a run's files
+# ----------------------------------------------------------------------------- a run's checkpoints
 def save_checkpoint(run: Run) -> None:
     """Resume state of the run at its current step (collective)."""
     meta = {"step": run.step, "position": run.position, "world": run.d.world, "global_batch": run.global_batch,
@@ -295,81 +291,6 @@ def resume_state(run: Run) -> None:
                     f"{run.engine.get_lr()[0]:.4g} and decays to 0 at step {new}")  # fmt: skip
     log0(run.d, f"resumed from {tag_of(run.step)}: step {run.step}, {run.position} samples seen")
     restore_best(run)
-
-
-def restore_best(run: Run) -> None:
-    """The best validation result up to the resumed step, and its adapter (a best found after the
-    checkpoint is ignored: the resumed run finds it again, identically). A damaged best.json or
-    OUT/adapter is one line naming the file and field."""
-    best_path, adapter_dir = run.out / "best.json", run.out / "adapter"
-    if not best_path.is_file() or not (adapter_dir / WEIGHTS).is_file():
-        return
-    fix = (f"restore it from a backup, or delete {best_path.name} and adapter/ of {run.out}: the best adapter is then "
-           f"selected anew among the validations after step {run.step}")  # fmt: skip
-    best = load_json(best_path, fix, CheckpointError)
-    check(best, BestFile, best_path, fix, CheckpointError)
-    saved_step = read_adapter_config(adapter_dir).get("step")
-    if best["step"] <= run.step and saved_step == best["step"]:
-        shapes = {n: tuple(getattr(p, "ds_shape", p.shape)) for n, p in run.model.adapter.named_parameters()}
-        check_tensors(adapter_dir / WEIGHTS, shapes, fix, CheckpointError, "this run's adapter")
-        run.best, run.best_state = best, read_tensors(adapter_dir / WEIGHTS, fix)
-        log0(run.d, f"best so far: step {best['step']}, validation {best['metric']} {best['value']:.4g}")
-
-
-def portable_model_name(name: str) -> str:
-    """A local model folder as an absolute path (the adapter is used from other folders); a hub id
-    and "builtin" as they are."""
-    path = Path(name).expanduser()
-    return str(path.resolve()) if name != "builtin" and path.exists() else name
-
-
-def export_adapter(run: Run, out_dir: Path, state: dict | None = None, **more) -> None:
-    """Write the adapter (the current weights, or `state`); collective when `state` is None."""
-    adapter = run.model.adapter
-    state = state if state is not None else full_fp32_state(adapter.named_parameters())
-
-    def write() -> None:
-        config = {**own_adapter_config(run), **more}
-        config["parameter_count"] = sum(v.numel() for v in state.values())
-        save_adapter(out_dir, state, config)
-
-    on_main(run.d, write, f"the adapter (step {run.step})", out_dir.parent, "the adapter written before is intact")
-
-
-def own_adapter_config(run: Run) -> dict:
-    """The adapter config of the run at its current step: what OUT/adapter and a checkpoint's
-    export get (every checkpoint keeps it in its adept_meta.json)."""
-    adapter = run.model.adapter
-    fields = run_fields(run.cfg.to_dict(), run.base_model, run.model.backbone.config.vocab_size, ENCODING, run.step)
-    config = adapter_config(adapter, **fields)
-    config["parameter_count"] = sum(full_numel(p) for p in adapter.parameters())  # ZeRO-3 local numel is 0
-    return config
-
-
-def run_id(out: Path) -> str | None:
-    """The identity.id of the run folder's config.json (None: none readable)."""
-    from .config import CONFIG_FILE, ConfigError, read_run_config
-
-    try:
-        return read_run_config(out / CONFIG_FILE).get("identity", {}).get("id")
-    except ConfigError:
-        return None
-
-
-def run_fields(record: dict, base_model: str, vocab_size: int, encoding: int, step: int) -> dict:
-    """What an exported adapter says of its run (beside the adapter's own shape fields): `record`
-    is the run's configuration by sections (Config.to_dict, or its config.json)."""
-    return {
-        "base_model": portable_model_name(base_model),
-        "task": record["data"]["task"],
-        "compute_dtype": record["model"]["compute_dtype"],
-        "quant": record["model"]["quant"],
-        "vocab_size": vocab_size,
-        "separator": record["data"]["separator"],
-        "max_length": record["data"]["max_length"],
-        "encoding": encoding,  # how text became ids (data.ENCODING): predict.py encodes alike
-        "step": step,
-    }
 
 
 def export_checkpoint(folder: str | Path, out_dir: str | Path, model: str | None = None, log=print) -> Path:

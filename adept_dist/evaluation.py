@@ -1,5 +1,5 @@
 """Evaluation: rank-sharded batched decoding (which predict.py uses too), a split's loss and
-metrics, model selection by validation and the results tables.
+metrics, and model selection by validation (the files it keeps: artifacts.py).
 
 Batches are cut from the examples sorted by length and dealt round-robin to the ranks, so every
 batch, and so every prediction (sampled ones too: each batch draws from its own seeded
@@ -17,10 +17,10 @@ import torch.distributed as dist
 
 from . import metrics
 from .adapters import IGNORE_INDEX
-from .checkpoint import export_adapter
+from .artifacts import write_best
 from .data import Example, collate
-from .dist import Dist, all_reduce_sum, full_fp32_state, full_numel, set_full_weights
-from .fileio import write_json, write_jsonl, write_text
+from .dist import Dist, all_reduce_sum, full_fp32_state, set_full_weights
+from .fileio import write_jsonl
 from .model import AdeptLM, Sampling
 from .progress import Progress
 from .run import Run, TrainError, log0, on_main
@@ -181,50 +181,8 @@ def keep_if_best(run: Run, res: dict) -> bool:
         return False
     run.best = {"step": run.step, "metric": metric, "value": value, "validation": res}
     run.best_state = full_fp32_state(run.model.adapter.named_parameters())  # collective
-    export_adapter(run, run.out / "adapter", run.best_state, selected={k: run.best[k] for k in ("metric", "value")})
-    on_main(
-        run.d, lambda: write_json(run.out / "best.json", run.best), "best.json", run.out, "the earlier one is intact"
-    )
+    write_best(run)
     return True
-
-
-def write_results(run: Run, test: dict | None) -> dict:
-    """results.json and results.md: the selected step's validation scores and its test scores."""
-    cfg, data = run.cfg, run.data
-
-    def strip(res: dict, p: str) -> dict:
-        return {k[len(p) + 1 :]: v for k, v in res.items() if k.startswith(p + "_") and k != f"{p}_metric"}
-
-    results = {
-        "task": data.name if data.name != "files" else cfg.data.train_file or "builtin",
-        "method": cfg.adapter.method,
-        "seed": cfg.optim.seed,
-        "model": run.base_model,
-        "k_shot": cfg.data.k_shot,
-        "max_steps": cfg.optim.max_steps,
-        "init_adapter": cfg.run.init_adapter,
-        "trainable_parameters": sum(full_numel(p) for p in run.model.adapter.parameters()),
-        "metrics": list(data.metrics),
-        "selection": {"metric": data.metrics[0], "step": run.best["step"]} if run.best else None,
-        "validation": strip(run.best["validation"], "eval") if run.best else None,
-        "test": strip(test, "test") if test else None,
-        "data": data.info,
-    }
-
-    def write() -> None:
-        write_json(run.out / "results.json", results)
-        head = ["task", "method", "seed", "best step"]
-        row = [str(results["task"]), results["method"], str(results["seed"]), str(run.best and run.best["step"])]
-        for split in ("validation", "test"):
-            for m in data.metrics:
-                if results[split] is not None:
-                    head.append(f"{split} {m}")
-                    row.append(f"{results[split][m]:.2f}")
-        table = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n| " + " | ".join(row) + " |\n"
-        write_text(run.out / "results.md", table)
-
-    on_main(run.d, write, "results.json and results.md", run.out, "earlier results are intact")
-    return results
 
 
 def describe(res: dict, prefix: str) -> str:

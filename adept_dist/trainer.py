@@ -17,8 +17,9 @@ import time
 import torch
 
 from . import lock, traffic
-from .checkpoint import export_adapter, save_checkpoint
-from .config import CONFIG_FILE, read_run_config
+from .artifacts import export_adapter, mark_finished, write_results, write_traffic
+from .checkpoint import save_checkpoint
+from .config import CONFIG_FILE
 from .data import collate, pack, step_batches
 from .dist import (
     adam_step_count,
@@ -30,8 +31,7 @@ from .dist import (
     scale_grads,
     total_norm,
 )
-from .evaluation import run_validation, score_test, write_results
-from .fileio import now, write_json
+from .evaluation import run_validation, score_test
 from .progress import Progress, duration
 from .run import Run, TrainError, log0, on_main
 
@@ -236,23 +236,3 @@ def checkpoint(run: Run) -> None:
     """A resume checkpoint (collective), unless another job has taken the run folder's lock over."""
     on_main(run.d, lambda: lock.check_held(run.out))
     save_checkpoint(run)
-
-
-def write_traffic(run: Run, steps: int, adapter_bytes: int) -> dict:
-    """OUT/traffic.json: every rank's bytes per optimizer step over the steps this start ran, by link
-    and collective, with the layout that sent them (collective); its line on the console."""
-    report = traffic.gather_report(traffic.COUNTER, steps, adapter_bytes, whole_run=True)
-    lay = run.layout
-    report = {"scope": lay.scope, "nodes": lay.n_nodes, "world": run.d.world, "shard_groups": [list(g) for g in lay.groups],
-              **report, "first_step": run.step - steps + 1, "last_step": run.step}  # fmt: skip
-    on_main(run.d, lambda: write_json(run.out / "traffic.json", report), "traffic.json", run.out,
-            "the run's other files are intact")  # fmt: skip
-    log0(run.d, traffic.describe(report))
-    return report
-
-
-def mark_finished(run: Run) -> None:
-    """config.json says the run is done: a later --resume of it stops at once (build.check_not_finished)."""
-    record = read_run_config(run.out / CONFIG_FILE)
-    record["finished"] = {"step": run.step, "at": now()}
-    write_json(run.out / CONFIG_FILE, record)

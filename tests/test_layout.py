@@ -14,7 +14,7 @@ COMMAND_MODULES = {"cli", "infer", "exporter", "planner"}
 # The floors of the package as README's "Layout" lists them: each module imports only modules before it.
 LAYERS = ["errors", "fileio", "schema", "progress", "trackers", "lock", "watchdog", "adapters", "model", "tasks", "metrics", "data", "bigbench",
           "taskdata", "config", "gguf_model", "backbone",
-          "builtin", "topology", "traffic", "memory", "plan", "dist", "export", "peft_export", "merge", "loader", "optim", "run", "checkpoint", "evaluation",
+          "builtin", "topology", "traffic", "memory", "plan", "dist", "export", "peft_export", "merge", "loader", "optim", "run", "artifacts", "checkpoint", "evaluation",
           "build", "trainer", "cli", "infer", "exporter", "planner"]  # fmt: skip
 
 

@@ -15,13 +15,12 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from adept_dist.artifacts import ArtifactError, restore_best, run_fields
 from adept_dist.checkpoint import (
     CONSOLIDATED,
     META,
     CheckpointError,
     read_meta,
-    restore_best,
-    run_fields,
 )
 from adept_dist.config import CONFIG_FILE, ConfigError, make_config, read_run_config
 from adept_dist.dist import Dist
@@ -342,11 +341,11 @@ def test_best_json_and_the_best_adapter_are_checked_on_resume(tmp_path, capsys):
     restore_best(run)
     assert run.best == best and torch.equal(run.best_state["B"], adapter.B.detach())
     (out / "best.json").write_text(json.dumps({**best, "value": "high"}))
-    with pytest.raises(CheckpointError, match=r'best.json: field value: expected a number, got "high"; fix: restore'):
+    with pytest.raises(ArtifactError, match=r'best.json: field value: expected a number, got "high"; fix: restore'):
         restore_best(stand_in())
     (out / "best.json").write_text(json.dumps(best))
     save_file({k: v.detach().long() for k, v in adapter.named_parameters()}, str(out / "adapter" / WEIGHTS))
-    with pytest.raises(CheckpointError, match=r"adapter_model.safetensors: tensor \w+: expected dtype float32"):
+    with pytest.raises(ArtifactError, match=r"adapter_model.safetensors: tensor \w+: expected dtype float32"):
         restore_best(stand_in())
     rewrite(out / "adapter" / CONFIG, step="2")
     with pytest.raises(AdapterFileError, match='field step: expected an integer, got "2"'):
