@@ -9,7 +9,7 @@ def _hub_kernel_notice(record: logging.LogRecord) -> bool:
     """bitsandbytes on a CPU with AVX512-BF16 tries to fetch an optional NF4 matmul kernel from the
     Hugging Face hub at import and logs a warning when it cannot (offline, or an unverified
     publisher), once per rank. It then uses its own CPU kernel, which gives the same results (every
-    CPU figure in the README was measured with it): nothing for a user to act on, so not shown."""
+    CPU figure in docs/ was measured with it): nothing for a user to act on, so not shown."""
     return not str(record.msg).startswith("Failed to load CPU gemm_4bit_forward from kernels-community")
 
 

@@ -123,7 +123,7 @@ class ADePT(PromptAdapter):
         runs per distinct id. Gradients are the same up to summation order (a repeated id's row sums
         its tokens' gradients). With gradients on, the per-token FFN is used unless the adapter was
         built with `distinct_ids_in_training`: the changed summation order breaks bitwise resume at
-        another world size, which the per-token path keeps (README, "Speed and scale").
+        another world size, which the per-token path keeps (docs/SPEED.md).
         """
         if ids is not None and torch.is_grad_enabled() and not self.distinct_ids_in_training:
             ids = None

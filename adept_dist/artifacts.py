@@ -12,12 +12,12 @@ from pathlib import Path
 from . import traffic
 from .config import CONFIG_FILE, ConfigError, read_run_config
 from .data import ENCODING
-from .dist import full_fp32_state, full_numel
 from .errors import UserError
 from .export import WEIGHTS, adapter_config, read_adapter_config, read_tensors, save_adapter
 from .fileio import now, write_json, write_text
 from .run import Run, log0, on_main
 from .schema import BestFile, check, check_tensors, load_json
+from .zero import full_fp32_state, full_numel
 
 
 class ArtifactError(UserError, RuntimeError):

@@ -27,7 +27,7 @@ MAX_HEADER = 100_000_000  # safetensors refuses a longer header; a larger length
 
 def resolve_compute_dtype(name: str, device: torch.device) -> str:
     """ "auto" -> bf16 on accelerators, fp32 on CPU (CPUs without bf16 units run bf16 matmuls far
-    slower, see the README); an explicit "bf16"/"fp32" stays."""
+    slower, see docs/OPTIONS.md); an explicit "bf16"/"fp32" stays."""
     if name != "auto":
         return name
     return "fp32" if device.type == "cpu" else "bf16"

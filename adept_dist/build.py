@@ -36,19 +36,10 @@ from .backbone import (
     resolve_source,
 )
 from .checkpoint import resume_state
+from .comm import Dist
 from .config import CONFIG_FILE, Config, ConfigError, read_run_config, resumed_config
 from .data import ENCODING, UNKNOWN_WARN_SHARE, make_stream, unknown_shares
-from .dist import (
-    AUTO,
-    DEFAULT_DS_CONFIG,
-    Dist,
-    apply_shard_scope,
-    build_engine,
-    full_numel,
-    gathered,
-    resolve_ds_config,
-    zero_stage,
-)
+from .dsconfig import AUTO, DEFAULT_DS_CONFIG, apply_shard_scope, resolve_ds_config, zero_stage
 from .errors import EXIT_OK, UserError
 from .export import load_adapter
 from .fileio import now, write_json
@@ -61,6 +52,7 @@ from .run import MetricsLog, Run, RunParts, TrainError, log0, on_main
 from .tasks import get_task
 from .topology import discover_nodes, make_layout
 from .trackers import parse_report_to
+from .zero import build_engine, full_numel, gathered
 
 
 def build(cfg: Config, d: Dist) -> Run:
@@ -92,7 +84,7 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
 
         hf_logging.disable_progress_bar()
     ds_path = DEFAULT_DS_CONFIG if cfg.run.ds_config == AUTO else cfg.run.ds_config
-    ds_config = resolve_ds_config(ds_path, cfg, d.world)
+    ds_config = resolve_ds_config(ds_path, cfg.ds_settings(d.world))
     scope = cfg.run.shard_scope
     if scope == AUTO or (scope is None and cfg.run.ds_config == AUTO):
         scope = planned_scope(cfg, d, model_config.to_dict(), ds_config, model_name)

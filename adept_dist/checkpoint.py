@@ -30,12 +30,6 @@ import torch.distributed as dist
 from pydantic import Field
 
 from .artifacts import own_adapter_config, restore_best, run_fields, run_id
-from .dist import (
-    ADAM_KEYS,
-    adam_step_count,
-    consolidated_state,
-    restore_consolidated_state,
-)
 from .errors import UserError, first_line
 from .export import (
     AdapterFileError,
@@ -48,6 +42,7 @@ from .export import (
 from .fileio import WriteError, write_error, write_text
 from .run import Run, any_rank, log0
 from .schema import Count, Finite, PositiveInt, Record, check, check_tensors, load_json
+from .zero import ADAM_KEYS, adam_step_count, consolidated_state, restore_consolidated_state
 
 CKPT_DIR = "checkpoints"
 META = "adept_meta.json"

@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
 
     from .build import build
-    from .dist import init_distributed
+    from .comm import init_distributed
     from .lock import release_held
     from .run import log0
     from .trainer import train

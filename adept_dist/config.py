@@ -17,17 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .adapters import METHODS
-from .errors import UserError
+from .dsconfig import RunSettings
+from .errors import ConfigError
 from .fileio import refuse_duplicate_keys
 from .schema import Count, PositiveInt, Record, check, problem, shown
 from .tasks import TASKS, get_task
 from .trackers import TrackerError, parse_report_to
 
 CONFIG_FILE = "config.json"  # a run folder's record of what it runs (build.run_record)
-
-
-class ConfigError(UserError, ValueError):
-    """A bad option; the message names it and says how to fix it."""
 
 
 def opt(default, help: str, choices: tuple | None = None):  # noqa: A002 - mirrors argparse
@@ -208,6 +205,14 @@ class Config:
     given: frozenset = field(default=frozenset(), repr=False, compare=False)  # options set by flags or file
     # --resume: the options this start sets anew, {name: [old, new]} (recorded in config.json's history)
     changes: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def ds_settings(self, world: int) -> RunSettings:
+        """What the DeepSpeed JSON must agree with (dsconfig.resolve_ds_config), for `world` ranks."""
+        d, o = self.data, self.optim
+        lrs = {"--lr_prompt": o.lr_prompt} if self.adapter.method == "pt" else {"--lr_prompt": o.lr_prompt,
+                                                                                "--lr_ffn": o.lr_ffn}  # fmt: skip
+        return RunSettings(d.micro_batch_size, d.grad_accum, d.global_batch(world), o.grad_clip,
+                           self.model.compute_dtype, self.model.quant, lrs, o.adam_eps, o.weight_decay)  # fmt: skip
 
     def to_dict(self) -> dict:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}

@@ -24,6 +24,10 @@ class UserError(Exception):
     exit_code = EXIT_USER_ERROR
 
 
+class ConfigError(UserError, ValueError):
+    """A bad option (or DeepSpeed JSON); the message names it and says how to fix it."""
+
+
 def first_line(exc: BaseException, limit: int | None = None) -> str:
     """The first line of an exception's message (or its type's name), cut to `limit` characters."""
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:limit]

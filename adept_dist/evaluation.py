@@ -18,13 +18,14 @@ import torch.distributed as dist
 from . import metrics
 from .adapters import IGNORE_INDEX
 from .artifacts import write_best
+from .comm import Dist, all_reduce_sum
 from .data import Example, collate
-from .dist import Dist, all_reduce_sum, full_fp32_state, set_full_weights
 from .fileio import write_jsonl
 from .model import AdeptLM, Sampling
 from .progress import Progress
 from .run import Run, TrainError, log0, on_main
 from .tasks import find_task
+from .zero import full_fp32_state, set_full_weights
 
 
 # ----------------------------------------------------------------------------- decoding, any world size

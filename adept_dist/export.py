@@ -2,7 +2,7 @@
 ``adapter_config.json`` (what is needed to rebuild the adapter and find its base model).
 Loading never unpickles anything, and checks the adapter against the model it is put on.
 
-The format (also in the README, for other tools): tensors ``prompt`` (m, d) for every method;
+The format (also in docs/OUTPUTS.md, "Adapter format", for other tools): tensors ``prompt`` (m, d) for every method;
 ADePT adds ``A`` (d, r), ``a`` (r,), ``B`` (r, d), ``b`` (d,); DePT ``A`` (max_length, r),
 ``B`` (r, d). ``method_version`` names the maths of the method (bumped if it ever changes), so an
 adapter is never silently read with other maths.

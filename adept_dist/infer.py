@@ -35,18 +35,10 @@ from .backbone import (
     resolve_compute_dtype,
 )
 from .build import choose_loader, convert_gguf
+from .comm import Dist
 from .config import ConfigError
 from .data import ENCODING, DataError, Example, Joiner, leading_ids, read_records
-from .dist import (
-    DEFAULT_DS_CONFIG,
-    Dist,
-    apply_shard_scope,
-    build_inference_engine,
-    full_numel,
-    inference_ds_config,
-    local_numel,
-    read_ds_config,
-)
+from .dsconfig import DEFAULT_DS_CONFIG, apply_shard_scope, inference_ds_config, read_ds_config
 from .errors import EXIT_USER_ERROR, guarded
 from .evaluation import decode_examples, gather_to_main
 from .export import CONFIG, MERGE_INFO, AdapterFileError, load_adapter, read_adapter_config
@@ -57,6 +49,7 @@ from .model import AdeptLM, Sampling
 from .run import log0
 from .tasks import find_task
 from .topology import SCOPES, make_layout
+from .zero import build_inference_engine, full_numel, local_numel
 
 DEFAULT_MAX_NEW_TOKENS = 32
 
@@ -197,7 +190,7 @@ def encode_sources(
 def choose_sharding(args, world: int) -> Sharding:
     """The sharding scope and DeepSpeed JSON, with every error of these options raised before anything
     is loaded. Default: global with several ranks and a stage-3 JSON, none with a stage 0-2 JSON
-    (``dist.apply_shard_scope``, as in training) and with one rank (the JSON is then not read)."""
+    (``dsconfig.apply_shard_scope``, as in training) and with one rank (the JSON is then not read)."""
     path = args.ds_config or DEFAULT_DS_CONFIG
     for name in ("shard_group_size", "ranks_per_node"):
         value = getattr(args, name)
@@ -385,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     warnings.filterwarnings("ignore", category=FutureWarning, module=r"torch\.distributed")
     args = build_parser().parse_args(argv)
-    from .dist import init_distributed
+    from .comm import init_distributed
 
     try:
         Sampling(args.do_sample, args.temperature, args.top_k, args.top_p)

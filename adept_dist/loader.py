@@ -39,7 +39,7 @@ def _units(model) -> list[tuple[str, nn.Module]]:
 
 def release_freed_memory() -> None:
     """Give the heap's freed pages back to the OS. glibc keeps the freed full-size tensors of each
-    unit in its arenas; without this the RSS grows by about one unit per unit (README, "Speed and scale")."""
+    unit in its arenas; without this the RSS grows by about one unit per unit (docs/SPEED.md)."""
     import ctypes
     import ctypes.util
 

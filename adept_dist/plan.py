@@ -101,7 +101,7 @@ class Shape:
                 ("gate_proj", f, d), ("up_proj", f, d), ("down_proj", d, f)]  # fmt: skip
 
 
-# LLaMA-2's published shapes, so plans (and the README's table) need no download
+# LLaMA-2's published shapes, so plans (and the tables in docs/PLAN.md) need no download
 SHAPES = {
     "llama-2-7b": Shape(4096, 11008, 32, 32, 32, 32000, name="llama-2-7b"),
     "llama-2-13b": Shape(5120, 13824, 40, 40, 40, 32000, name="llama-2-13b"),

@@ -111,14 +111,14 @@ def recommendation(pl: P.Plan, cluster: P.Cluster, args) -> str:
 
 def ds_config_for(scope: str, path: str) -> dict:
     """The DeepSpeed JSON of a scope: --ds_config as it is (global, node) or as ZeRO-2 (none)."""
-    from .dist import apply_shard_scope, read_ds_config
+    from .dsconfig import apply_shard_scope, read_ds_config
 
     ds, _, _ = apply_shard_scope(read_ds_config(path), scope, path)
     return ds
 
 
 def run(args) -> int:
-    from .dist import read_ds_config
+    from .dsconfig import read_ds_config
 
     shape = P.read_shape(args.model)
     cluster = P.Cluster(args.nodes, args.gpus_per_node, P.memory_size(args.gpu_memory, "--gpu_memory"), args.shard_group_size,

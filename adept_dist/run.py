@@ -17,14 +17,14 @@ import torch
 from tqdm.auto import tqdm
 
 from . import lock
-from .dist import all_reduce_sum, broadcast_packed
+from .comm import all_reduce_sum, broadcast_packed
 from .errors import UserError, first_line
 from .fileio import metrics_record, write_error, write_text
 
 if TYPE_CHECKING:
+    from .comm import Dist
     from .config import Config
     from .data import Example, LengthGroupedStream, SampleStream
-    from .dist import Dist
     from .model import AdeptLM
     from .taskdata import TaskData
     from .topology import Layout

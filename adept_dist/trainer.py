@@ -19,11 +19,14 @@ import torch
 from . import lock, traffic
 from .artifacts import export_adapter, mark_finished, write_results, write_traffic
 from .checkpoint import save_checkpoint
+from .comm import all_reduce_sum
 from .config import CONFIG_FILE
 from .data import collate, pack, step_batches
-from .dist import (
+from .evaluation import run_validation, score_test
+from .progress import Progress, duration
+from .run import Run, TrainError, log0, on_main
+from .zero import (
     adam_step_count,
-    all_reduce_sum,
     consolidated_state,
     full_grads,
     full_numel,
@@ -31,9 +34,6 @@ from .dist import (
     scale_grads,
     total_norm,
 )
-from .evaluation import run_validation, score_test
-from .progress import Progress, duration
-from .run import Run, TrainError, log0, on_main
 
 
 # ----------------------------------------------------------------------------- train step
@@ -143,7 +143,7 @@ def _train_step(run: Run, stop: int) -> dict:
         restore_consolidated_state(run.engine, named, before, adam_step)
     else:
         if (factor := clip_factor(grad_norm, run.cfg.optim.grad_clip)) is not None:
-            scale_grads(params, grads, factor)  # DeepSpeed's own clipping is off (dist.build_engine)
+            scale_grads(params, grads, factor)  # DeepSpeed's own clipping is off (zero.build_engine)
         run.engine.step()
     run.position += rec.pop("samples")
     run.step += 1

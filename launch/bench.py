@@ -277,9 +277,9 @@ def run_ours(mode: str, args, root: Path) -> dict:
 
     from adept_dist.adapters import build_adapter
     from adept_dist.build import assemble, prepare
+    from adept_dist.comm import init_distributed
     from adept_dist.config import make_config
     from adept_dist.data import step_batches
-    from adept_dist.dist import init_distributed
     from adept_dist.trainer import train_step
 
     d = init_distributed(args.local_rank)
@@ -416,7 +416,7 @@ def launch(mode: str, args, root: Path, passthrough: list[str]) -> dict:
     common = [*passthrough, "--worker", mode, "--workdir", str(root)]
     if "_w2_" in mode:
         launcher = shutil.which("deepspeed") or str(Path(sys.executable).with_name("deepspeed"))
-        from adept_dist.dist import free_port
+        from adept_dist.comm import free_port
 
         cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), script, *common]
     else:

@@ -27,8 +27,8 @@ from pathlib import Path
 import torch
 
 from adept_dist.build import build
+from adept_dist.comm import init_distributed
 from adept_dist.config import parse_config
-from adept_dist.dist import init_distributed
 from adept_dist.evaluation import decode_examples
 from adept_dist.lock import release_held
 from adept_dist.tasks import find_task

@@ -41,9 +41,10 @@ def worker(args) -> None:
     import torch
 
     from adept_dist.backbone import DTYPES, load_backbone, resolve_compute_dtype
-    from adept_dist.dist import full_numel, init_distributed, local_numel
+    from adept_dist.comm import init_distributed
     from adept_dist.loader import load_layerwise
     from adept_dist.memory import status_mb
+    from adept_dist.zero import full_numel, local_numel
 
     d = init_distributed(args.local_rank)
     root = Path(args.workdir)
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
         size = make_model(args, root)
         results = {}
         for loader in ("transformers", "layerwise"):
-            from adept_dist.dist import free_port
+            from adept_dist.comm import free_port
 
             launcher = shutil.which("deepspeed") or str(Path(sys.executable).with_name("deepspeed"))
             cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "launch/bench_load.py"),

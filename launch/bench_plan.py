@@ -207,7 +207,7 @@ def target_tokens(folder: Path, rows_path: Path) -> int:
 # ----------------------------------------------------------------------------- runs
 def run_training(folder: Path, rows: Path, out: Path, world: int, rpn: int | None, scope: str, args) -> dict:
     """One training run; every rank's memory figures and the run's traffic.json."""
-    from adept_dist.dist import free_port
+    from adept_dist.comm import free_port
 
     launcher = shutil.which("deepspeed") or str(Path(sys.executable).with_name("deepspeed"))
     train = ["--model", str(folder), "--train_file", str(rows), "--ds_config", args.ds_config, "--output_dir",
@@ -241,7 +241,7 @@ def run_training(folder: Path, rows: Path, out: Path, world: int, rpn: int | Non
 
 
 def predicted(folder: Path, world: int, rpn: int | None, scope: str, n_target: int, args) -> P.LayoutPlan:
-    from adept_dist.dist import apply_shard_scope, read_ds_config
+    from adept_dist.dsconfig import apply_shard_scope, read_ds_config
 
     ds, _, _ = apply_shard_scope(read_ds_config(args.ds_config), scope, args.ds_config)
     nodes, gpn = (world // rpn, rpn) if rpn else (1, world)

@@ -52,7 +52,7 @@ def run_scope(args, root: Path, scope: str, out: Path) -> dict:
     ds["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     cfg = root / "zero3.json"
     cfg.write_text(json.dumps(ds))
-    from adept_dist.dist import free_port
+    from adept_dist.comm import free_port
 
     log_every = max(1, args.steps // 3)
     cmd = [str(Path(sys.executable).with_name("deepspeed")), "--num_gpus", str(args.ranks), "--master_port",

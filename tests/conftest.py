@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adept_dist.dist import free_port
+from adept_dist.comm import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -29,15 +29,15 @@ def main() -> None:
 
     from adept_dist.adapters import build_adapter
     from adept_dist.backbone import DTYPES, load_backbone, load_config
-    from adept_dist.dist import gathered
+    from adept_dist.zero import gathered
 
     def backbone_hidden(path: str) -> int:
         return load_config(path).hidden_size
 
     from adept_dist.build import assemble, prepare
+    from adept_dist.comm import init_distributed
     from adept_dist.config import make_config
     from adept_dist.data import collate, pack, step_batches
-    from adept_dist.dist import init_distributed
     from adept_dist.model import AdeptLM
     from adept_dist.trainer import forward_backward
 

@@ -13,8 +13,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from adept_dist.backbone import load_backbone  # noqa: E402
-from adept_dist.dist import gathered, init_distributed  # noqa: E402
+from adept_dist.comm import init_distributed
 from adept_dist.loader import load_layerwise  # noqa: E402
+from adept_dist.zero import gathered  # noqa: E402
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

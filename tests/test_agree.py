@@ -10,8 +10,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from adept_dist.comm import Dist, free_port
 from adept_dist.config import ConfigError
-from adept_dist.dist import Dist, free_port
 from adept_dist.errors import UserError
 from adept_dist.run import any_rank, on_main
 

@@ -16,7 +16,7 @@ import torch
 from adept_dist.backbone import ModelError, load_backbone, load_config, load_tokenizer
 from adept_dist.cli import main
 from adept_dist.config import ConfigError, make_config
-from adept_dist.dist import ADAMW_BETAS, resolve_ds_config
+from adept_dist.dsconfig import ADAMW_BETAS, resolve_ds_config
 from tests.conftest import DIST_ENV, REPO, run_cmd, save_tiny_llama, write_jsonl
 
 ROWS = [{"input": "review : the food was great", "target": "positive"}] * 8
@@ -194,7 +194,7 @@ def test_optimizer_block_must_agree_key_by_key(tmp_path):
     bad = ds_file(tmp_path, {"type": "AdamW", "params": {"lr": 0.3, "betas": [0.8, 0.99], "eps": 1e-6,
                                                          "weight_decay": 0.01, "fancy": 1}})  # fmt: skip
     with pytest.raises(ConfigError) as exc:
-        resolve_ds_config(bad, cfg, world=1)
+        resolve_ds_config(bad, cfg.ds_settings(1))
     msg = str(exc.value)
     assert "\n" not in msg and msg.startswith(f"DeepSpeed config {bad} disagrees with the run's AdamW: ")
     for part in (
@@ -209,9 +209,11 @@ def test_optimizer_block_must_agree_key_by_key(tmp_path):
     # a block saying what runs anyway is accepted (and dropped: ours is built from the options)
     good = ds_file(tmp_path, {"type": "Adam", "params": {"lr": "auto", "betas": [0.9, 0.999], "eps": 1e-8,
                                                          "weight_decay": 0, "torch_adam": True, "adam_w_mode": True}})  # fmt: skip
-    assert "optimizer" not in resolve_ds_config(good, cfg, world=1)
+    assert "optimizer" not in resolve_ds_config(good, cfg.ds_settings(1))
     pt = make_config({"compute_dtype": "fp32", "method": "pt", "lr_prompt": 0.3})
-    assert "optimizer" not in resolve_ds_config(ds_file(tmp_path, {"type": "AdamW", "params": {"lr": 0.3}}), pt, 1)
+    assert "optimizer" not in resolve_ds_config(
+        ds_file(tmp_path, {"type": "AdamW", "params": {"lr": 0.3}}), pt.ds_settings(1)
+    )
 
 
 def test_adamw_betas_are_the_optimizers(tiny_model_dir):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from adept_dist import dist as ddist
+from adept_dist import buildlock as ddist
 from adept_dist.cli import ONE_CPU_RANK
 from tests.conftest import deepspeed_cmd, run_cmd
 
@@ -41,7 +41,7 @@ def test_the_op_is_built_inside_the_environment(monkeypatch, tmp_path):
 BUILD = """
 import sys
 from pathlib import Path
-from adept_dist import dist
+from adept_dist import buildlock as dist
 import os
 root = Path(sys.argv[1])
 dist.extensions_dir = lambda: (root, True)

@@ -7,7 +7,7 @@ import json
 import pytest
 
 from adept_dist.config import ConfigError, make_config, parse_config
-from adept_dist.dist import resolve_ds_config
+from adept_dist.dsconfig import resolve_ds_config
 from tests.conftest import REPO
 
 
@@ -85,7 +85,7 @@ def test_bad_config_file(tmp_path):
 def test_ds_configs_autos_filled_in_one_place(name):
     cfg = make_config({"micro_batch_size": 4, "grad_accum": 3, "grad_clip": 0.5, "compute_dtype": "bf16"})
     raw = json.loads((REPO / "ds_configs" / name).read_text())
-    ds = resolve_ds_config(str(REPO / "ds_configs" / name), cfg, world=2)
+    ds = resolve_ds_config(str(REPO / "ds_configs" / name), cfg.ds_settings(2))
     assert ds["train_micro_batch_size_per_gpu"] == 4 and ds["gradient_accumulation_steps"] == 3
     assert ds["train_batch_size"] == 24 and ds["gradient_clipping"] == 0.5 and ds["bf16"]["enabled"] is True
     assert ds["zero_optimization"]["stage"] == raw["zero_optimization"]["stage"]
@@ -105,14 +105,14 @@ def test_ds_config_conflicts_are_errors(tmp_path):
     ]:
         path.write_text(json.dumps(body))
         with pytest.raises(ConfigError, match=match):
-            resolve_ds_config(str(path), cfg, world=1)
+            resolve_ds_config(str(path), cfg.ds_settings(1))
     path.write_text(json.dumps({"optimizer": {"type": "AdamW", "params": {"lr": "auto", "eps": 1e-6}}}))
-    assert "optimizer" not in resolve_ds_config(str(path), cfg, world=1)  # ours is built from the run config
+    assert "optimizer" not in resolve_ds_config(str(path), cfg.ds_settings(1))  # ours is built from the run config
     with pytest.raises(ConfigError, match="not found"):
-        resolve_ds_config(str(tmp_path / "missing.json"), cfg, world=1)
+        resolve_ds_config(str(tmp_path / "missing.json"), cfg.ds_settings(1))
     path.write_text('{"bf16": {"enabled": true}, // comment\n}')
     with pytest.raises(ConfigError, match="not valid JSON"):
-        resolve_ds_config(str(path), cfg, world=1)
+        resolve_ds_config(str(path), cfg.ds_settings(1))
 
 
 def test_help_says_each_default_once(capsys):
@@ -135,7 +135,7 @@ def test_duplicate_keys_in_json_files_are_errors(tmp_path):
     ds = tmp_path / "ds.json"
     ds.write_text('{"zero_optimization": {"stage": 3, "stage": 2}}')
     with pytest.raises(ConfigError, match="key 'stage' appears twice"):
-        resolve_ds_config(str(ds), make_config({"compute_dtype": "fp32"}), world=1)
+        resolve_ds_config(str(ds), make_config({"compute_dtype": "fp32"}).ds_settings(1))
 
 
 def test_duplicate_options_in_yaml_files_are_errors(tmp_path):
@@ -181,7 +181,7 @@ def test_resume_starts_from_the_runs_own_config(tmp_path):
 
 
 def test_resume_keeps_the_runs_packing(tmp_path):
-    """The README says a resume that changes --packing is refused: packed and padded steps lay the
+    """docs/RELIABILITY.md says a resume that changes --packing is refused: packed and padded steps lay the
     micro-batches out in other rows (other dropout draws, other sums), so the adapter would differ
     from the uninterrupted run's. Found accepted (2026-12-06): packing and pack_tokens were listed as
     changeable. Giving the run's own layout again, or nothing, still resumes it."""

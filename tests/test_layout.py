@@ -11,10 +11,10 @@ from tests.conftest import REPO
 PACKAGE = REPO / "adept_dist"
 # adept-train, -predict, -export, -plan: entry points, imported by no module
 COMMAND_MODULES = {"cli", "infer", "exporter", "planner"}
-# The floors of the package as README's "Layout" lists them: each module imports only modules before it.
-LAYERS = ["errors", "fileio", "schema", "progress", "trackers", "lock", "watchdog", "adapters", "model", "tasks", "metrics", "data", "bigbench",
+# The floors of the package as docs/LAYOUT.md lists them: each module imports only modules before it.
+LAYERS = ["errors", "fileio", "schema", "dsconfig", "buildlock", "progress", "trackers", "lock", "watchdog", "adapters", "model", "tasks", "metrics", "data", "bigbench",
           "taskdata", "config", "gguf_model", "backbone",
-          "builtin", "topology", "traffic", "memory", "plan", "dist", "export", "peft_export", "merge", "loader", "optim", "run", "artifacts", "checkpoint", "evaluation",
+          "builtin", "topology", "traffic", "memory", "plan", "comm", "zero", "export", "peft_export", "merge", "loader", "optim", "run", "artifacts", "checkpoint", "evaluation",
           "build", "trainer", "cli", "infer", "exporter", "planner"]  # fmt: skip
 
 
@@ -75,20 +75,20 @@ def test_cycle_finder_finds_a_circle():
 
 def test_no_import_circle_in_the_package():
     edges = graph()
-    assert {"build", "trainer", "evaluation", "checkpoint", "run", "errors", "dist"} <= set(edges)
+    assert {"build", "trainer", "evaluation", "checkpoint", "run", "errors", "comm", "zero"} <= set(edges)
     assert find_cycle(edges) is None, f"import circle: {' -> '.join(find_cycle(edges))}"
 
 
 def test_modules_import_only_lower_floors():
     edges = graph()
-    assert sorted(LAYERS) == sorted(edges), "a module was added or removed: place it in LAYERS and the README"
+    assert sorted(LAYERS) == sorted(edges), "a module was added or removed: place it in LAYERS and docs/LAYOUT.md"
     upward = {m: sorted(dep for dep in deps if LAYERS.index(dep) > LAYERS.index(m)) for m, deps in edges.items()}
     assert {m: ups for m, ups in upward.items() if ups} == {}
 
 
 def test_readme_layout_lists_the_floors_in_order():
-    readme = (REPO / "README.md").read_text()
-    layout = readme[readme.index("## Layout") : readme.index("## Speed and scale")]
+    doc = (REPO / "docs" / "LAYOUT.md").read_text()
+    layout = doc[doc.index("## The library") : doc.index("## Commands")]
     listed = [
         line.split()[0].removesuffix(".py")
         for line in layout.splitlines()
@@ -102,9 +102,11 @@ def test_no_module_imports_a_command_line_module():
     assert importers == {m: [] for m in COMMAND_MODULES}
 
 
-def test_only_dist_and_loader_import_deepspeed():
+def test_only_the_deepspeed_layer_imports_deepspeed():
+    """The process group (comm), its comm op's build (buildlock), ZeRO state and engines (zero) and
+    the layerwise loader; the DeepSpeed JSON (dsconfig) is plain data."""
     users = sorted(p.name for p in PACKAGE.glob("*.py") if "deepspeed" in imports_of(p)[1])
-    assert users == ["dist.py", "loader.py"]
+    assert users == ["buildlock.py", "comm.py", "loader.py", "zero.py"]
 
 
 def test_launch_scripts_import_the_installed_package():

@@ -197,7 +197,7 @@ def assert_peft_matches_ours(peft, ours: AdeptLM):
     tuning ignores position ids, so left-padded rows would be read at other positions). PEFT's
     generate runs with use_cache=False: with its cache, prompt tuning drifts after the first new
     token (peft 0.21.2, transformers 5.25: logits 0.04-0.29 off its own forward on this model, 2026-12-05;
-    huggingface/peft#1391 reports the same), which the README says."""
+    huggingface/peft#1391 reports the same), which docs/OUTPUTS.md says."""
     with torch.no_grad():
         theirs = peft.eval()(input_ids=BATCH["input_ids"], attention_mask=BATCH["attention_mask"]).logits
         embeds, mask, _ = ours.eval()._inputs(BATCH["input_ids"], BATCH["attention_mask"])

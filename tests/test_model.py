@@ -416,8 +416,8 @@ def test_nonfinite_check_covers_the_gradient_norm_and_clipping_uses_it():
     """The step's gradient norm is read from the reduced gradients before the optimizer step: an inf
     gradient under a finite loss is caught as a NaN loss is; a finite norm above --grad_clip gives
     the factor that brings it to grad_clip, as torch.nn.utils.clip_grad_norm_ does."""
-    from adept_dist.dist import full_grads, scale_grads, total_norm
     from adept_dist.trainer import clip_factor, nonfinite
+    from adept_dist.zero import full_grads, scale_grads, total_norm
 
     adapter = build_adapter("adept", 4, 32)
     params = list(adapter.parameters())
@@ -476,7 +476,7 @@ def test_the_builtin_model_is_written_whole_on_any_rank(tmp_path):
     built-in model is built by every node's first rank, so it writes its folder itself (rank 1 here)."""
     from transformers import LlamaForCausalLM
 
-    from adept_dist.dist import free_port
+    from adept_dist.comm import free_port
 
     torch.multiprocessing.spawn(_save_on_rank, args=(free_port(), str(tmp_path / "model")), nprocs=2)
     model = LlamaForCausalLM.from_pretrained(tmp_path / "model")

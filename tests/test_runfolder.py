@@ -145,7 +145,7 @@ def test_a_job_whose_lock_was_taken_over_writes_nothing_more(tmp_path):
     are not its concern."""
     import torch
 
-    from adept_dist.dist import Dist
+    from adept_dist.comm import Dist
     from adept_dist.errors import EXIT_LOCK_LOST
     from adept_dist.run import on_main
 
@@ -506,7 +506,7 @@ def test_resume_from_the_final_checkpoint_drops_the_closing_evaluations(tmp_path
     and the test record are run and logged again, so they are dropped, not duplicated."""
     import torch
 
-    from adept_dist.dist import Dist
+    from adept_dist.comm import Dist
     from adept_dist.run import MetricsLog
 
     log = MetricsLog(tmp_path / "metrics.jsonl", Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu")))
@@ -527,7 +527,7 @@ def test_resume_drops_lines_that_are_not_records_and_keeps_them_aside(tmp_path, 
     why, the exact text), and one line says so; the good lines up to the checkpoint stay as they were."""
     import torch
 
-    from adept_dist.dist import Dist
+    from adept_dist.comm import Dist
     from adept_dist.run import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
@@ -575,7 +575,7 @@ def test_metrics_and_results_writes_on_a_full_disk_keep_what_was_there(small_dis
     old one; both failures are WriteError (exit code 4) naming the file and the full disk."""
     import torch
 
-    from adept_dist.dist import Dist
+    from adept_dist.comm import Dist
     from adept_dist.fileio import WriteError, write_json
     from adept_dist.run import MetricsLog, on_main
 

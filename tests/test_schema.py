@@ -22,8 +22,8 @@ from adept_dist.checkpoint import (
     CheckpointError,
     read_meta,
 )
+from adept_dist.comm import Dist
 from adept_dist.config import CONFIG_FILE, ConfigError, make_config, read_run_config
-from adept_dist.dist import Dist
 from adept_dist.export import CONFIG, WEIGHTS, AdapterFileError, adapter_config, load_adapter, save_adapter
 from adept_dist.exporter import main as export_main
 from adept_dist.merge import MERGE_INFO, PROMPT_FILE, merge

@@ -11,7 +11,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from adept_dist import traffic
-from adept_dist.dist import free_port
+from adept_dist.comm import free_port
 from adept_dist.topology import TopologyError, discover_nodes, nodes_from_keys, shard_groups
 
 

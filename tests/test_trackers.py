@@ -44,7 +44,7 @@ def test_a_missing_tracker_package_is_one_line_naming_the_install(tmp_path, monk
 
 
 def test_a_tracker_that_fails_stops_reporting_and_the_run_goes_on(tmp_path, capsys):
-    from adept_dist.dist import Dist
+    from adept_dist.comm import Dist
     from adept_dist.run import MetricsLog
 
     class Broken:
