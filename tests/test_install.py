@@ -4,6 +4,7 @@ the package, so `adept-train` run from an empty folder, far from this checkout, 
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -28,7 +29,10 @@ def test_a_non_editable_install_trains_from_an_empty_folder(tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     (Path(site) / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch, deepspeed, ...
     env = {k: v for k, v in child_env().items() if k != "PYTHONPATH"}
-    build = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--quiet", str(REPO)],
+    source = tmp_path / "source"  # pip builds in the source folder (build/, *.egg-info): not in the checkout
+    shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "build", "*.egg-info", "__pycache__", "runs", ".pytest_cache", ".ruff_cache", "tests"))  # fmt: skip
+    build = subprocess.run([str(py), "-m", "pip", "install", "--no-deps", "--quiet", str(source)],
                            capture_output=True, text=True, env=env, timeout=600)  # fmt: skip
     assert build.returncode == 0, build.stdout[-2000:] + build.stderr[-2000:]
     assert (Path(site) / "adept_dist" / "ds_configs" / "zero3.json").is_file()
