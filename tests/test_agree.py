@@ -8,12 +8,12 @@ import os
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
-from adept_dist.comm import Dist, free_port
+from adept_dist.comm import Dist
 from adept_dist.config import ConfigError
 from adept_dist.errors import UserError
 from adept_dist.run import any_rank, on_main
+from tests.conftest import run_gloo
 
 
 def outcome(fn) -> tuple:
@@ -57,16 +57,7 @@ def _ranks(rank: int, world: int, port: int, queue) -> None:
 
 
 def test_the_main_result_or_error_reaches_every_rank():
-    world, ctx = 2, mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_ranks, args=(r, world, port, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    got = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = run_gloo(_ranks, 2)
     main, other = got[0], got[1]
     assert main["ran_on"] == [0] and other["ran_on"] == []  # fn runs on the main process only
     assert other["value"][1]["loss"] == 0.5 and other["value"][1]["steps"] == [1, 2]

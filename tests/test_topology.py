@@ -8,11 +8,10 @@ import os
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from adept_dist import traffic
-from adept_dist.comm import free_port
 from adept_dist.topology import TopologyError, discover_nodes, nodes_from_keys, shard_groups
+from tests.conftest import run_gloo
 
 
 def test_nodes_are_numbered_by_first_appearance():
@@ -72,16 +71,7 @@ def _collectives(rank: int, world: int, port: int, queue) -> None:
 
 def test_counter_splits_bytes_by_collective_and_link():
     """Each collective's bytes, worked out by hand from the definitions in traffic.py, per rank."""
-    world, ctx = 4, mp.get_context("spawn")
-    queue = ctx.Queue()
-    port = free_port()
-    procs = [ctx.Process(target=_collectives, args=(r, world, port, queue)) for r in range(world)]
-    for p in procs:
-        p.start()
-    got = dict(queue.get(timeout=120) for _ in procs)
-    for p in procs:
-        p.join(timeout=60)
-        assert p.exitcode == 0
+    got = run_gloo(_collectives, 4)
     for rank, s in got.items():
         by = s["by_collective"]
         ag = by["all_gather"]
