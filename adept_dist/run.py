@@ -55,11 +55,11 @@ def on_main(
     result on every rank (collective), or raise the same error on every rank, so no rank waits for a
     main process that has given up. The result is a JSON value (the main process keeps its own
     object), or with `tensors` a pair (dict of named tensors, text) sent as they are; without either,
-    None. A user error `fn` raises is
-    raised on every rank (the others get it as RankZeroError, its exit code kept); when `fn` writes
-    `what` into the folder `where`, a disk failure is a WriteError saying `kept` is intact, and a
-    write into a run folder whose lock another job has taken over is not made (LockLost,
-    lock.check_held). A bug keeps its traceback on the main process; the others stop too."""
+    None. A user error `fn` raises is raised on every rank (the others get it as RankZeroError, its
+    exit code kept); when `fn` writes `what` into the folder `where`, a disk failure is a WriteError
+    saying `kept` is intact, and a write into a run folder whose lock another job has taken over is
+    not made (LockLost, lock.check_held). A bug keeps its traceback on the main process; the others
+    stop too."""
     error, bug, value, sent = None, None, None, {}
     if d.main:
         try:
