@@ -8,8 +8,9 @@ import os
 import sys
 import warnings
 from pathlib import Path
+from typing import NoReturn
 
-from .errors import EXIT_OK, EXIT_STOPPED, EXIT_USER_ERROR, guarded
+from .errors import EXIT_OK, EXIT_STOPPED, EXIT_USER_ERROR, exit_process, guarded
 
 ONE_CPU_RANK = (
     "one rank on this CPU machine; two ranks (ZeRO-3 sharding across processes, gloo) with "
@@ -57,3 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     if code or result is None:
         return code
     return EXIT_STOPPED if result.get("stopped") else EXIT_OK
+
+
+def command() -> NoReturn:
+    """adept-train and launch/train.py: `main` in a process that ends without finalisation
+    (errors.exit_process)."""
+    exit_process(main())

@@ -8,7 +8,10 @@ module imports nothing of the package, so every module may import it.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sys
+from typing import NoReturn
 
 EXIT_OK = 0
 EXIT_USER_ERROR = 2  # bad input: one line says what and how to fix it
@@ -49,3 +52,22 @@ def guarded(rank: int, fn):
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
+
+
+def exit_process(code: int) -> NoReturn:
+    """End a command that joined a process group with `code`: the exit hooks run (the run folder's
+    lock, trackers, logging), the streams are flushed, and `os._exit` then skips the interpreter's
+    finalisation. A finalised process that ran gloo collectives can abort after a finished run
+    ("terminate called without an active exception", exit -6; CI saw it once in some hundred
+    two-rank runs, with the process group already destroyed): C++ threads (gloo's workers) and
+    daemon threads (tqdm's monitor, the launcher watch) may still release tensors or take the GIL
+    while the interpreter is torn down."""
+    import atexit
+
+    try:
+        atexit._run_exitfuncs()
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(code)

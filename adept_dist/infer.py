@@ -21,6 +21,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import torch
 import torch.distributed as dist
@@ -39,7 +40,7 @@ from .comm import Dist
 from .config import ConfigError
 from .data import ENCODING, DataError, Example, Joiner, leading_ids, read_records
 from .dsconfig import DEFAULT_DS_CONFIG, apply_shard_scope, inference_ds_config, read_ds_config
-from .errors import EXIT_USER_ERROR, guarded
+from .errors import EXIT_USER_ERROR, exit_process, guarded
 from .evaluation import decode_examples, gather_to_main
 from .export import CONFIG, MERGE_INFO, AdapterFileError, load_adapter, read_adapter_config
 from .fileio import write_jsonl
@@ -387,3 +388,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USER_ERROR
     d = init_distributed(args.local_rank)
     return guarded(d.rank, lambda: predict(args, d))[0]
+
+
+def command() -> NoReturn:
+    """adept-predict and launch/predict.py: `main`, then errors.exit_process."""
+    exit_process(main())

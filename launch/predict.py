@@ -11,9 +11,7 @@ the model is loaded layer by layer and partitioned (--shard_scope global|node|no
 
 from __future__ import annotations
 
-import sys
-
-from adept_dist.infer import main
+from adept_dist.infer import command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

@@ -8,9 +8,7 @@ With no --model and no data it trains the built-in tiny model on the built-in ta
 
 from __future__ import annotations
 
-import sys
-
-from adept_dist.cli import main
+from adept_dist.cli import command
 
 if __name__ == "__main__":
-    sys.exit(main())
+    command()

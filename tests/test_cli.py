@@ -24,6 +24,26 @@ def cli(monkeypatch, capsys):
     return call
 
 
+def test_a_command_ends_its_process_after_its_exit_hooks_with_its_code():
+    """errors.exit_process (adept-train and adept-predict end through it): the exit hooks still
+    run (the run folder's lock is released by one), buffered output is not lost, the code is the
+    command's, and what would run during interpreter finalisation (here a __del__ at shutdown) does
+    not: that finalisation is what aborted a finished two-rank run in CI."""
+    code = (
+        "import atexit, sys\n"
+        "from adept_dist.errors import exit_process\n"
+        "class Late:\n"
+        "    def __del__(self): print('finalised')\n"
+        "keep = Late()\n"
+        "atexit.register(lambda: print('hook ran'))\n"
+        "sys.stdout.write('buffered, no newline')\n"
+        "exit_process(3)\n"
+    )
+    proc = run_cmd([sys.executable, "-c", code])
+    assert proc.returncode == 3, proc.stderr
+    assert proc.stdout == "buffered, no newlinehook ran\n"
+
+
 def _rows(n=8):
     return [{"input": "review : the food was great", "target": "positive"}] * n
 
