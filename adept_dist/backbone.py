@@ -22,6 +22,8 @@ DENSE_TYPES = ("llama", "mistral", "qwen2", "qwen3")
 # The checkpoints transformers reads from a folder, in its order of preference: (index, single file)
 SAFETENSORS = ("model.safetensors.index.json", "model.safetensors")
 PYTORCH_BIN = ("pytorch_model.bin.index.json", "pytorch_model.bin")
+INDEX, SINGLE = SAFETENSORS
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 MAX_HEADER = 100_000_000  # safetensors refuses a longer header; a larger length field is garbage
 
 
@@ -131,6 +133,53 @@ def convert_command(name: str) -> str:
         f"M.from_pretrained('{name}', dtype='auto').save_pretrained('{target}'); "
         f"T.from_pretrained('{name}').save_pretrained('{target}')\", then --model {target}"
     )
+
+
+def model_folder(name: str) -> Path:
+    """A local folder with the model's files: the folder itself, or a hub snapshot (cache first)."""
+    source = resolve_source(name)
+    if Path(source).is_dir():
+        return Path(source)
+    try:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
+    except Exception as exc:  # noqa: BLE001 - any hub failure is one message
+        raise ModelError(
+            f"cannot fetch the files of {name!r} ({first_line(exc)}): give --model a local model folder"
+        ) from None
+    check_weight_files(folder)  # a local folder's were checked by load_config already
+    return folder
+
+
+def shard_map(
+    folder: Path, name: str, reader: str = "the merged export", other: str = ""
+) -> tuple[dict[str, str], dict | None]:
+    """tensor name -> shard file name, and the index (None for a single-file checkpoint). `reader`
+    (who needs safetensors) and `other` (another way out) make the refusal of a .bin-only model
+    say what the user ran and how to fix it."""
+    from safetensors import safe_open
+
+    if (folder / SINGLE).is_file():  # transformers' order: the single file before an index
+        with safe_open(str(folder / SINGLE), "pt") as f:
+            return {k: SINGLE for k in f.keys()}, None
+    if (folder / INDEX).is_file():
+        index = json.loads((folder / INDEX).read_text())
+        return dict(index["weight_map"]), index
+    found = sorted(p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json"))
+    raise ModelError(
+        f"model {name} has no safetensors weights ({SINGLE} or {INDEX}; found: {', '.join(found) or 'no weight files'}"
+        f" in {folder}): {reader} reads safetensors only; {other}convert the model once: {convert_command(name)}"
+    )
+
+
+def find_key(keys, name: str) -> str | None:
+    """The checkpoint key of a parameter (exact, or saved without/with a wrapper prefix)."""
+    if name in keys:
+        return name
+    tail = name.split(".", 1)[-1]
+    hits = [k for k in keys if k == tail or k.endswith("." + tail)]
+    return hits[0] if len(hits) == 1 else None
 
 
 def load_config(name: str):

@@ -34,6 +34,7 @@ from .backbone import (
     load_tokenizer,
     resolve_compute_dtype,
     resolve_source,
+    shard_map,
 )
 from .checkpoint import resume_state
 from .comm import Dist
@@ -45,7 +46,6 @@ from .export import load_adapter
 from .fileio import now, write_json
 from .loader import check_world_group, load_layerwise, partition_adapter
 from .memory import DEVICE_MEMORY, device_bytes
-from .merge import shard_map
 from .model import AdeptLM
 from .optim import make_optimizer
 from .run import MetricsLog, Run, RunParts, TrainError, log0, on_main

@@ -84,7 +84,7 @@ def load_layerwise(
     from safetensors import safe_open
     from transformers import AutoModelForCausalLM
 
-    from .merge import find_key, model_folder, shard_map
+    from .backbone import find_key, model_folder, shard_map
 
     config = load_config(name)  # a local folder's weight files are checked here, naming a damaged one
     folder = model_folder(name)  # the folder itself, or a hub snapshot (checked there)

@@ -23,8 +23,7 @@ import torch
 from pydantic import Field
 
 from .adapters import PromptAdapter
-from .backbone import ModelError, check_weight_files, convert_command, load_config, resolve_source
-from .errors import first_line
+from .backbone import INDEX, WEIGHT_SUFFIXES, ModelError, find_key, load_config, model_folder, shard_map
 from .export import (
     MERGE_INFO,
     AdapterFileError,
@@ -40,9 +39,6 @@ from .schema import PositiveInt, Record, check, check_tensors, load_json, proble
 MERGE_FORMAT = "adept-dist-merged"
 MERGE_VERSION = 1
 PROMPT_FILE = "soft_prompt.safetensors"
-INDEX = "model.safetensors.index.json"
-SINGLE = "model.safetensors"
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf")
 
 
 def resolve_base_model(name: str) -> str:
@@ -52,23 +48,6 @@ def resolve_base_model(name: str) -> str:
 
         return str(builtin.ensure_builtin() / "model")
     return name
-
-
-def model_folder(name: str) -> Path:
-    """A local folder with the model's files: the folder itself, or a hub snapshot (cache first)."""
-    source = resolve_source(name)
-    if Path(source).is_dir():
-        return Path(source)
-    try:
-        from huggingface_hub import snapshot_download
-
-        folder = Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt"]))
-    except Exception as exc:  # noqa: BLE001 - any hub failure is one message
-        raise ModelError(
-            f"cannot fetch the files of {name!r} ({first_line(exc)}): give --model a local model folder"
-        ) from None
-    check_weight_files(folder)  # a local folder's were checked by load_config already
-    return folder
 
 
 def weight_names(config) -> tuple[str, str, bool]:
@@ -82,36 +61,6 @@ def weight_names(config) -> tuple[str, str, bool]:
     emb, head = model.get_input_embeddings(), model.get_output_embeddings()
     tied = head.weight is emb.weight or bool(getattr(config, "tie_word_embeddings", False))
     return f"{names[emb]}.weight", f"{names[head]}.weight", tied
-
-
-def shard_map(
-    folder: Path, name: str, reader: str = "the merged export", other: str = ""
-) -> tuple[dict[str, str], dict | None]:
-    """tensor name -> shard file name, and the index (None for a single-file checkpoint). `reader`
-    (who needs safetensors) and `other` (another way out) make the refusal of a .bin-only model
-    say what the user ran and how to fix it."""
-    from safetensors import safe_open
-
-    if (folder / SINGLE).is_file():  # transformers' order: the single file before an index
-        with safe_open(str(folder / SINGLE), "pt") as f:
-            return {k: SINGLE for k in f.keys()}, None
-    if (folder / INDEX).is_file():
-        index = json.loads((folder / INDEX).read_text())
-        return dict(index["weight_map"]), index
-    found = sorted(p.name for p in folder.iterdir() if p.suffix in WEIGHT_SUFFIXES or p.name.endswith(".index.json"))
-    raise ModelError(
-        f"model {name} has no safetensors weights ({SINGLE} or {INDEX}; found: {', '.join(found) or 'no weight files'}"
-        f" in {folder}): {reader} reads safetensors only; {other}convert the model once: {convert_command(name)}"
-    )
-
-
-def find_key(keys, name: str) -> str | None:
-    """The checkpoint key of a parameter (exact, or saved without/with a wrapper prefix)."""
-    if name in keys:
-        return name
-    tail = name.split(".", 1)[-1]
-    hits = [k for k in keys if k == tail or k.endswith("." + tail)]
-    return hits[0] if len(hits) == 1 else None
 
 
 @torch.no_grad()

@@ -154,7 +154,7 @@ def test_bin_only_model(tmp_path, tiny_model_dir, cli):
     message works as given."""
     from safetensors.torch import load_file
 
-    from adept_dist.merge import shard_map
+    from adept_dist.backbone import shard_map
 
     folder = state_bin_folder(tiny_model_dir, tmp_path / "bin")
     out, train = tmp_path / "out", write_jsonl(tmp_path / "train.jsonl", ROWS)
