@@ -20,9 +20,9 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from adept_dist.fileio import read_metrics
-from adept_dist.schema import ResultsFile, SchemaError, check, load_json
-from adept_dist.tasks import TASK_LIST, find_task
+from adept_dist.common.fileio import read_metrics
+from adept_dist.common.schema import ResultsFile, SchemaError, check, load_json
+from adept_dist.data.tasks import TASK_LIST, find_task
 
 FAMILIES = {"glue": "GLUE", "superglue": "SuperGLUE", "mrqa": "MRQA", "other": "Others", "bigbench": "BIG-bench"}
 UNTRAINED = "untrained"

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 
-from adept_dist.exporter import main
+from adept_dist.commands.export import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -2,9 +2,9 @@
 # The GPU check: adept-dist's training speed on one GPU at a LLaMA-7B shape, in one command, with
 # nothing but this checkout (no download: the model is random, built on the GPU).
 #
-#   launch/gpu_check.sh [--wheels DIR] [--json FILE] [more launch/bench.py flags]
+#   launch/gpu_check.sh [--wheels DIR] [--json FILE] [more bench/bench.py flags]
 #
-# Runs launch/bench.py at hidden 4096, 32 layers, 32 heads, vocabulary 32000 (LLaMA-2-7B), NF4 with
+# Runs bench/bench.py at hidden 4096, 32 layers, 32 heads, vocabulary 32000 (LLaMA-2-7B), NF4 with
 # bf16 compute, examples of 256-1024 tokens, 8 per step, one round of: floor and floor_padded,
 # anchor (PEFT prompt tuning), ours (packed, replicated backbone), ours_padded, ours_zero3 (ZeRO-3,
 # layerwise loader), and writes one JSON (default gpu_check.json): per mode ms/step, tokens/s,
@@ -47,7 +47,7 @@ print(f"gpu_check: torch {torch.__version__}, " + (torch.cuda.get_device_name() 
       else "no GPU (the CPU runs it: only sensible with small shape flags)"), flush=True)
 PY
 start=$(date +%s)
-python3 launch/bench.py --hidden 4096 --layers 32 --heads 32 --vocab 32000 --min_len 256 --max_len 1024 \
+python3 bench/bench.py --hidden 4096 --layers 32 --heads 32 --vocab 32000 --min_len 256 --max_len 1024 \
   --batch 8 --examples 64 --warmup 2 --steps 4 --rounds 1 --keep_going \
   --modes floor,floor_padded,anchor,ours,ours_padded,ours_zero3 --json "$json" ${extra[@]+"${extra[@]}"}
 echo "gpu_check: $(( $(date +%s) - start )) s in all; figures in $json"

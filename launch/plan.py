@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 
-from adept_dist.planner import main
+from adept_dist.commands.plan import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -15,7 +15,7 @@ import json
 import sys
 from pathlib import Path
 
-from adept_dist.fileio import read_metrics
+from adept_dist.common.fileio import read_metrics
 
 
 def load(run: Path) -> tuple[list[dict], list[dict], list[dict]]:

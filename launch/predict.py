@@ -11,7 +11,7 @@ the model is loaded layer by layer and partitioned (--shard_scope global|node|no
 
 from __future__ import annotations
 
-from adept_dist.infer import command
+from adept_dist.commands.predict import command
 
 if __name__ == "__main__":
     command()

@@ -25,8 +25,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from adept_dist.adapters import METHODS
-from adept_dist.tasks import TASKS, get_task
+from adept_dist.data.tasks import TASKS, get_task
+from adept_dist.model.adapters import METHODS
 
 UNTRAINED = "untrained"  # the zero-training baseline
 

@@ -8,7 +8,7 @@ With no --model and no data it trains the built-in tiny model on the built-in ta
 
 from __future__ import annotations
 
-from adept_dist.cli import command
+from adept_dist.commands.train import command
 
 if __name__ == "__main__":
     command()

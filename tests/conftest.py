@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adept_dist.comm import free_port
+from adept_dist.distributed.comm import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,7 +25,7 @@ def _adept_home(tmp_path_factory):
 
 def tiny_shape(vocab_size: int, hidden: int = 64, layers: int = 2, max_positions: int = 512) -> dict:
     """Size arguments of the tests' tiny LLaMA-layout models: 4 heads, GQA (2 KV heads), MLP 2 x hidden."""
-    from adept_dist.builtin import llama_shape
+    from adept_dist.model.builtin import llama_shape
 
     return llama_shape(
         vocab_size, hidden, layers, heads=4, kv_heads=2, intermediate=2 * hidden, max_positions=max_positions
@@ -36,7 +36,7 @@ def save_tiny_llama(path: Path, seed: int = 0, hidden: int = 64, layers: int = 2
     """A random tiny LLaMA (GQA, 2 layers) with the built-in word-level tokenizer, saved to `path`."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from adept_dist.builtin import build_tokenizer
+    from adept_dist.model.builtin import build_tokenizer
 
     tok = build_tokenizer()
     cfg = LlamaConfig(
@@ -59,7 +59,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tokenizer(tiny_model_dir):
-    from adept_dist.backbone import load_tokenizer
+    from adept_dist.model.backbone import load_tokenizer
 
     return load_tokenizer(str(tiny_model_dir))
 
@@ -67,7 +67,7 @@ def tokenizer(tiny_model_dir):
 @pytest.fixture
 def predict(monkeypatch, capsys):
     """predict.py's main in this process (world size 1); returns (exit code, stderr)."""
-    from adept_dist.infer import main as predict_main
+    from adept_dist.commands.predict import main as predict_main
 
     def call(*argv: str) -> tuple[int, str]:
         monkeypatch.setenv("MASTER_PORT", str(free_port()))

@@ -1,6 +1,6 @@
 """Run under `deepspeed --num_gpus N` (CPU, gloo) by tests/test_distributed.py.
 
-Builds a run through the real code path (adept_dist.build.prepare / assemble) with an NF4
+Builds a run through the real code path (adept_dist.run.build.prepare / assemble) with an NF4
 backbone under ZeRO-3, and BEFORE DeepSpeed touches it computes a single-process reference on
 each rank: the same global batch (every micro-batch of every rank), the adapter cast to the compute
 dtype exactly as DeepSpeed's module holds it, loss summed over target tokens / N, fp32 gradient
@@ -27,19 +27,19 @@ def main() -> None:
     model_dir, train_file, ds_json, out_dir, result_path, dtype, layout, *scope = args
     from deepspeed.utils import safe_get_full_grad
 
-    from adept_dist.adapters import build_adapter
-    from adept_dist.backbone import DTYPES, load_backbone, load_config
-    from adept_dist.zero import gathered
+    from adept_dist.distributed.zero import gathered
+    from adept_dist.model.adapters import build_adapter
+    from adept_dist.model.backbone import DTYPES, load_backbone, load_config
 
     def backbone_hidden(path: str) -> int:
         return load_config(path).hidden_size
 
-    from adept_dist.build import assemble, prepare
-    from adept_dist.comm import init_distributed
-    from adept_dist.config import make_config
-    from adept_dist.data import collate, pack, step_batches
-    from adept_dist.model import AdeptLM
-    from adept_dist.trainer import forward_backward
+    from adept_dist.config.resolve import make_config
+    from adept_dist.data.examples import collate, pack, step_batches
+    from adept_dist.distributed.comm import init_distributed
+    from adept_dist.model.lm import AdeptLM
+    from adept_dist.run.build import assemble, prepare
+    from adept_dist.run.loop import forward_backward
 
     d = init_distributed()
     cfg = make_config(

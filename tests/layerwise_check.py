@@ -12,10 +12,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from adept_dist.backbone import load_backbone  # noqa: E402
-from adept_dist.comm import init_distributed
-from adept_dist.loader import load_layerwise  # noqa: E402
-from adept_dist.zero import gathered  # noqa: E402
+from adept_dist.distributed.comm import init_distributed
+from adept_dist.distributed.zero import gathered
+from adept_dist.model.backbone import load_backbone
+from adept_dist.model.loader import load_layerwise
 
 
 def bits(t: torch.Tensor) -> torch.Tensor:

@@ -41,7 +41,7 @@ def write_copy(root: Path, files: dict[str, list[dict]], fmt: str, hub_layout: s
 def synthetic_rte(n: int, seed: int, start_idx: int = 0) -> list[dict]:
     """RTE rows (sentence1, sentence2, label, idx): a built-in review, and a claim about its
     sentiment; label 0 (entailment) when the claim is right, 1 when it is wrong."""
-    from adept_dist.builtin import review
+    from adept_dist.model.builtin import review
 
     rng = random.Random(seed)
     rows = []

@@ -9,7 +9,7 @@ import sys
 import pytest
 import torch
 
-from adept_dist.adapters import (
+from adept_dist.model.adapters import (
     IGNORE_INDEX,
     ADePT,
     DePT,
@@ -150,7 +150,7 @@ def test_unknown_method_and_impossible_budget():
 
 def test_adapters_module_imports_no_heavy_libraries():
     code = (
-        "import sys, adept_dist.adapters, adept_dist.model; "
+        "import sys, adept_dist.model.adapters, adept_dist.model.lm; "
         "bad = [m for m in ('deepspeed', 'bitsandbytes', 'transformers') if m in sys.modules]; "
         "assert not bad, bad"
     )

@@ -9,10 +9,9 @@ import os
 import torch
 import torch.distributed as dist
 
-from adept_dist.comm import Dist
-from adept_dist.config import ConfigError
-from adept_dist.errors import UserError
-from adept_dist.run import any_rank, on_main
+from adept_dist.common.errors import ConfigError, UserError
+from adept_dist.distributed.comm import Dist
+from adept_dist.run.context import any_rank, on_main
 from tests.conftest import run_gloo
 
 

@@ -13,10 +13,11 @@ import sys
 import pytest
 import torch
 
-from adept_dist.backbone import ModelError, load_backbone, load_config, load_tokenizer
-from adept_dist.cli import main
-from adept_dist.config import ConfigError, make_config
-from adept_dist.dsconfig import ADAMW_BETAS, resolve_ds_config
+from adept_dist.commands.train import main
+from adept_dist.common.errors import ConfigError
+from adept_dist.config.resolve import make_config
+from adept_dist.distributed.dsconfig import ADAMW_BETAS, resolve_ds_config
+from adept_dist.model.backbone import ModelError, load_backbone, load_config, load_tokenizer
 from tests.conftest import DIST_ENV, REPO, run_cmd, save_tiny_llama, write_jsonl
 
 ROWS = [{"input": "review : the food was great", "target": "positive"}] * 8
@@ -74,8 +75,8 @@ def state_bin_folder(src, dst):
 def test_damaged_single_file_is_named_by_every_path(tmp_path, tiny_model_dir, how):
     """load_config (called up front by a run), load_backbone (transformers), the layerwise loader and
     the merged export all refuse a damaged model.safetensors naming it and both sizes."""
-    from adept_dist.loader import load_layerwise
-    from adept_dist.merge import merge
+    from adept_dist.export.merge import merge
+    from adept_dist.model.loader import load_layerwise
 
     full = (tiny_model_dir / "model.safetensors").stat().st_size
     cut = {"half": None, "in_header": 100, "trailing": None}[how]
@@ -154,7 +155,7 @@ def test_bin_only_model(tmp_path, tiny_model_dir, cli):
     message works as given."""
     from safetensors.torch import load_file
 
-    from adept_dist.backbone import shard_map
+    from adept_dist.model.backbone import shard_map
 
     folder = state_bin_folder(tiny_model_dir, tmp_path / "bin")
     out, train = tmp_path / "out", write_jsonl(tmp_path / "train.jsonl", ROWS)
@@ -217,8 +218,8 @@ def test_optimizer_block_must_agree_key_by_key(tmp_path):
 
 
 def test_adamw_betas_are_the_optimizers(tiny_model_dir):
-    from adept_dist.adapters import build_adapter
-    from adept_dist.optim import make_optimizer
+    from adept_dist.model.adapters import build_adapter
+    from adept_dist.run.optim import make_optimizer
 
     optimizer, _ = make_optimizer(build_adapter("adept", 4, 64), make_config({"compute_dtype": "fp32"}).optim)
     assert optimizer.defaults["betas"] == ADAMW_BETAS

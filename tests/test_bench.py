@@ -16,7 +16,7 @@ TINY = ["--hidden", "64", "--layers", "1", "--heads", "4", "--vocab", "400"]
 @pytest.mark.slow
 def test_bench_smoke(tmp_path):
     out = tmp_path / "bench.json"
-    proc = run_cmd([sys.executable, "launch/bench.py", *TINY, "--examples", "32", "--min_len", "12", "--max_len", "40",
+    proc = run_cmd([sys.executable, "bench/bench.py", *TINY, "--examples", "32", "--min_len", "12", "--max_len", "40",
                     "--batch", "4", "--warmup", "1", "--steps", "2", "--modes", "floor,floor_padded,anchor,ours,ours_padded,ours_w2_zero3",
                     "--rounds", "2", "--json", str(out)])  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -51,7 +51,7 @@ def test_bench_smoke(tmp_path):
 @pytest.mark.dist
 def test_bench_load_smoke(tmp_path):
     out = tmp_path / "load.json"
-    proc = run_cmd([sys.executable, "launch/bench_load.py", "--hidden", "64", "--layers", "2", "--vocab", "400",
+    proc = run_cmd([sys.executable, "bench/bench_load.py", "--hidden", "64", "--layers", "2", "--vocab", "400",
                     "--json", str(out)])  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())

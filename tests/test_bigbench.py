@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from adept_dist.bigbench import load, pool_splits, read_local, rows_from_hub, rows_from_specs, source_text
-from adept_dist.data import DataError
-from adept_dist.taskdata import attempt_permutation, make_splits, prepare_main
-from adept_dist.tasks import get_task
+from adept_dist.data.bigbench import load, pool_splits, read_local, rows_from_hub, rows_from_specs, source_text
+from adept_dist.data.examples import DataError
+from adept_dist.data.splits import attempt_permutation, make_splits, prepare_main
+from adept_dist.data.tasks import get_task
 
 MC = {
     "name": "toy",

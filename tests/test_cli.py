@@ -7,7 +7,7 @@ import sys
 
 import pytest
 
-from adept_dist.cli import main
+from adept_dist.commands.train import main
 from tests.conftest import DIST_ENV, deepspeed_cmd, run_cmd, write_jsonl
 
 
@@ -31,7 +31,7 @@ def test_a_command_ends_its_process_after_its_exit_hooks_with_its_code():
     not: that finalisation is what aborted a finished two-rank run in CI."""
     code = (
         "import atexit, sys\n"
-        "from adept_dist.errors import exit_process\n"
+        "from adept_dist.common.errors import exit_process\n"
         "class Late:\n"
         "    def __del__(self): print('finalised')\n"
         "keep = Late()\n"
@@ -86,8 +86,8 @@ def test_bad_starts_are_refused_and_leave_no_config(cli, tmp_path, tiny_model_di
     not asked for --resume."""
     import resource
 
-    from adept_dist.adapters import build_adapter
-    from adept_dist.export import CONFIG, adapter_config, save_adapter
+    from adept_dist.export.adapter import CONFIG, adapter_config, save_adapter
+    from adept_dist.model.adapters import build_adapter
 
     out, train = tmp_path / "out", write_jsonl(tmp_path / "train.jsonl", _rows())
     args = ["--model", str(tiny_model_dir), "--train_file", str(train), "--output_dir", str(out), "--max_steps", "2"]
@@ -169,7 +169,7 @@ def test_builtin_training_lowers_the_loss(tmp_path):
 def test_config_json_records_what_ran(tmp_path):
     """config.json holds the resolved options (the built-in model's folder instead of null, the
     compute dtype and loader chosen for "auto") and ds_config.json the DeepSpeed JSON as it ran."""
-    from adept_dist.builtin import builtin_dir
+    from adept_dist.model.builtin import builtin_dir
 
     out = tmp_path / "run"
     proc = run_cmd([sys.executable, "launch/train.py", "--ds_config", "ds_configs/zero3.json", "--output_dir", str(out),
@@ -256,11 +256,11 @@ def _check_export_reproduces_eval(out, eval_loss):
     the eval loss the distributed run logged (bf16 compute, other batch padding: 1% tolerance)."""
     import torch
 
-    from adept_dist.backbone import load_backbone, load_tokenizer
-    from adept_dist.builtin import builtin_dir
-    from adept_dist.data import collate, encode, read_rows
-    from adept_dist.export import load_adapter
-    from adept_dist.model import AdeptLM
+    from adept_dist.data.examples import collate, encode, read_rows
+    from adept_dist.export.adapter import load_adapter
+    from adept_dist.model.backbone import load_backbone, load_tokenizer
+    from adept_dist.model.builtin import builtin_dir
+    from adept_dist.model.lm import AdeptLM
 
     adapter, cfg = load_adapter(out / "adapter")
     model_dir = str(builtin_dir() / "model")
@@ -312,7 +312,7 @@ def poisoned_model(tmp_path, tiny_model_dir):
 
     from safetensors.torch import load_file, save_file
 
-    from adept_dist.backbone import load_tokenizer
+    from adept_dist.model.backbone import load_tokenizer
 
     folder = tmp_path / "poisoned"
     shutil.copytree(tiny_model_dir, folder)
@@ -374,7 +374,7 @@ def test_targets_the_tokenizer_does_not_know_are_warned_of(tmp_path, tiny_model_
     """Words outside the tokenizer's vocabulary become <unk> (id 0 here): a target of unknown words
     cannot be learnt, and the run said nothing (issue 14: accuracy 0 with the built-in model's
     folder on a user's file). Known words: a share of 0, nothing reported."""
-    from adept_dist.data import encode, unknown_shares
+    from adept_dist.data.examples import encode, unknown_shares
 
     def examples(target):
         return encode([{"input": "review : the food was great", "target": target}], tokenizer, 64, " Label : ")[0]

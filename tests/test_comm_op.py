@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from adept_dist import buildlock as ddist
-from adept_dist.cli import ONE_CPU_RANK
+from adept_dist.commands.train import ONE_CPU_RANK
+from adept_dist.distributed import buildlock as ddist
 from tests.conftest import deepspeed_cmd, run_cmd
 
 

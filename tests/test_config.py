@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from adept_dist.config import ConfigError, make_config, parse_config
-from adept_dist.dsconfig import resolve_ds_config
+from adept_dist.common.errors import ConfigError
+from adept_dist.config.resolve import make_config, parse_config
+from adept_dist.distributed.dsconfig import resolve_ds_config
 from tests.conftest import REPO
 
 
@@ -156,7 +157,7 @@ def test_resume_starts_from_the_runs_own_config(tmp_path):
     """--resume reads OUT/config.json: options not given now come from it (not from the defaults),
     options that only change logging or the machine may be given anew, and a given option that
     changes the optimisation or the data is refused, naming each difference."""
-    from adept_dist.config import resumed_config
+    from adept_dist.config.record import resumed_config
 
     first = make_config({"model": "m", "train_file": "t.jsonl", "lr_prompt": 0.1, "seed": 7, "compute_dtype": "fp32"})
     path = tmp_path / "config.json"
@@ -185,7 +186,7 @@ def test_resume_keeps_the_runs_packing(tmp_path):
     micro-batches out in other rows (other dropout draws, other sums), so the adapter would differ
     from the uninterrupted run's. Found accepted (2026-12-06): packing and pack_tokens were listed as
     changeable. Giving the run's own layout again, or nothing, still resumes it."""
-    from adept_dist.config import resumed_config
+    from adept_dist.config.record import resumed_config
 
     path = tmp_path / "config.json"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adept_dist.data import (
+from adept_dist.data.examples import (
     DataError,
     Example,
     SampleStream,
@@ -204,7 +204,7 @@ def test_length_grouped_stream_pads_less_and_keeps_the_epoch():
     with these seeds, 2026-11-24; a window of 64 samples leaves each batch a length range of ~24)."""
     import random
 
-    from adept_dist.data import LengthGroupedStream, make_stream, padding_fraction
+    from adept_dist.data.examples import LengthGroupedStream, make_stream, padding_fraction
 
     rng = random.Random(0)
     lengths = [rng.randint(10, 200) for _ in range(600)]
@@ -236,10 +236,10 @@ def test_encoding_1_is_kept_for_adapters_and_runs_that_used_it(tmp_path):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from adept_dist.build import check_encoding
-    from adept_dist.config import ConfigError
-    from adept_dist.data import ENCODING, Joiner, leading_ids
-    from adept_dist.infer import encode_sources
+    from adept_dist.commands.predict import encode_sources
+    from adept_dist.common.errors import ConfigError
+    from adept_dist.data.examples import ENCODING, Joiner, leading_ids
+    from adept_dist.run.build import check_encoding
 
     specials = ["<unk>", "<s>", "</s>"]  # byte-level BPE without merges, no BOS added: SmolLM2's kind
     vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}

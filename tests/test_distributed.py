@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from adept_dist.builtin import task_rows
+from adept_dist.model.builtin import task_rows
 from tests.conftest import REPO, deepspeed_cmd, run_cmd, write_jsonl
 
 pytestmark = pytest.mark.dist

@@ -113,7 +113,7 @@ def byte_level_bpe():
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
-    from adept_dist.builtin import task_rows
+    from adept_dist.model.builtin import task_rows
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -131,8 +131,8 @@ def test_the_recipes_text_gives_the_training_ids(tokenizer):
     special tokens and nothing more, is the source a training row was built from (data.encode): on
     a GPT-2-style BPE tokenizer (no bos) and on the built-in word-level one (<s> first). A text with
     the separator's trailing space, or a bos added by hand, is not."""
-    from adept_dist.builtin import task_rows
-    from adept_dist.data import encode, leading_ids
+    from adept_dist.data.examples import encode, leading_ids
+    from adept_dist.model.builtin import task_rows
 
     rows = task_rows(200, seed=7)
     separator = " Label : "

@@ -9,16 +9,16 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from adept_dist.backbone import load_backbone
-from adept_dist.data import Example, collate
-from adept_dist.export import CONFIG, WEIGHTS, AdapterFileError, adapter_config, load_adapter, save_adapter
-from adept_dist.model import AdeptLM
+from adept_dist.data.examples import Example, collate
+from adept_dist.export.adapter import CONFIG, WEIGHTS, AdapterFileError, adapter_config, load_adapter, save_adapter
+from adept_dist.model.backbone import load_backbone
+from adept_dist.model.lm import AdeptLM
 from tests.test_model import perturbed_adept
 
 
 @pytest.mark.parametrize("method", ["adept", "dept", "pt"])
 def test_export_reload_gives_same_outputs(tiny_model_dir, tmp_path, method):
-    from adept_dist.adapters import build_adapter
+    from adept_dist.model.adapters import build_adapter
 
     torch.manual_seed(0)
     adapter = perturbed_adept(64) if method == "adept" else build_adapter(method, 4, 64, max_length=32).eval()
@@ -80,7 +80,7 @@ def test_save_replaces_an_export_atomically(tmp_path):
 
 def test_load_checks_name_the_problem(tmp_path, tiny_model_dir):
     """An adapter for another base model, a damaged file or an unknown method version: one clear error."""
-    from adept_dist.backbone import load_config
+    from adept_dist.model.backbone import load_config
 
     model_cfg = load_config(str(tiny_model_dir))  # hidden 64, vocab of the built-in tokenizer
     adapter = perturbed_adept(64)
@@ -148,8 +148,8 @@ def test_the_adapter_of_any_checkpoint_and_clear_errors_for_bad_ones(tiny_model_
     goes on from step 2 (at world size 1) to the same final adapter, bitwise."""
     import sys
 
-    from adept_dist.checkpoint import CheckpointError, export_checkpoint
-    from adept_dist.exporter import main as export_main
+    from adept_dist.commands.export import main as export_main
+    from adept_dist.run.checkpoint import CheckpointError, export_checkpoint
     from tests.conftest import REPO, deepspeed_cmd, run_cmd, write_jsonl
 
     train = write_jsonl(tmp_path / "train.jsonl", [{"input": f"review : w{i} was great", "target": "positive"}

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from adept_dist.backbone import resolve_source
-from adept_dist.gguf_model import GGUFError, check_file, file_sha256, is_gguf
+from adept_dist.model.backbone import resolve_source
+from adept_dist.model.gguf import GGUFError, check_file, file_sha256, is_gguf
 
 
 def write_gguf(path: Path, arch: str) -> Path:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adept_dist.builtin import task_rows
+from adept_dist.model.builtin import task_rows
 from tests.conftest import deepspeed_cmd, run_cmd, write_jsonl
 from tests.test_distributed import zero3_config
 

@@ -40,7 +40,7 @@ def test_missing_tensor_is_one_clear_error(tmp_path, tiny_model_dir):
     save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
     script = (
         "import sys, torch; sys.path.insert(0, '.');"
-        "from adept_dist.comm import init_distributed; from adept_dist.loader import load_layerwise;"
+        "from adept_dist.distributed.comm import init_distributed; from adept_dist.model.loader import load_layerwise;"
         "d = init_distributed();"
         "ds = {'train_micro_batch_size_per_gpu': 1, 'train_batch_size': 1, 'zero_optimization': {'stage': 3}};"
         f"load_layerwise({str(folder)!r}, 'nf4', d.device, torch.float32, ds)"
@@ -51,9 +51,10 @@ def test_missing_tensor_is_one_clear_error(tmp_path, tiny_model_dir):
 
 
 def test_layerwise_needs_zero3(tmp_path, tiny_model_dir):
-    from adept_dist.build import build
-    from adept_dist.comm import Dist
-    from adept_dist.config import ConfigError, make_config
+    from adept_dist.common.errors import ConfigError
+    from adept_dist.config.resolve import make_config
+    from adept_dist.distributed.comm import Dist
+    from adept_dist.run.build import build
 
     cfg = make_config({"loader": "layerwise", "ds_config": "ds_configs/zero2.json", "output_dir": str(tmp_path / "o"),
                        "compute_dtype": "fp32"})  # fmt: skip

@@ -11,12 +11,12 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from adept_dist.adapters import build_adapter
-from adept_dist.backbone import ModelError, load_backbone
-from adept_dist.data import Example, collate
-from adept_dist.export import AdapterFileError, adapter_config, save_adapter
-from adept_dist.merge import PROMPT_FILE, load_merged_prompt, merge, read_merge_info
-from adept_dist.model import AdeptLM
+from adept_dist.data.examples import Example, collate
+from adept_dist.export.adapter import AdapterFileError, adapter_config, save_adapter
+from adept_dist.export.merge import PROMPT_FILE, load_merged_prompt, merge, read_merge_info
+from adept_dist.model.adapters import build_adapter
+from adept_dist.model.backbone import ModelError, load_backbone
+from adept_dist.model.lm import AdeptLM
 from tests.conftest import save_tiny_llama
 from tests.test_model import perturbed_adept
 
@@ -168,7 +168,7 @@ def test_bench_merge_smoke(tmp_path):
     from tests.conftest import run_cmd
 
     out = tmp_path / "bench.json"
-    proc = run_cmd([sys.executable, "launch/bench_merge.py", "--hidden", "64", "--layers", "1", "--vocab", "300",
+    proc = run_cmd([sys.executable, "bench/bench_merge.py", "--hidden", "64", "--layers", "1", "--vocab", "300",
                     "--batch", "2", "--source_len", "8", "--new_tokens", "3", "--repeats", "1", "--json", str(out)])  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads(out.read_text())
@@ -212,8 +212,8 @@ def assert_peft_matches_ours(peft, ours: AdeptLM):
 
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_peft_loads_the_merged_export_as_the_trained_model(tmp_path, tie):
-    from adept_dist.exporter import main as export_main
-    from adept_dist.peft_export import PEFT_FOLDER
+    from adept_dist.commands.export import main as export_main
+    from adept_dist.export.peft import PEFT_FOLDER
 
     base = save_tiny_llama(tmp_path / "base", seed=3, tie=tie)
     adapter = perturbed_adept(64, seed=4)
@@ -227,8 +227,8 @@ def test_peft_loads_the_merged_export_as_the_trained_model(tmp_path, tie):
 
 
 def test_a_pt_adapter_is_a_plain_peft_adapter_of_its_base_and_refusals(tmp_path, tiny_model_dir, monkeypatch):
-    from adept_dist.exporter import main as export_main
-    from adept_dist.merge import peft_adapter
+    from adept_dist.commands.export import main as export_main
+    from adept_dist.export.merge import peft_adapter
 
     pt = build_adapter("pt", 4, 64)
     torch.nn.init.normal_(pt.prompt, generator=torch.Generator().manual_seed(5))

@@ -8,8 +8,8 @@ import time
 import pytest
 from sklearn.metrics import f1_score
 
-from adept_dist import metrics
-from adept_dist.metrics import MetricError, compute, normalize_answer, parse_float
+from adept_dist.data import metrics
+from adept_dist.data.metrics import MetricError, compute, normalize_answer, parse_float
 
 
 def refs_of(*targets: str, **extra) -> list[dict]:

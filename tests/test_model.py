@@ -8,13 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from adept_dist.adapters import build_adapter
-from adept_dist.backbone import ModelError, load_backbone, load_config, load_tokenizer
-from adept_dist.build import check_trainable
-from adept_dist.data import Example, collate, pack
-from adept_dist.model import AdeptLM
-from adept_dist.optim import trainable_groups
-from adept_dist.run import TrainError
+from adept_dist.data.examples import Example, collate, pack
+from adept_dist.model.adapters import build_adapter
+from adept_dist.model.backbone import ModelError, load_backbone, load_config, load_tokenizer
+from adept_dist.model.lm import AdeptLM
+from adept_dist.run.build import check_trainable
+from adept_dist.run.context import TrainError
+from adept_dist.run.optim import trainable_groups
 from tests.conftest import tiny_shape
 
 ADAPTER_NAMES = {"adapter.prompt", "adapter.A", "adapter.a", "adapter.B", "adapter.b"}
@@ -149,7 +149,7 @@ def test_the_prompt_computed_once_gives_what_every_row_computing_it_gives(tiny_m
     sampled, and the same step logits within fp32 summation order: measured max differences 3.0e-8
     (adept, dept) and 1.5e-7 (pt) on logits up to 0.45-0.54 (2026-12-04), hence atol 1e-5 as in
     the test above."""
-    from adept_dist.model import Sampling
+    from adept_dist.model.lm import Sampling
 
     backbone = load_backbone(str(tiny_model_dir), "nf4", torch.device("cpu"), dtype=torch.float32)
     torch.manual_seed(0)
@@ -200,7 +200,7 @@ def test_sampling_rules():
     """pick(): greedy = argmax; top_k=1 and a tiny top_p reduce to the argmax; draws follow softmax(l/T)
     (20k draws from probabilities 0.5/0.3/0.2: each frequency within 0.015, > 4 standard errors);
     the same generator seed gives the same draws."""
-    from adept_dist.model import Sampling, pick
+    from adept_dist.model.lm import Sampling, pick
 
     logits = torch.log(torch.tensor([[0.2, 0.5, 0.3]])).repeat(20000, 1)
     assert pick(logits, None, None).eq(1).all()
@@ -252,7 +252,7 @@ def test_sentencepiece_tokenizer_folder(tmp_path, tiny_model_dir):
 
     import sentencepiece as spm
 
-    from adept_dist.builtin import corpus
+    from adept_dist.model.builtin import corpus
 
     text = tmp_path / "corpus.txt"
     text.write_text("\n".join(corpus(300, 0)))
@@ -396,8 +396,8 @@ def test_llama_layout_families_train_in_nf4(tmp_path, family):
 def test_prompt_init_text_vocab_normal(tokenizer):
     """METHOD.md: text init copies E at the init text's ids, repeated/truncated to m; vocab init
     copies random vocabulary rows; normal init draws at the table's scale."""
-    from adept_dist.build import prompt_init_rows
-    from adept_dist.config import make_config
+    from adept_dist.config.resolve import make_config
+    from adept_dist.run.build import prompt_init_rows
 
     torch.manual_seed(0)
     emb = torch.nn.Embedding(len(tokenizer), 32)
@@ -416,8 +416,8 @@ def test_nonfinite_check_covers_the_gradient_norm_and_clipping_uses_it():
     """The step's gradient norm is read from the reduced gradients before the optimizer step: an inf
     gradient under a finite loss is caught as a NaN loss is; a finite norm above --grad_clip gives
     the factor that brings it to grad_clip, as torch.nn.utils.clip_grad_norm_ does."""
-    from adept_dist.trainer import clip_factor, nonfinite
-    from adept_dist.zero import full_grads, scale_grads, total_norm
+    from adept_dist.distributed.zero import full_grads, scale_grads, total_norm
+    from adept_dist.run.loop import clip_factor, nonfinite
 
     adapter = build_adapter("adept", 4, 32)
     params = list(adapter.parameters())
@@ -443,7 +443,7 @@ def test_checkpoint_module_load_checks_the_adapter_tensors(nf4_backbone):
     """Resume's module load (checkpoint.load_trainable_only) on a state dict saved as DeepSpeed's
     exclude_frozen_parameters saves it (frozen parameters dropped, the NF4 layers' quantisation
     statistics kept): the adapter loads exactly; another method's tensors are refused by name."""
-    from adept_dist.checkpoint import CheckpointError, load_trainable_only
+    from adept_dist.run.checkpoint import CheckpointError, load_trainable_only
 
     model = AdeptLM(nf4_backbone, perturbed_adept(64))
     frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
@@ -461,7 +461,7 @@ def _save_on_rank(rank: int, port: int, folder: str) -> None:
     import torch.distributed as dist
     from transformers import LlamaForCausalLM
 
-    from adept_dist.builtin import build_tokenizer, model_config, save_model_folder
+    from adept_dist.model.builtin import build_tokenizer, model_config, save_model_folder
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     if rank == 1:  # the first rank of a second node builds the built-in model where its home is
@@ -476,12 +476,12 @@ def test_the_builtin_model_is_written_whole_on_any_rank(tmp_path):
     built-in model is built by every node's first rank, so it writes its folder itself (rank 1 here)."""
     from transformers import LlamaForCausalLM
 
-    from adept_dist.comm import free_port
+    from adept_dist.distributed.comm import free_port
 
     torch.multiprocessing.spawn(_save_on_rank, args=(free_port(), str(tmp_path / "model")), nprocs=2)
     model = LlamaForCausalLM.from_pretrained(tmp_path / "model")
     torch.manual_seed(0)
-    from adept_dist.builtin import build_tokenizer, model_config
+    from adept_dist.model.builtin import build_tokenizer, model_config
 
     fresh = LlamaForCausalLM(model_config(len(build_tokenizer())))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))

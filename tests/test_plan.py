@@ -10,36 +10,38 @@ import sys
 
 import pytest
 
-from adept_dist import plan as P
-from adept_dist.build import size
-from adept_dist.builtin import ensure_builtin, task_rows
-from adept_dist.config import ConfigError, make_config
-from adept_dist.plan import memory_size
-from adept_dist.planner import ds_config_for, main
+from adept_dist.commands.plan import ds_config_for, main
+from adept_dist.common.errors import ConfigError
+from adept_dist.config.resolve import make_config
+from adept_dist.model.builtin import ensure_builtin, task_rows
+from adept_dist.plan.inputs import SHAPES, Cluster, PlanError, Workload, Zero, memory_size, read_shape
+from adept_dist.plan.layout import plan, plan_layout, scopes_for
+from adept_dist.plan.memory import Param, Step, activations, simulate
+from adept_dist.run.build import size
 from tests.conftest import REPO, child_env, deepspeed_cmd, run_cmd, write_jsonl
 from tests.test_distributed import zero3_config
 
 GB = 10**9
-ZERO3 = P.Zero.from_ds(json.loads((REPO / "ds_configs" / "zero3.json").read_text()))
+ZERO3 = Zero.from_ds(json.loads((REPO / "ds_configs" / "zero3.json").read_text()))
 
 
-def cluster(nodes: int, gpus: int, gb: float, **kw) -> P.Cluster:
-    return P.Cluster(nodes, gpus, int(gb * GB), **kw)
+def cluster(nodes: int, gpus: int, gb: float, **kw) -> Cluster:
+    return Cluster(nodes, gpus, int(gb * GB), **kw)
 
 
 # ----------------------------------------------------------------------------- rules and shapes
 def test_scopes_node_only_where_it_differs_from_global():
-    assert P.scopes_for(cluster(1, 8, 80)) == ["global", "none"]
-    assert P.scopes_for(cluster(2, 8, 80)) == ["global", "node", "none"]
-    assert P.scopes_for(cluster(1, 8, 80, group_size=4)) == ["global", "node", "none"]
-    with pytest.raises(P.PlanError, match="must divide the 8 GPUs of a node"):
-        P.plan(P.SHAPES["llama-2-7b"], cluster(2, 8, 80, group_size=3), P.Workload(), ZERO3)
+    assert scopes_for(cluster(1, 8, 80)) == ["global", "none"]
+    assert scopes_for(cluster(2, 8, 80)) == ["global", "node", "none"]
+    assert scopes_for(cluster(1, 8, 80, group_size=4)) == ["global", "node", "none"]
+    with pytest.raises(PlanError, match="must divide the 8 GPUs of a node"):
+        plan(SHAPES["llama-2-7b"], cluster(2, 8, 80, group_size=3), Workload(), ZERO3)
 
 
 def test_70b_does_not_fit_replicated_on_24gb_gpus_but_fits_sharded_with_checkpointing():
-    shape = P.SHAPES["llama-2-70b"]
-    small = P.Workload(micro_batch=1, activation_checkpointing=True)
-    pl = P.plan(shape, cluster(1, 8, 24), small, ZERO3)
+    shape = SHAPES["llama-2-70b"]
+    small = Workload(micro_batch=1, activation_checkpointing=True)
+    pl = plan(shape, cluster(1, 8, 24), small, ZERO3)
     none, glob = pl.layout("none"), pl.layout("global")
     # NF4 is half a byte per weight: 68.5e9 linear weights -> 34.3 GB, with the bf16 embedding and head 35.3 GB
     assert 35.2 * GB < none.memory["backbone"] < 35.4 * GB and not none.fits
@@ -47,16 +49,16 @@ def test_70b_does_not_fit_replicated_on_24gb_gpus_but_fits_sharded_with_checkpoi
     assert pl.recommended == "global"
     # every rank keeps all NF4 statistics: 1 byte per 64 weights and an fp32 per 256 blocks, ~1.1 GB
     assert glob.memory["quant_stats"] == none.memory["quant_stats"] == pytest.approx(68.5e9 / 64 * 1.0156, rel=0.01)
-    assert P.plan(shape, cluster(1, 8, 24), P.Workload(), ZERO3).recommended is None  # 8 x 1024 tokens, no ckpt
+    assert plan(shape, cluster(1, 8, 24), Workload(), ZERO3).recommended is None  # 8 x 1024 tokens, no ckpt
 
 
 def test_node_is_recommended_on_several_nodes_where_it_fits():
-    ckpt = P.Workload(activation_checkpointing=True)
+    ckpt = Workload(activation_checkpointing=True)
     # 70B on 2 x 8 x 40 GB: replicated does not fit (53 GB), node-local does and ships no backbone across nodes
-    big = P.plan(P.SHAPES["llama-2-70b"], cluster(2, 8, 40), ckpt, ZERO3)
+    big = plan(SHAPES["llama-2-70b"], cluster(2, 8, 40), ckpt, ZERO3)
     assert not big.layout("none").fits and big.layout("node").fits and big.recommended == "node"
     # 7B fits replicated: that gathers nothing at all, so it wins (DISTRIBUTED.md: faster where it fits)
-    pl = P.plan(P.SHAPES["llama-2-7b"], cluster(2, 8, 80), ckpt, ZERO3)
+    pl = plan(SHAPES["llama-2-7b"], cluster(2, 8, 80), ckpt, ZERO3)
     glob, node, none = (pl.layout(s) for s in ("global", "node", "none"))
     assert all(lay.fits for lay in pl.layouts) and pl.recommended == "none"
     # the backbone's gathers stay inside the node; only the adapter's collectives cross (7B: 0.4M parameters)
@@ -68,38 +70,38 @@ def test_node_is_recommended_on_several_nodes_where_it_fits():
 
 
 def test_checkpointing_keeps_one_input_per_layer():
-    shape, work = P.SHAPES["llama-2-7b"], P.Workload()
-    act = P.activations(shape, work)
+    shape, work = SHAPES["llama-2-7b"], Workload()
+    act = activations(shape, work)
     rows, width, _, _ = work.tokens()
     assert (rows, width) == (3, 60 + 3 * 1024)  # data.pack_rows: 8 examples of 1024 in rows of 4096
     assert act.checkpoint == rows * width * 4096 * 2  # the bf16 layer input
-    lay = P.plan_layout(shape, cluster(1, 8, 80), work, ZERO3, "global")
+    lay = plan_layout(shape, cluster(1, 8, 80), work, ZERO3, "global")
     assert lay.activation_bytes["with_checkpointing"] < lay.activation_bytes["without_checkpointing"] / 4
 
 
 def test_shapes_from_a_folder_or_a_config_file(tiny_model_dir, tmp_path):
-    shape = P.read_shape(str(tiny_model_dir))
+    shape = read_shape(str(tiny_model_dir))
     assert (shape.hidden, shape.intermediate, shape.layers, shape.heads, shape.kv_heads, shape.vocab) == (
         64, 128, 2, 4, 2, 120)  # fmt: skip
-    assert P.read_shape(str(tiny_model_dir / "config.json")) == shape
-    with pytest.raises(P.PlanError, match="give a local model folder, its config.json, or one of llama-2-7b"):
-        P.read_shape(str(tmp_path / "missing"))
+    assert read_shape(str(tiny_model_dir / "config.json")) == shape
+    with pytest.raises(PlanError, match="give a local model folder, its config.json, or one of llama-2-7b"):
+        read_shape(str(tmp_path / "missing"))
     (tmp_path / "config.json").write_text('{"hidden_size": 8}')
-    with pytest.raises(P.PlanError, match="is not a LLaMA-family config.json"):
-        P.read_shape(str(tmp_path))
+    with pytest.raises(PlanError, match="is not a LLaMA-family config.json"):
+        read_shape(str(tmp_path))
 
 
 def test_memory_sizes():
     assert memory_size("80GB") == 80 * 10**9 and memory_size("40GiB") == 40 * 2**30 and memory_size("24") == 24 * 10**9
-    with pytest.raises(P.PlanError, match="give a size such as 80GB"):
+    with pytest.raises(PlanError, match="give a size such as 80GB"):
         memory_size("lots")
 
 
 # ----------------------------------------------------------------------------- the coordinator
-def three_params_there_and_back(persistent: P.Param | None = None) -> list[P.Step]:
-    a, b, c = (P.Param(n, 100, 4, 2) for n in "abc")  # 100 fp32 elements over 2 ranks: 200 bytes from the peer
+def three_params_there_and_back(persistent: Param | None = None) -> list[Step]:
+    a, b, c = (Param(n, 100, 4, 2) for n in "abc")  # 100 fp32 elements over 2 ranks: 200 bytes from the peer
     extra = [persistent] if persistent else []
-    return [P.Step([a, *extra]), P.Step([b]), P.Step([c]), P.Step([c]), P.Step([b]), P.Step([a, *extra])]
+    return [Step([a, *extra]), Step([b]), Step([c]), Step([c]), Step([b]), Step([a, *extra])]
 
 
 @pytest.mark.parametrize(
@@ -109,29 +111,29 @@ def three_params_there_and_back(persistent: P.Param | None = None) -> list[P.Ste
 def test_simulated_coordinator_releases_unless_reused_within_the_distance(reuse, gathers):
     """Released after use unless used again within `reuse` elements of the trace: at 0 every use gathers;
     at 150 only c (used again at once; a and b are 200 elements away); at 1e9 each is gathered once."""
-    zero = P.Zero(prefetch_bucket=0, max_reuse=reuse)
-    sim = P.simulate(three_params_there_and_back(), zero)
+    zero = Zero(prefetch_bucket=0, max_reuse=reuse)
+    sim = simulate(three_params_there_and_back(), zero)
     assert sim.per_peer == {2: 200 * gathers}
     if reuse == 10**9:
         assert sim.live == [400, 800, 1200, 1200, 800, 400]  # whole fp32 tensors: 400 bytes each
 
 
 def test_simulated_first_micro_batch_gathers_every_use_persistent_ones_too():
-    kept = P.Param("norm", 10, 4, 2, persistent=True)  # 5 elements each rank: 20 bytes
+    kept = Param("norm", 10, 4, 2, persistent=True)  # 5 elements each rank: 20 bytes
     steps = three_params_there_and_back(kept)
-    assert P.simulate(steps, P.Zero(max_reuse=10**9)).per_peer == {2: 600}  # prefetched once, kept
-    assert P.simulate(steps, P.Zero(max_reuse=10**9), recording=True).per_peer == {2: 6 * 200 + 2 * 20}
+    assert simulate(steps, Zero(max_reuse=10**9)).per_peer == {2: 600}  # prefetched once, kept
+    assert simulate(steps, Zero(max_reuse=10**9), recording=True).per_peer == {2: 6 * 200 + 2 * 20}
 
 
 def test_tiny_model_traffic_equals_a_measured_run(tiny_model_dir):
     """The numbers of a run's traffic.json (rank 0): 4 ranks as 2 nodes x 2, 6 steps of micro-batch 2, fp32,
     ds_configs/zero3.json with stage3_param_persistence_threshold 0 (measured 2026-12-06 with the command
     of test_traffic_prediction_matches_real_runs, --max_steps 6)."""
-    shape, work = P.read_shape(str(tiny_model_dir)), P.Workload(micro_batch=2, compute_dtype="fp32")
-    zero = P.Zero.from_ds({"zero_optimization": {**json.loads((REPO / "ds_configs" / "zero3.json").read_text())[
+    shape, work = read_shape(str(tiny_model_dir)), Workload(micro_batch=2, compute_dtype="fp32")
+    zero = Zero.from_ds({"zero_optimization": {**json.loads((REPO / "ds_configs" / "zero3.json").read_text())[
         "zero_optimization"], "stage3_param_persistence_threshold": 0}})  # fmt: skip
     for scope, measured in (("global", (47909, 95817)), ("node", (75674, 40287))):
-        lay = P.plan_layout(shape, cluster(2, 2, 80), work, zero, scope)
+        lay = plan_layout(shape, cluster(2, 2, 80), work, zero, scope)
         assert tuple(round(x) for x in lay.run_average(6)) == measured, scope
 
 
@@ -168,8 +170,8 @@ def test_traffic_prediction_matches_real_runs(tiny_model_dir, tmp_path):
     traffic.json within 5% of the plan's (measured: equal to the byte but for rank 0's broadcasts)."""
     rows = write_jsonl(tmp_path / "train.jsonl", task_rows(64, seed=7))
     zero = zero3_config(tmp_path)
-    shape = P.read_shape(str(tiny_model_dir))
-    work = P.Workload(micro_batch=2, compute_dtype="fp32")
+    shape = read_shape(str(tiny_model_dir))
+    work = Workload(micro_batch=2, compute_dtype="fp32")
     for scope in ("global", "node"):
         out = tmp_path / scope
         proc = run_cmd(deepspeed_cmd("launch/train.py", "--model", str(tiny_model_dir), "--train_file", str(rows),
@@ -177,7 +179,7 @@ def test_traffic_prediction_matches_real_runs(tiny_model_dir, tmp_path):
                                      "--log_every", "3", "--micro_batch_size", "2", "--compute_dtype", "fp32",
                                      "--shard_scope", scope, "--ranks_per_node", "2", num_gpus=4))  # fmt: skip
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        lay = P.plan_layout(shape, cluster(2, 2, 80), work, P.Zero.from_ds(json.loads(zero.read_text())), scope)
+        lay = plan_layout(shape, cluster(2, 2, 80), work, Zero.from_ds(json.loads(zero.read_text())), scope)
         intra, inter = lay.run_average(3)
         for r in json.loads((out / "traffic.json").read_text())["ranks"]:
             assert r["intra_node_bytes_per_step"] == pytest.approx(intra, rel=0.05), (scope, r)
@@ -186,12 +188,12 @@ def test_traffic_prediction_matches_real_runs(tiny_model_dir, tmp_path):
 
 @pytest.mark.dist
 def test_memory_prediction_matches_a_real_run(tmp_path):
-    """launch/bench_plan.py at world 1 (ZeRO-3): the peak resident set while the steps run, above the
+    """bench/bench_plan.py at world 1 (ZeRO-3): the peak resident set while the steps run, above the
     tiny model's (the process baseline), within 15% of the plan's peak above its tiny-model figure
     (a random LLaMA, hidden 1024, 2 layers, vocab 32000: 0.3 GB of fp32 embedding and head; measured
     311 MB predicted, 319 MB measured)."""
     out = tmp_path / "bench.json"
-    proc = run_cmd([sys.executable, "launch/bench_plan.py", "--shapes", "1k-2l", "--worlds", "1", "--scopes", "global",
+    proc = run_cmd([sys.executable, "bench/bench_plan.py", "--shapes", "1k-2l", "--worlds", "1", "--scopes", "global",
                     "--workdir", str(tmp_path / "work"), "--json", str(out)])  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     [row] = json.loads(out.read_text())["rows"]
@@ -215,9 +217,9 @@ def test_ds_config_auto_trains_with_the_plans_scope(tmp_path):
     before any data is read."""
     opts = ["--max_length", "64", "--micro_batch_size", "2", "--compute_dtype", "fp32", "--max_steps", "1",
             "--max_eval_samples", "8"]  # fmt: skip
-    shape = P.read_shape(str(ensure_builtin() / "model"))  # built once per session, as the run would
-    work = P.Workload(max_length=64, micro_batch=2, compute_dtype="fp32")
-    pl = P.plan(shape, P.Cluster(1, 2, 10**12), work, ZERO3, cpu=True)
+    shape = read_shape(str(ensure_builtin() / "model"))  # built once per session, as the run would
+    work = Workload(max_length=64, micro_batch=2, compute_dtype="fp32")
+    pl = plan(shape, Cluster(1, 2, 10**12), work, ZERO3, cpu=True)
     assert pl.recommended == "none"
     out = tmp_path / "run"
     proc = run_cmd(deepspeed_cmd("launch/train.py", "--ds_config", "auto", "--output_dir", str(out), *opts))

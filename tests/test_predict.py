@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
-from adept_dist.backbone import load_backbone, load_tokenizer
-from adept_dist.data import collate
-from adept_dist.export import CONFIG, WEIGHTS, adapter_config, save_adapter
-from adept_dist.infer import encode_sources
-from adept_dist.model import AdeptLM
+from adept_dist.commands.predict import encode_sources
+from adept_dist.data.examples import collate
+from adept_dist.export.adapter import CONFIG, WEIGHTS, adapter_config, save_adapter
+from adept_dist.model.backbone import load_backbone, load_tokenizer
+from adept_dist.model.lm import AdeptLM
 from tests.conftest import deepspeed_cmd, run_cmd, save_tiny_llama, write_jsonl
 from tests.test_model import perturbed_adept
 
@@ -133,7 +133,7 @@ def demo_run(tmp_path_factory):
 
 
 def dev_rows(n: int = 100) -> list[dict]:
-    from adept_dist import builtin
+    from adept_dist.model import builtin
 
     lines = (builtin.builtin_dir() / "dev.jsonl").read_text().splitlines()[:n]
     return [json.loads(line) for line in lines]

@@ -11,9 +11,9 @@ import re
 import pytest
 import torch
 
-from adept_dist.export import adapter_config, save_adapter
-from adept_dist.memory import MEMORY_REPORT
-from adept_dist.merge import merge
+from adept_dist.export.adapter import adapter_config, save_adapter
+from adept_dist.export.merge import merge
+from adept_dist.plan.measure import MEMORY_REPORT
 from tests.conftest import deepspeed_cmd, run_cmd, write_jsonl
 from tests.test_distributed import zero3_config
 from tests.test_model import perturbed_adept
@@ -118,7 +118,7 @@ def save_random_llama(folder):
     not the library code, dominate what loading adds to a process."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from adept_dist.builtin import build_tokenizer, llama_shape
+    from adept_dist.model.builtin import build_tokenizer, llama_shape
 
     tok = build_tokenizer()
     shape = llama_shape(len(tok), HIDDEN, LAYERS, heads=HIDDEN // 64, intermediate=MLP)

@@ -4,7 +4,7 @@ carriage-return updates into log files, a 100 KB line in the demo's log)."""
 import io
 import sys
 
-from adept_dist.progress import Progress, duration
+from adept_dist.common.progress import Progress, duration
 from tests.conftest import run_cmd
 
 

@@ -36,7 +36,7 @@ def real_home() -> Path:
 
 @pytest.fixture(scope="session")
 def smollm2(gguf_file, real_home) -> Path:
-    from adept_dist.gguf_model import converted_folder
+    from adept_dist.model.gguf import converted_folder
 
     old = os.environ.get("ADEPT_DIST_HOME")
     os.environ["ADEPT_DIST_HOME"] = str(real_home)
@@ -57,7 +57,7 @@ def bigbench_tarball() -> Path:
 @pytest.fixture(scope="session")
 def bigbench_dir(bigbench_tarball) -> Path:
     """sports_understanding's task.json as a checkout would hold it (benchmark_tasks/NAME/task.json)."""
-    from adept_dist.bigbench import read_tarball
+    from adept_dist.data.bigbench import read_tarball
 
     root = real_assets.cache_dir() / "bigbench-tasks"
     path = root / "benchmark_tasks" / "sports_understanding" / "task.json"
@@ -78,7 +78,7 @@ def greedy(model, tok, text: str, n: int = 8) -> list[int]:
 def test_gguf_conversion_gives_the_gguf_models_continuation(gguf_file, smollm2, real_home, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from adept_dist.gguf_model import MARKER, converted_folder
+    from adept_dist.model.gguf import MARKER, converted_folder
 
     ref_tok = AutoTokenizer.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name)
     ref = AutoModelForCausalLM.from_pretrained(gguf_file.parent, gguf_file=gguf_file.name, dtype=torch.float32)
@@ -113,11 +113,11 @@ def test_gguf_conversion_gives_the_gguf_models_continuation(gguf_file, smollm2, 
 
 
 def test_real_tokenizer_through_the_data_pipeline(smollm2, bigbench_dir, bigbench_tarball):
-    from adept_dist.backbone import load_tokenizer
-    from adept_dist.bigbench import read_local, rows_from_specs
-    from adept_dist.data import leading_ids
-    from adept_dist.taskdata import prepare_main
-    from adept_dist.tasks import get_task
+    from adept_dist.data.bigbench import read_local, rows_from_specs
+    from adept_dist.data.examples import leading_ids
+    from adept_dist.data.splits import prepare_main
+    from adept_dist.data.tasks import get_task
+    from adept_dist.model.backbone import load_tokenizer
 
     tok = load_tokenizer(str(smollm2))
     assert tok.pad_token_id == tok.eos_token_id  # the case where padding must not hide the EOS label
@@ -141,8 +141,8 @@ def test_real_tokenizer_through_the_data_pipeline(smollm2, bigbench_dir, bigbenc
 
 def test_real_tokenizer_on_real_text(smollm2):
     """The same checks on rows from a file of real text (no BIG-bench needed)."""
-    from adept_dist.backbone import load_tokenizer
-    from adept_dist.data import encode, leading_ids
+    from adept_dist.data.examples import encode, leading_ids
+    from adept_dist.model.backbone import load_tokenizer
 
     tok = load_tokenizer(str(smollm2))
     assert tok.pad_token_id == tok.eos_token_id and leading_ids(tok) == []
@@ -155,7 +155,7 @@ def check_encoded(tok, examples, targets: tuple[str, ...]) -> None:
     """SmolLM2's encoding of `examples` (<= 16): no BOS put first, the separator's ids end the source, the
     target is one BPE word with its space, EOS ends it and stays a label in a padded batch although it
     is the pad id."""
-    from adept_dist.data import collate
+    from adept_dist.data.examples import collate
 
     sep = tok(" Label :", add_special_tokens=False).input_ids
     for e in examples:
@@ -199,9 +199,9 @@ def test_real_model_zero3_world2_matches_single_process_reference(smollm2, tmp_p
 @pytest.mark.slow
 def test_real_bigbench_run_learns_and_predict_and_merged_export_agree(gguf_file, smollm2, real_home, bigbench_tarball,
                                                                        bigbench_dir, tmp_path, monkeypatch):  # fmt: skip
-    from adept_dist.bigbench import load
-    from adept_dist.taskdata import make_splits
-    from adept_dist.tasks import get_task
+    from adept_dist.data.bigbench import load
+    from adept_dist.data.splits import make_splits
+    from adept_dist.data.tasks import get_task
 
     monkeypatch.setenv("ADEPT_DIST_HOME", str(real_home))  # the children reuse the converted model
     task = get_task(TASK)
@@ -268,9 +268,9 @@ def assert_peft_reads_the_merged_export(merged, inputs):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from adept_dist.backbone import load_backbone, load_tokenizer
-    from adept_dist.merge import load_merged_prompt, read_merge_info
-    from adept_dist.model import AdeptLM
+    from adept_dist.export.merge import load_merged_prompt, read_merge_info
+    from adept_dist.model.backbone import load_backbone, load_tokenizer
+    from adept_dist.model.lm import AdeptLM
 
     tok = load_tokenizer(str(merged))
     info = read_merge_info(merged)
@@ -302,10 +302,10 @@ def test_real_model_prompt_tuning_loss_equals_peft(smollm2):
     from peft import PromptTuningConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from adept_dist.adapters import build_adapter
-    from adept_dist.backbone import load_backbone, load_tokenizer
-    from adept_dist.data import collate, encode
-    from adept_dist.model import AdeptLM
+    from adept_dist.data.examples import collate, encode
+    from adept_dist.model.adapters import build_adapter
+    from adept_dist.model.backbone import load_backbone, load_tokenizer
+    from adept_dist.model.lm import AdeptLM
 
     tok = load_tokenizer(str(smollm2))
     train, _ = encode(real_assets.zen_rows(), tok, 96, " Label : ")  # real text, of several lengths

@@ -12,7 +12,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adept_dist.cli import ONE_CPU_RANK
+from adept_dist.commands.train import ONE_CPU_RANK
 from tests.conftest import REPO, child_env, deepspeed_cmd, run_cmd
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]

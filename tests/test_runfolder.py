@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from adept_dist import lock
+from adept_dist.common import lock
 from tests.conftest import REPO, child_env, run_cmd, write_jsonl
 
 
@@ -43,7 +43,7 @@ def test_lock_refuses_a_second_job_and_is_given_back(tmp_path):
     held = lock.acquire(tmp_path)
     assert json.loads((tmp_path / lock.LOCK).read_text())["pid"] == os.getpid()
     other = subprocess.run(  # another process (job) on the same folder
-        [sys.executable, "-c", f"from pathlib import Path; from adept_dist.lock import acquire; acquire(Path({str(tmp_path)!r}))"],
+        [sys.executable, "-c", f"from pathlib import Path; from adept_dist.common.lock import acquire; acquire(Path({str(tmp_path)!r}))"],
         cwd=REPO, capture_output=True, text=True,
     )  # fmt: skip
     assert other.returncode != 0 and f"is in use by pid {os.getpid()} on {socket.gethostname()}" in other.stderr
@@ -145,9 +145,9 @@ def test_a_job_whose_lock_was_taken_over_writes_nothing_more(tmp_path):
     are not its concern."""
     import torch
 
-    from adept_dist.comm import Dist
-    from adept_dist.errors import EXIT_LOCK_LOST
-    from adept_dist.run import on_main
+    from adept_dist.common.errors import EXIT_LOCK_LOST
+    from adept_dist.distributed.comm import Dist
+    from adept_dist.run.context import on_main
 
     lock.acquire(tmp_path)
     lock.check_held(tmp_path / "checkpoints")  # held: nothing happens
@@ -347,9 +347,9 @@ def fill(disk: Path) -> Path:
 
 
 def test_adapter_export_on_a_full_disk_leaves_the_old_adapter_and_no_temp_folder(small_disk):
-    from adept_dist.adapters import build_adapter
-    from adept_dist.export import WEIGHTS, adapter_config, save_adapter
-    from adept_dist.fileio import write_error
+    from adept_dist.common.fileio import write_error
+    from adept_dist.export.adapter import WEIGHTS, adapter_config, save_adapter
+    from adept_dist.model.adapters import build_adapter
 
     adapter = build_adapter("adept", 60, 64)
     out = save_adapter(small_disk / "adapter", adapter.state_dict(), adapter_config(adapter))
@@ -367,7 +367,7 @@ def test_adapter_export_on_a_full_disk_leaves_the_old_adapter_and_no_temp_folder
 
 
 def test_a_read_only_folder_is_named_as_such(small_disk):
-    from adept_dist.fileio import disk_problem
+    from adept_dist.common.fileio import disk_problem
 
     assert disk_problem(small_disk) is None
     subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
@@ -448,8 +448,9 @@ def test_write_error_says_what_to_do_by_what_the_run_folder_holds(tmp_path):
     adapter, no lock) is run again."""
     import errno
 
-    from adept_dist import checkpoint, fileio
-    from adept_dist.fileio import write_error
+    from adept_dist.common import fileio
+    from adept_dist.common.fileio import write_error
+    from adept_dist.run import checkpoint
 
     # fileio sits below lock.py and checkpoint.py: the names it looks for must be theirs
     assert fileio.RUN_LOCK == lock.LOCK
@@ -491,8 +492,8 @@ def test_a_write_that_fills_the_disk_itself_is_named(small_disk):
     recognised from the write's own error (safetensors: "os error 28")."""
     import torch
 
-    from adept_dist.export import save_adapter
-    from adept_dist.fileio import WriteError
+    from adept_dist.common.fileio import WriteError
+    from adept_dist.export.adapter import save_adapter
 
     filler = fill(small_disk)
     os.truncate(filler, filler.stat().st_size - 3 * 2**20)  # 3 MB free, the adapter needs 8
@@ -506,8 +507,8 @@ def test_resume_from_the_final_checkpoint_drops_the_closing_evaluations(tmp_path
     and the test record are run and logged again, so they are dropped, not duplicated."""
     import torch
 
-    from adept_dist.comm import Dist
-    from adept_dist.run import MetricsLog
+    from adept_dist.distributed.comm import Dist
+    from adept_dist.run.context import MetricsLog
 
     log = MetricsLog(tmp_path / "metrics.jsonl", Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu")))
     records = [{"step": 5, "loss": 1.0}, {"step": 5, "split": "validation"}, {"step": 10, "loss": 0.5},
@@ -527,8 +528,8 @@ def test_resume_drops_lines_that_are_not_records_and_keeps_them_aside(tmp_path, 
     why, the exact text), and one line says so; the good lines up to the checkpoint stay as they were."""
     import torch
 
-    from adept_dist.comm import Dist
-    from adept_dist.run import MetricsLog
+    from adept_dist.distributed.comm import Dist
+    from adept_dist.run.context import MetricsLog
 
     path = tmp_path / "metrics.jsonl"
     lines = [
@@ -575,9 +576,9 @@ def test_metrics_and_results_writes_on_a_full_disk_keep_what_was_there(small_dis
     old one; both failures are WriteError (exit code 4) naming the file and the full disk."""
     import torch
 
-    from adept_dist.comm import Dist
-    from adept_dist.fileio import WriteError, write_json
-    from adept_dist.run import MetricsLog, on_main
+    from adept_dist.common.fileio import WriteError, write_json
+    from adept_dist.distributed.comm import Dist
+    from adept_dist.run.context import MetricsLog, on_main
 
     d = Dist(rank=0, world=1, local_rank=0, device=torch.device("cpu"))
     log = MetricsLog(small_disk / "metrics.jsonl", d)

@@ -15,19 +15,17 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from adept_dist.artifacts import ArtifactError, restore_best, run_fields
-from adept_dist.checkpoint import (
-    CONSOLIDATED,
-    META,
-    CheckpointError,
-    read_meta,
-)
-from adept_dist.comm import Dist
-from adept_dist.config import CONFIG_FILE, ConfigError, make_config, read_run_config
-from adept_dist.export import CONFIG, WEIGHTS, AdapterFileError, adapter_config, load_adapter, save_adapter
-from adept_dist.exporter import main as export_main
-from adept_dist.merge import MERGE_INFO, PROMPT_FILE, merge
-from adept_dist.schema import BestFile, LockFile, ResultsFile, SchemaError, read_json
+from adept_dist.commands.export import main as export_main
+from adept_dist.common.errors import ConfigError
+from adept_dist.common.schema import BestFile, LockFile, ResultsFile, SchemaError, read_json
+from adept_dist.config.options import CONFIG_FILE
+from adept_dist.config.record import read_run_config
+from adept_dist.config.resolve import make_config
+from adept_dist.distributed.comm import Dist
+from adept_dist.export.adapter import CONFIG, WEIGHTS, AdapterFileError, adapter_config, load_adapter, save_adapter
+from adept_dist.export.merge import MERGE_INFO, PROMPT_FILE, merge
+from adept_dist.run.artifacts import ArtifactError, restore_best, run_fields
+from adept_dist.run.checkpoint import CONSOLIDATED, META, CheckpointError, read_meta
 from tests.conftest import DIST_ENV, run_cmd, write_jsonl
 from tests.test_model import perturbed_adept
 
@@ -42,7 +40,7 @@ def one_error_line(err: str) -> str:
 @pytest.fixture
 def adapter_dir(tmp_path, tiny_model_dir):
     """An ADePT adapter for the tiny LLaMA, written by save_adapter with every field a run writes."""
-    from adept_dist.backbone import load_config
+    from adept_dist.model.backbone import load_config
 
     adapter = perturbed_adept(64)
     cfg = adapter_config(adapter, base_model=str(tiny_model_dir), task=None, compute_dtype="fp32", quant="none",
@@ -303,7 +301,7 @@ def test_run_configs_of_earlier_releases_still_read(tmp_path):
 def test_resume_and_export_refuse_a_bad_run_config_in_one_line(tmp_path, monkeypatch, capsys):
     """train.py --resume reads config.json before anything else; export.py --checkpoint of a
     checkpoint without its own settings (an earlier release's) reads its run folder's."""
-    from adept_dist.cli import main as train_main
+    from adept_dist.commands.train import main as train_main
 
     run = tmp_path / "run"
     folder, _, _ = hand_checkpoint(run, "run-a")
@@ -355,7 +353,7 @@ def test_best_json_and_the_best_adapter_are_checked_on_resume(tmp_path, capsys):
 def test_results_best_and_lock_schemas(tmp_path):
     """The schemas of results.json (read by launch/collect_results.py), best.json and lock.json
     accept what their writers write and name a bad field."""
-    from adept_dist import lock
+    from adept_dist.common import lock
 
     results = {"task": "rte", "method": "adept", "seed": 42, "model": "m", "k_shot": None, "max_steps": 10,
                "init_adapter": None, "trainable_parameters": 100, "metrics": ["accuracy"],

@@ -18,7 +18,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from adept_dist import builtin
+from adept_dist.model import builtin
 from tests.conftest import REPO
 from tests.slurm_harness import LocalSlurm, ensure_slurm_installed
 
@@ -146,7 +146,7 @@ def test_killed_rank_ends_the_job_then_requeue_resumes(cluster, reference, tmp_p
     victims = [
         p
         for p in psutil.process_iter(["cmdline", "environ"])
-        if "adept_dist.cli" in " ".join(p.info["cmdline"] or [])
+        if "adept_dist.commands.train" in " ".join(p.info["cmdline"] or [])
         and (p.info["environ"] or {}).get("SLURM_PROCID") == "1"
         and (p.info["environ"] or {}).get("SLURM_JOB_ID") == str(job)
     ]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adept_dist.data import DataError, collate
-from adept_dist.taskdata import (
+from adept_dist.data.examples import DataError, collate
+from adept_dist.data.splits import (
     attempt_permutation,
     few_shot,
     format_rows,
@@ -18,7 +18,7 @@ from adept_dist.taskdata import (
     prepare_main,
     unpack,
 )
-from adept_dist.tasks import TASKS, get_task, mark_span
+from adept_dist.data.tasks import TASKS, get_task, mark_span
 from tests.task_fixtures import BAD_ROWS, FIXTURES
 from tests.taskutil import write_copy
 
@@ -252,7 +252,8 @@ def test_wsc_marks_spans_by_word_index():
 
 
 def test_unknown_task_and_config_conflicts():
-    from adept_dist.config import ConfigError, make_config
+    from adept_dist.common.errors import ConfigError
+    from adept_dist.config.resolve import make_config
 
     with pytest.raises(ValueError, match="unknown task 'rtee'"):
         get_task("rtee")

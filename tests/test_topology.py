@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from adept_dist import traffic
-from adept_dist.topology import TopologyError, discover_nodes, nodes_from_keys, shard_groups
+from adept_dist.distributed import traffic
+from adept_dist.distributed.topology import TopologyError, discover_nodes, nodes_from_keys, shard_groups
 from tests.conftest import run_gloo
 
 

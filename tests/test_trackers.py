@@ -7,8 +7,9 @@ import sys
 
 import pytest
 
-from adept_dist.config import ConfigError, make_config
-from adept_dist.trackers import TrackerError, flat_scalars, parse_report_to, start
+from adept_dist.common.errors import ConfigError
+from adept_dist.common.trackers import TrackerError, flat_scalars, parse_report_to, start
+from adept_dist.config.resolve import make_config
 from tests.conftest import run_cmd, write_jsonl
 
 
@@ -44,8 +45,8 @@ def test_a_missing_tracker_package_is_one_line_naming_the_install(tmp_path, monk
 
 
 def test_a_tracker_that_fails_stops_reporting_and_the_run_goes_on(tmp_path, capsys):
-    from adept_dist.comm import Dist
-    from adept_dist.run import MetricsLog
+    from adept_dist.distributed.comm import Dist
+    from adept_dist.run.context import MetricsLog
 
     class Broken:
         def log(self, record):

@@ -1,0 +1,1 @@
+"""A training run: build, the loop, checkpoints and resume, evaluation, the run's artifacts, the optimizer."""

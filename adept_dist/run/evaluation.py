@@ -1,0 +1,214 @@
+"""Evaluation: rank-sharded batched decoding (which predict.py uses too), a split's loss and
+metrics, and model selection by validation (the files it keeps: artifacts.py).
+
+Batches are cut from the examples sorted by length and dealt round-robin to the ranks, so every
+batch, and so every prediction (sampled ones too: each batch draws from its own seeded
+generator), is the same at any number of ranks. Under ZeRO-3 every forward is collective: all
+ranks run the same number of rounds (a rank out of examples runs a dummy batch) and stop
+generating together.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from adept_dist.common.fileio import write_jsonl
+from adept_dist.common.progress import Progress
+from adept_dist.data import metrics
+from adept_dist.data.examples import Example, collate
+from adept_dist.data.tasks import find_task
+from adept_dist.distributed.comm import Dist, all_reduce_sum
+from adept_dist.distributed.zero import full_fp32_state, set_full_weights
+from adept_dist.model.adapters import IGNORE_INDEX
+from adept_dist.model.lm import AdeptLM, Sampling
+from adept_dist.run.artifacts import write_best
+from adept_dist.run.context import Run, TrainError, log0, on_main
+
+
+# ----------------------------------------------------------------------------- decoding, any world size
+def rank_batches(examples: list[Example], batch_size: int, world: int, rank: int):
+    """This rank's (global batch number, example indices) and the rounds every rank runs."""
+    order = sorted(range(len(examples)), key=lambda i: (len(examples[i].input_ids), i))
+    batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
+    return list(enumerate(batches))[rank::world], math.ceil(len(batches) / world)
+
+
+def batch_generator(seed: int, batch_number: int) -> torch.Generator:
+    return torch.Generator().manual_seed((seed * 1_000_003 + batch_number) % (2**63))
+
+
+@torch.no_grad()
+def decode_examples(
+    model: AdeptLM,
+    examples: list[Example],
+    pad_id: int,
+    eos_id: int,
+    d: Dist,
+    batch_size: int,
+    max_new_tokens: int,
+    sampling: Sampling | None = None,
+    seed: int = 0,
+    with_loss: bool = False,
+    desc: str = "predict",
+    share_prompt: bool = True,
+) -> tuple[list[tuple[int, list[int]]], torch.Tensor]:
+    """Generate after each example's source (its first `source_len` ids) on this rank's share.
+
+    Returns [(example index, generated ids up to EOS)] of this rank, and (summed target loss, target
+    tokens) over all ranks when `with_loss` (teacher-forced on the examples' targets). The soft
+    prompt's keys and values are computed once for all batches (`share_prompt=False`: in every row,
+    the reference path)."""
+    mine, rounds = rank_batches(examples, batch_size, d.world, d.rank)
+
+    def finished(done: torch.Tensor, real: bool) -> bool:  # every rank's batch has ended
+        if d.world == 1:
+            return bool(done.all())
+        flag = torch.tensor([0.0 if (done.all() or not real) else 1.0], dtype=torch.float64)
+        return all_reduce_sum(flag).item() == 0
+
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64)
+    out: list[tuple[int, list[int]]] = []
+    bar = Progress(rounds, desc, enabled=d.main, nested=True)
+    prompt_kv = model.prompt_kv(d.device) if share_prompt else None  # once: the adapter does not change here
+    for r in range(rounds):
+        real = r < len(mine)
+        number, idx = mine[r] if real else (0, [0])
+        if with_loss:
+            batch = collate([examples[i] for i in idx], pad_id, None)
+            if not real:
+                batch["labels"].fill_(IGNORE_INDEX)
+            loss, ntok = model(**{k: v.to(d.device) for k, v in batch.items()})
+            if real:
+                sums += torch.stack([loss.double().cpu(), ntok.double().cpu()])
+        sources = [Example(examples[i].input_ids[: examples[i].source_len], 0, 0) for i in idx]
+        src = collate(sources, pad_id, None, left=True)
+        gen = model.generate(
+            src["input_ids"].to(d.device),
+            src["attention_mask"].to(d.device),
+            max_new_tokens,
+            eos_id,
+            finished=lambda done, real=real: finished(done, real),
+            sampling=sampling,
+            generator=batch_generator(seed, number),
+            prompt_kv=prompt_kv,
+            share_prompt=share_prompt,
+        )
+        if real:
+            for i, ids in zip(idx, gen.tolist()):
+                out.append((i, ids[: ids.index(eos_id)] if eos_id in ids else ids))
+        bar.update(1)
+    bar.close()
+    if with_loss:
+        all_reduce_sum(sums)
+    model.train(was_training)
+    return out, sums
+
+
+def gather_to_main(d: Dist, items: list, n: int) -> list | None:
+    """Every rank's [(index, value)] -> the values in index order on the main process (None elsewhere)."""
+    if d.world == 1:
+        parts = [items]
+    else:
+        parts = [None] * d.world
+        dist.all_gather_object(parts, items)
+    if not d.main:
+        return None
+    by_index = dict(p for part in parts for p in part)
+    return [by_index[i] for i in range(n)]
+
+
+def source_text(tokenizer, e: Example) -> str:
+    """The text the model read before its answer: the task's formatting and the separator included,
+    cut as it was to max_length."""
+    return tokenizer.decode(e.input_ids[: e.source_len], skip_special_tokens=True)
+
+
+# ----------------------------------------------------------------------------- a run's evaluation
+@torch.no_grad()
+def evaluate(run: Run, split: str) -> dict:
+    """Teacher-forced loss and the task's metrics of greedy predictions on one split, every rank
+    decoding its share of the batches (decode_examples). Predictions are gathered and scored
+    on the main process; every rank gets the scores."""
+    d, dc, data = run.d, run.cfg.data, run.data
+    es = data.evals[split]
+    tok = run.tokenizer
+    task = find_task(data.name)
+    max_new = dc.max_new_tokens or (task and task.max_new_tokens) or max(e.n_target for e in es.examples)
+    mine, sums = decode_examples(
+        run.model, es.examples, tok.pad_token_id, tok.eos_token_id, d, dc.eval_batch_size, max_new,
+        with_loss=True, desc=f"eval {split}",
+    )  # fmt: skip
+    ordered = gather_to_main(d, [(i, tok.decode(ids, skip_special_tokens=True).strip()) for i, ids in mine],
+                             len(es.examples))  # fmt: skip
+
+    def score_and_write() -> dict:
+        try:
+            scores = metrics.compute(
+                data.metrics, ordered, es.refs, data.labels, allow_code_execution=dc.allow_code_execution
+            )
+        except metrics.MetricError as exc:
+            raise TrainError(f"scoring the {split} split: {exc}") from None
+        pred_dir = run.out / "predictions"
+        rows = [
+            {"index": i, "input": source_text(tok, e), "prediction": text, **ref}
+            for i, (e, text, ref) in enumerate(zip(es.examples, ordered, es.refs))
+        ]
+        pred_dir.mkdir(exist_ok=True)
+        write_jsonl(pred_dir / f"{split}.jsonl", rows, ensure_ascii=True)
+        return scores
+
+    scores = on_main(d, score_and_write, f"the {split} predictions", run.out / "predictions",
+                     "earlier files are intact", returns=True)  # fmt: skip
+    prefix = "eval" if split == "validation" else split
+    return {
+        "split": split,
+        f"{prefix}_loss": (sums[0] / sums[1]).item(),
+        f"{prefix}_examples": len(es.examples),
+        **{f"{prefix}_{k}": v for k, v in scores.items()},
+    }
+
+
+def keep_if_best(run: Run, res: dict) -> bool:
+    """Model selection: the adapter with the best validation score of the task's first metric so
+    far becomes OUT/adapter (and its scores OUT/best.json). Ties keep the earlier step."""
+    metric = run.data.metrics[0]
+    value = res[f"eval_{metric}"]
+    if run.best is not None and value <= run.best["value"]:
+        return False
+    run.best = {"step": run.step, "metric": metric, "value": value, "validation": res}
+    run.best_state = full_fp32_state(run.model.adapter.named_parameters())  # collective
+    write_best(run)
+    return True
+
+
+def describe(res: dict, prefix: str) -> str:
+    return ", ".join(
+        f"{k[len(prefix) + 1 :]} {v:.4g}"
+        for k, v in res.items()
+        if k.startswith(prefix + "_") and not isinstance(v, str)
+    )
+
+
+def score_test(run: Run) -> dict:
+    """The selected adapter (the best by validation, else the last) on the test split, logged."""
+    if run.best_state is not None:
+        set_full_weights(run.model.adapter.named_parameters(), run.best_state)  # collective
+    test = {"step": run.best["step"] if run.best else run.step, **evaluate(run, "test")}
+    run.metrics.write(test)
+    log0(run.d, "test (selected adapter): " + describe(test, "test"))
+    return test
+
+
+def run_validation(run: Run) -> dict:
+    """Evaluate on the validation split, log it, and keep the adapter if it is the best so far."""
+    res = {"step": run.step, **evaluate(run, "validation")}
+    res["eval_metric"] = run.data.metrics[0]
+    run.metrics.write(res)
+    best = keep_if_best(run, res)
+    log0(run.d, f"step {run.step} validation: {describe(res, 'eval')}" + (" (best so far)" if best else ""))
+    return res
