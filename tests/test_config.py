@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
 
 from adept_dist.common.errors import ConfigError
-from adept_dist.config.resolve import make_config, parse_config
+from adept_dist.config.options import Config
+from adept_dist.config.resolve import check_given, check_resolved, make_config, parse_config, resolve_config
 from adept_dist.distributed.dsconfig import resolve_ds_config
 from tests.conftest import REPO
 
@@ -19,6 +21,30 @@ def test_defaults_and_derived_values():
     assert cfg.optim.max_steps == 300 and cfg.optim.warmup_steps == 30  # built-in task: 300 steps, 10% warmup
     user, _ = parse_config(["--model", "x", "--train_file", "t.jsonl", "--method", "pt", "--local_rank=1"])
     assert user.adapter.prompt_length == 100 and user.optim.max_steps == 30000 and user.optim.warmup_steps == 500
+
+
+def test_the_configuration_is_resolved_in_one_pure_pass_and_checks_change_nothing():
+    """resolve_config returns a new Config and leaves the parsed one as it was; the checks only read;
+    Config.replaced copies. (Before the house issue check_config filled defaults in place and the
+    build rewrote the config twice.)"""
+    raw = Config()
+    raw.data.task = "rte"
+    before = copy.deepcopy(raw)
+    resolved = resolve_config(raw)
+    assert raw == before and resolved is not raw and resolved.data is not raw.data
+    assert (raw.adapter.prompt_length, raw.optim.max_steps, raw.optim.lr_ffn, raw.data.pack_tokens) == (None,) * 4
+    assert (resolved.adapter.prompt_length, resolved.optim.lr_ffn, resolved.data.pack_tokens) == (60, 1e-4, 4096)
+    assert resolved.optim.max_steps > 1000 and resolved.run.eval_every == 1000  # a paper task: the reference's
+    assert resolve_config(resolved) == resolved  # resolving twice changes nothing
+    cfg = make_config({"method": "pt", "max_length": 5000})
+    kept = copy.deepcopy(cfg)
+    check_given(cfg)
+    check_resolved(cfg)
+    assert cfg == kept
+    other = cfg.replaced(loader="layerwise", shard_scope="node", compute_dtype="fp32")
+    assert cfg == kept and (other.model.loader, other.run.shard_scope, other.model.compute_dtype) == (
+        "layerwise", "node", "fp32")  # fmt: skip
+    assert other.adapter is cfg.adapter  # untouched sections are shared, never copied into a second truth
 
 
 def test_packing_is_on_wherever_it_is_exact():

@@ -28,6 +28,7 @@ import torch.distributed as dist
 
 from adept_dist.common.errors import EXIT_USER_ERROR, ConfigError, exit_process, guarded
 from adept_dist.common.fileio import write_jsonl
+from adept_dist.config.resolve import choose_loader
 from adept_dist.data.examples import ENCODING, DataError, Example, Joiner, leading_ids, read_records
 from adept_dist.data.tasks import find_task
 from adept_dist.distributed.comm import Dist
@@ -47,7 +48,7 @@ from adept_dist.model.backbone import (
 from adept_dist.model.lm import AdeptLM, Sampling
 from adept_dist.model.loader import load_layerwise, partition_adapter
 from adept_dist.plan import measure
-from adept_dist.run.build import choose_loader, convert_gguf
+from adept_dist.run.build import convert_gguf
 from adept_dist.run.context import log0
 from adept_dist.run.evaluation import decode_examples, gather_to_main
 

@@ -209,6 +209,14 @@ class Config:
         return RunSettings(d.micro_batch_size, d.grad_accum, d.global_batch(world), o.grad_clip,
                            self.model.compute_dtype, self.model.quant, lrs, o.adam_eps, o.weight_decay)  # fmt: skip
 
+    def replaced(self, **values) -> Config:
+        """A new Config with these options set (each in its section); this one is left as it was."""
+        sections = {name: getattr(self, name) for name in SECTIONS}
+        for name, value in values.items():
+            sec = FIELD_SECTION[name]
+            sections[sec] = dataclasses.replace(sections[sec], **{name: value})
+        return dataclasses.replace(self, **sections)
+
     def to_dict(self) -> dict:
         return {name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}
 

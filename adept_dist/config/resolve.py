@@ -7,26 +7,25 @@ from adept_dist.common.errors import ConfigError
 from adept_dist.common.trackers import TrackerError, parse_report_to
 from adept_dist.config.options import FIELD_SECTION, Config, _check_value, build_parser, load_config_file
 from adept_dist.data.tasks import get_task
+from adept_dist.model.backbone import DENSE_TYPES
 
 POSITIVE_OPTIONS = ("prompt_length", "offset_rank", "max_length", "micro_batch_size", "grad_accum", "eval_batch_size",
                     "max_new_tokens", "max_eval_samples", "k_shot", "validation_size", "log_every", "eval_every",
                     "save_every", "keep_checkpoints", "shard_group_size", "ranks_per_node")  # fmt: skip
 
+PACK_TOKENS_MIN = 4096  # the default packed row: long enough to pack, short enough for its (L, L) mask
 
-def check_config(cfg: Config) -> None:
-    """Cross-field checks and defaults that depend on other fields."""
+
+def check_given(cfg: Config) -> None:
+    """The checks of the options as given (before any default is filled); reads cfg, changes nothing."""
     a, d, o, r = cfg.adapter, cfg.data, cfg.optim, cfg.run
     if cfg.model.quant == "int8":
         raise ConfigError(
             "--quant int8 is not supported: bitsandbytes 8-bit weights lose their scales under ZeRO-3; use --quant nf4"
         )
-    if a.prompt_length is None:
-        a.prompt_length = 100 if a.method == "pt" else 60
-    positive = {name: cfg.value(name) for name in POSITIVE_OPTIONS}
-    for name, value in positive.items():
-        if value is not None and value < 1:
+    for name in POSITIVE_OPTIONS:
+        if (value := cfg.value(name)) is not None and value < 1:
             raise ConfigError(f"option {name} must be >= 1, got {value}")
-    check_packing(cfg)
     if r.ds_config == "auto" and r.shard_scope not in (None, "auto"):
         raise ConfigError(f"--ds_config auto lets the plan choose the sharding scope, which --shard_scope {r.shard_scope} "
                           f"sets: drop one of them")  # fmt: skip
@@ -44,16 +43,13 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"option dropout must be in [0, 1), got {a.dropout}")
     if o.max_steps is not None and o.max_steps < 0:
         raise ConfigError(f"option max_steps must be >= 0, got {o.max_steps}")
-    builtin_task = d.train_file is None and d.task is None
     try:
         task = get_task(d.task) if d.task is not None else None
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    if o.lr_ffn is None:  # both values are in the reference's grid (1e-4, 5e-4, 1e-3, 5e-3)
-        o.lr_ffn = 1e-3 if builtin_task else 1e-4
     for name in ("lr_prompt", "lr_ffn", "adam_eps"):
-        if getattr(o, name) <= 0:
-            raise ConfigError(f"option {name} must be > 0, got {getattr(o, name)}")
+        if (value := getattr(o, name)) is not None and value <= 0:
+            raise ConfigError(f"option {name} must be > 0, got {value}")
     if o.grad_clip < 0 or o.weight_decay < 0:
         raise ConfigError("options grad_clip and weight_decay must be >= 0")
     if d.train_file is not None and cfg.model.model is None:
@@ -74,41 +70,67 @@ def check_config(cfg: Config) -> None:
             f"task {d.task} is scored by running the generated programs: pass --allow_code_execution "
             f"(in a container or VM) to accept that"
         )
-    if o.max_steps is None:
-        o.max_steps = task.max_steps if task else 300 if builtin_task else 30000
-    if r.eval_every is None and d.task is not None and o.max_steps > 1000:
-        r.eval_every = 1000  # the reference evaluates every 1000 steps
-    if o.warmup_steps is None:
-        o.warmup_steps = min(500, o.max_steps // 10)
     if r.reschedule and not r.resume:
         raise ConfigError("--reschedule changes the schedule of a resumed run: it needs --resume (and --max_steps)")
-    if o.warmup_steps < 0 or (o.warmup_steps >= o.max_steps and o.max_steps > 1 and o.warmup_steps > 0):
-        raise ConfigError(f"warmup_steps={o.warmup_steps} must be in [0, max_steps={o.max_steps})")
-
-
-PACK_TOKENS_MIN = 4096  # the default row: long enough to pack, short enough for its (L, L) mask
-
-
-def check_packing(cfg: Config) -> None:
-    """Resolve --packing (None: on wherever it is exact and the attention kernel takes its mask) and
-    --pack_tokens, or refuse a combination that cannot pack."""
-    from adept_dist.model.lm import PACKED_ATTENTION
-
-    a, d, attn = cfg.adapter, cfg.data, cfg.model.attn_implementation
-    if d.packing is None:
-        d.packing = a.method != "dept" and attn in PACKED_ATTENTION
     if d.packing and a.method == "dept":
         raise ConfigError("--packing does not apply to dept (its offsets are per position over a fixed length): pass "
                           "--no-packing")  # fmt: skip
+
+
+def resolve_config(cfg: Config) -> Config:
+    """The one resolution pass: a new Config whose defaults that depend on other options are filled
+    (prompt length by method, packing by method and attention, the packed row's length, the FFN's
+    learning rate, steps, evaluation interval and warmup by task); `cfg` is left as it was."""
+    from adept_dist.model.lm import PACKED_ATTENTION
+
+    a, d, o, r = cfg.adapter, cfg.data, cfg.optim, cfg.run
+    builtin_task = d.train_file is None and d.task is None
+    task = get_task(d.task) if d.task is not None else None
+    prompt_length = a.prompt_length if a.prompt_length is not None else 100 if a.method == "pt" else 60
+    packing = (
+        d.packing if d.packing is not None else a.method != "dept" and cfg.model.attn_implementation in PACKED_ATTENTION
+    )
+    max_steps = o.max_steps if o.max_steps is not None else task.max_steps if task else 300 if builtin_task else 30000
+    values = {
+        "prompt_length": prompt_length,
+        "packing": packing,
+        "pack_tokens": d.pack_tokens
+        if d.pack_tokens is not None
+        else max(PACK_TOKENS_MIN, prompt_length + d.max_length),
+        # both values are in the reference's grid (1e-4, 5e-4, 1e-3, 5e-3)
+        "lr_ffn": o.lr_ffn if o.lr_ffn is not None else 1e-3 if builtin_task else 1e-4,
+        "max_steps": max_steps,
+        # the reference evaluates every 1000 steps
+        "eval_every": 1000 if r.eval_every is None and d.task is not None and max_steps > 1000 else r.eval_every,
+        "warmup_steps": o.warmup_steps if o.warmup_steps is not None else min(500, max_steps // 10),
+    }
+    return cfg.replaced(**values)
+
+
+def check_resolved(cfg: Config) -> None:
+    """The checks that need the resolved values; reads cfg, changes nothing."""
+    from adept_dist.model.lm import PACKED_ATTENTION
+
+    a, d, o, attn = cfg.adapter, cfg.data, cfg.optim, cfg.model.attn_implementation
     if d.packing and attn not in PACKED_ATTENTION:
         raise ConfigError(f"--packing needs --attn_implementation {' or '.join(PACKED_ATTENTION)} (it passes its own "
                           f"attention mask), not {attn}: pass --no-packing or change the attention")  # fmt: skip
     need = a.prompt_length + d.max_length
-    if d.pack_tokens is None:
-        d.pack_tokens = max(PACK_TOKENS_MIN, need)
-    elif d.pack_tokens < need:
+    if d.pack_tokens < need:
         raise ConfigError(f"--pack_tokens {d.pack_tokens} cannot hold the longest example: it needs --prompt_length + "
                           f"--max_length = {need}; raise --pack_tokens")  # fmt: skip
+    if o.warmup_steps < 0 or (o.warmup_steps >= o.max_steps and o.max_steps > 1 and o.warmup_steps > 0):
+        raise ConfigError(f"warmup_steps={o.warmup_steps} must be in [0, max_steps={o.max_steps})")
+
+
+def choose_loader(option: str, zero3: bool, model_type: str, ds_path: str) -> str:
+    """layerwise or transformers. auto: layerwise under ZeRO-3 for the dense families its bitwise
+    test covers; MoE experts load through transformers."""
+    if option == "layerwise" and not zero3:
+        raise ConfigError(f"--loader layerwise partitions the backbone with ZeRO-3: {ds_path} is not stage 3")
+    if zero3 and (option == "layerwise" or (option == "auto" and model_type in DENSE_TYPES)):
+        return "layerwise"
+    return "transformers"
 
 
 def parse_config(argv: list[str] | None = None) -> tuple[Config, int | None]:
@@ -129,5 +151,7 @@ def make_config(values: dict) -> Config:
         section = getattr(cfg, sec)
         setattr(section, name, _check_value(name, value, type(section)))
     cfg.given = frozenset(values)
-    check_config(cfg)
-    return cfg
+    check_given(cfg)
+    resolved = resolve_config(cfg)
+    check_resolved(resolved)
+    return resolved

@@ -29,19 +29,19 @@ from adept_dist.common.fileio import now, write_json
 from adept_dist.common.trackers import parse_report_to
 from adept_dist.config.options import CONFIG_FILE, Config
 from adept_dist.config.record import read_run_config, resumed_config
+from adept_dist.config.resolve import choose_loader
 from adept_dist.data import splits
 from adept_dist.data.examples import ENCODING, UNKNOWN_WARN_SHARE, make_stream, unknown_shares
 from adept_dist.data.tasks import get_task
 from adept_dist.distributed import traffic
 from adept_dist.distributed.comm import Dist
 from adept_dist.distributed.dsconfig import AUTO, DEFAULT_DS_CONFIG, apply_shard_scope, resolve_ds_config, zero_stage
-from adept_dist.distributed.topology import discover_nodes, make_layout
+from adept_dist.distributed.topology import Layout, discover_nodes, make_layout
 from adept_dist.distributed.zero import build_engine, full_numel, gathered
 from adept_dist.export.adapter import load_adapter
 from adept_dist.model import builtin, gguf
 from adept_dist.model.adapters import PromptAdapter, build_adapter
 from adept_dist.model.backbone import (
-    DENSE_TYPES,
     DTYPES,
     load_backbone,
     load_config,
@@ -73,7 +73,6 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
         stored = read_run_config(out / CONFIG_FILE, text)
         check_not_finished(out, cfg, stored)
         check_encoding(out, stored)
-    cfg.model.compute_dtype = resolve_compute_dtype(cfg.model.compute_dtype, d.device)
     check_output_dir(out, cfg.run.resume)
     dist.barrier()  # every rank has looked before the main one writes
     if d.main:
@@ -88,25 +87,7 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
-    ds_path = DEFAULT_DS_CONFIG if cfg.run.ds_config == AUTO else cfg.run.ds_config
-    ds_config = resolve_ds_config(ds_path, cfg.ds_settings(d.world))
-    scope = cfg.run.shard_scope
-    if scope == AUTO or (scope is None and cfg.run.ds_config == AUTO):
-        scope = planned_scope(cfg, d, model_config.to_dict(), ds_config, model_name)
-    ds_config, cfg.run.shard_scope, note = apply_shard_scope(ds_config, scope, ds_path)
-    if note:
-        log0(d, note)
-    layout, group = make_layout(cfg.run.shard_scope, cfg.run.shard_group_size, cfg.run.ranks_per_node)
-    traffic.COUNTER.set_nodes(list(layout.nodes), d.rank)
-    log0(d, layout.describe())
-    zero3 = zero_stage(ds_config) == 3
-    cfg.model.loader = choose_loader(cfg.model.loader, zero3, model_config.model_type, ds_path)
-    if group is not None and cfg.model.loader != "layerwise":
-        raise ConfigError(f"--shard_scope node partitions each layer over its group as it is loaded, which the "
-                          f"{cfg.model.loader} loader cannot: drop --loader {cfg.model.loader}")  # fmt: skip
-    if cfg.model.loader == "layerwise" and Path(resolve_source(model_name)).is_dir():  # .bin-only: refused before data
-        shard_map(Path(resolve_source(model_name)), model_name, "the layerwise loader (the default under ZeRO-3)",
-                  "pass --loader transformers, or ")  # fmt: skip
+    cfg, ds_config, layout, group = place(cfg, d, model_config, model_name)
     tokenizer = load_tokenizer(model_name)
     data = load_data(cfg, d, tokenizer, files)
 
@@ -137,6 +118,34 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     stream = make_stream(lengths, cfg.optim.seed, cfg.data.global_batch(d.world), window)
     return RunParts(cfg, d, out, tokenizer, data, model, stream, ds_config, cfg.model.model or "builtin", model_name,
                     layout)  # fmt: skip
+
+
+def place(cfg: Config, d: Dist, model_config, model_name: str) -> tuple[Config, dict, Layout, object]:
+    """The options this machine and this model decide, chosen once (collective): the compute dtype
+    (the device), the DeepSpeed JSON and the sharding scope (the plan's for "auto"), the loader (the
+    model's family, ZeRO's stage). Returns the config with them set (a new one: config.json records
+    them), the DeepSpeed JSON as it runs, the layout and this rank's shard group."""
+    cfg = cfg.replaced(compute_dtype=resolve_compute_dtype(cfg.model.compute_dtype, d.device))
+    ds_path = DEFAULT_DS_CONFIG if cfg.run.ds_config == AUTO else cfg.run.ds_config
+    ds_config = resolve_ds_config(ds_path, cfg.ds_settings(d.world))
+    scope = cfg.run.shard_scope
+    if scope == AUTO or (scope is None and cfg.run.ds_config == AUTO):
+        scope = planned_scope(cfg, d, model_config.to_dict(), ds_config, model_name)
+    ds_config, scope, note = apply_shard_scope(ds_config, scope, ds_path)
+    if note:
+        log0(d, note)
+    layout, group = make_layout(scope, cfg.run.shard_group_size, cfg.run.ranks_per_node)
+    traffic.COUNTER.set_nodes(list(layout.nodes), d.rank)
+    log0(d, layout.describe())
+    zero3 = zero_stage(ds_config) == 3
+    loader = choose_loader(cfg.model.loader, zero3, model_config.model_type, ds_path)
+    if group is not None and loader != "layerwise":
+        raise ConfigError(f"--shard_scope node partitions each layer over its group as it is loaded, which the "
+                          f"{loader} loader cannot: drop --loader {loader}")  # fmt: skip
+    if loader == "layerwise" and Path(resolve_source(model_name)).is_dir():  # .bin-only: refused before data
+        shard_map(Path(resolve_source(model_name)), model_name, "the layerwise loader (the default under ZeRO-3)",
+                  "pass --loader transformers, or ")  # fmt: skip
+    return cfg.replaced(shard_scope=scope, loader=loader), ds_config, layout, group
 
 
 def size(n: float) -> str:
@@ -330,16 +339,6 @@ def check_positions(cfg: Config, model_config, model_name: str) -> None:
             f"--prompt_length {m} + --max_length {length} = {m + length} positions, but model {model_name} has "
             f"{limit}: lower --max_length or --prompt_length"
         )
-
-
-def choose_loader(option: str, zero3: bool, model_type: str, ds_path: str) -> str:
-    """layerwise or transformers. auto: layerwise under ZeRO-3 for the dense families its bitwise
-    test covers; MoE experts load through transformers."""
-    if option == "layerwise" and not zero3:
-        raise ConfigError(f"--loader layerwise partitions the backbone with ZeRO-3: {ds_path} is not stage 3")
-    if zero3 and (option == "layerwise" or (option == "auto" and model_type in DENSE_TYPES)):
-        return "layerwise"
-    return "transformers"
 
 
 def load_data(cfg: Config, d: Dist, tokenizer, files: dict) -> splits.TaskData:
