@@ -21,7 +21,7 @@ import torch
 from adept_dist.common.fileio import atomic_write
 from adept_dist.data import bigbench
 from adept_dist.data.examples import DataError, Example, encode, read_rows
-from adept_dist.data.tasks import Task
+from adept_dist.data.tasks import Task, is_bigbench
 
 CACHE_VERSION = 2  # bump when formatting or encoding changes (2: data.leading_ids, data.Joiner)
 FORMATS = {".jsonl": "json", ".json": "json", ".csv": "csv", ".parquet": "parquet"}
@@ -348,7 +348,7 @@ def prepare_main(task: Task | None, tokenizer, opts: dict, cache_dir: Path | Non
     """Main process: a task's data from the cache, or built and cached."""
     if task is None:
         return build_file_data(opts, tokenizer)
-    if bigbench.is_bigbench(task.name):  # its labels and metric follow from the examples
+    if is_bigbench(task.name):  # its labels and metric follow from the examples
         task, raw, read_info = bigbench.load(task, opts["data_dir"])
     else:
         raw, read_info = {s: load_split(task, opts["data_dir"], s) for s in task.hub_splits()}, {}
