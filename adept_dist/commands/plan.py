@@ -16,6 +16,7 @@ import sys
 from pathlib import Path
 
 from adept_dist.common.errors import EXIT_OK, EXIT_USER_ERROR, UserError
+from adept_dist.distributed.dsconfig import DEFAULT_DS_CONFIG
 from adept_dist.model.adapters import METHODS
 from adept_dist.plan.inputs import (
     DEFAULT_HEADROOM,
@@ -65,7 +66,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--target_tokens", type=int, default=None,
                    help="target tokens per example (the logits are kept for these); default: every token")  # fmt: skip
     p.add_argument("--shard_group_size", type=int, default=None, help="node scope's shard group; default a node")
-    p.add_argument("--ds_config", default="ds_configs/zero3.json", help="the ZeRO-3 JSON the plan starts from")
+    p.add_argument("--ds_config", default=DEFAULT_DS_CONFIG, help="the ZeRO-3 JSON the plan starts from")
     p.add_argument("--write_ds_config", default=None, help="write the recommended scope's DeepSpeed JSON here")
     p.add_argument("--json", action="store_true", help='print {"recommended": ..., "layouts": [...]} only')
     return p.parse_args(argv)

@@ -16,7 +16,7 @@ from pathlib import Path
 from adept_dist.common.errors import ConfigError
 from adept_dist.common.fileio import refuse_duplicate_keys
 from adept_dist.data.tasks import TASKS
-from adept_dist.distributed.dsconfig import RunSettings
+from adept_dist.distributed.dsconfig import DEFAULT_DS_CONFIG, RunSettings
 from adept_dist.model.adapters import METHODS
 
 CONFIG_FILE = "config.json"  # a run folder's record of what it runs (build.run_record)
@@ -129,9 +129,9 @@ class OptimConfig:
 class RunConfig:
     output_dir: str = opt("runs/builtin", "run folder: config, metrics.jsonl, adapter/, checkpoints/")
     ds_config: str = opt(
-        "ds_configs/zero3.json",
-        "DeepSpeed JSON ('auto' values are filled from this config); auto: ds_configs/zero3.json with the sharding "
-        "scope adept-plan recommends for this job (--shard_scope auto)",
+        DEFAULT_DS_CONFIG,
+        f"DeepSpeed JSON ('auto' values are filled from this config); auto: {DEFAULT_DS_CONFIG} with the sharding "
+        f"scope adept-plan recommends for this job (--shard_scope auto)",
     )
     shard_scope: str | None = opt(
         None,

@@ -38,7 +38,7 @@ def read_ds_config(path: str) -> dict:
         repo_copy = Path(__file__).resolve().parents[1] / path  # adept_dist/ds_configs/NAME.json
         if not repo_copy.is_file():
             raise ConfigError(
-                f"DeepSpeed config {path} not found: pass --ds_config ds_configs/zero3.json or a path to your JSON"
+                f"DeepSpeed config {path} not found: pass --ds_config {DEFAULT_DS_CONFIG} or a path to your JSON"
             )
         p = repo_copy
     try:
@@ -139,7 +139,7 @@ def apply_shard_scope(ds: dict, scope: str | None, path: str) -> tuple[dict, str
     if scope in ("global", "node") and stage != 3:
         raise ConfigError(
             f"--shard_scope {scope} partitions the backbone with ZeRO-3, but {path} is stage {stage}: pass "
-            f"--ds_config ds_configs/zero3.json, or --shard_scope none"
+            f"--ds_config {DEFAULT_DS_CONFIG}, or --shard_scope none"
         )
     zero = ds.get("zero_optimization", {})
     if scope == "node" and zero.get("zero_hpz_partition_size", 1) > 1:
