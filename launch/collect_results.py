@@ -9,6 +9,16 @@ A run trained for 0 steps from its initial prompt is the "untrained" row. For ta
 accuracy, a "majority class" row gives the share of the split's most frequent target (read from
 the runs' predictions). --plot FILE draws each task's validation score over the steps, one line per
 method (the mean over seeds), from the runs' metrics.jsonl (needs matplotlib).
+
+Paired comparisons: for every task and every two methods that ran on the same rows of the split
+(their predictions/SPLIT.jsonl hold the same inputs and targets) with the same seeds, the first
+metric is compared row by row: for a 0/1 metric (accuracy, exact match, pass@1) by the exact
+McNemar test on the rows only one of them got right, otherwise by a paired bootstrap (the same
+resampled rows scored for both, adept_dist/data/stats.py). With several seeds the rows of every
+seed count (pooled: rows repeat across seeds, so such a p-value leans low; each seed's own p-value
+is in the JSON too). A table says "a > b" or "a < b" where p < 0.05, else "no difference".
+--json FILE writes the tables' numbers and `paired` (one entry per pair: task, a, b, p_value,
+the counts, the test and the seeds).
 """
 
 from __future__ import annotations
@@ -22,6 +32,8 @@ from pathlib import Path
 
 from adept_dist.common.fileio import read_metrics
 from adept_dist.common.schema import ResultsFile, SchemaError, check, load_json
+from adept_dist.data.metrics import METRICS, ROW_METRICS
+from adept_dist.data.stats import mcnemar_exact, paired_bootstrap
 from adept_dist.data.tasks import TASK_LIST, find_task
 
 FAMILIES = {"glue": "GLUE", "superglue": "SuperGLUE", "mrqa": "MRQA", "other": "Others", "bigbench": "BIG-bench"}
@@ -139,11 +151,137 @@ def render(table: dict, results: list[dict], split: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+ALPHA = 0.05  # the level at which a table calls a difference
+
+
+def split_rows(r: dict, split: str) -> list[dict] | None:
+    """The rows of a run's predictions/SPLIT.jsonl (None when missing or unreadable)."""
+    path = Path(r["_path"]).parent / "predictions" / f"{split}.jsonl"
+    try:
+        rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+    return rows if rows and all(isinstance(x, dict) and "prediction" in x and "target" in x for x in rows) else None
+
+
+def row_scores(rows: list[dict], metric: str) -> list[float] | None:
+    """Each row's score (0..1) of a metric that is a mean over rows: as the run wrote it, or worked out
+    from the prediction (not for pass@1, which would run the programs again)."""
+    if all(metric in (x.get("scores") or {}) for x in rows):
+        return [float(x["scores"][metric]) for x in rows]
+    if metric == "pass@1":
+        return None
+    return ROW_METRICS[metric][0]([x["prediction"].strip() for x in rows], rows, None)
+
+
+def labels_of(task: str, rows: list[dict]) -> tuple[str, ...]:
+    t = find_task(task)
+    return tuple(t.labels) if t is not None and t.labels else tuple(sorted({x["target"] for x in rows}))
+
+
+def row_keys(rows: list[dict]) -> list[tuple]:
+    """What makes two runs' rows the same rows: each row's input and target, in order."""
+    return [(x.get("input"), x["target"]) for x in rows]
+
+
+def compare(task: str, metric: str, a: dict[int, list[dict]], b: dict[int, list[dict]]) -> dict | None:
+    """The paired comparison of two methods' rows ({seed: rows}) on the seeds both have, or None when
+    their rows differ (not the same inputs and targets) or the metric cannot be paired."""
+    seeds = sorted(set(a) & set(b))
+    if not seeds or not all(row_keys(a[s]) == row_keys(b[s]) for s in seeds):
+        return None
+    if metric in ROW_METRICS and ROW_METRICS[metric][1]:  # 0/1 per row: exact McNemar
+        per_seed, pooled_a, pooled_b = [], [], []
+        for s in seeds:
+            sa, sb = row_scores(a[s], metric), row_scores(b[s], metric)
+            if sa is None or sb is None:
+                return None
+            p, only_a, only_b = mcnemar_exact(sa, sb)
+            per_seed.append({"seed": s, "p_value": p, "only_a": only_a, "only_b": only_b})
+            pooled_a += sa
+            pooled_b += sb
+        p, only_a, only_b = mcnemar_exact(pooled_a, pooled_b)
+        counts = {"only_a": only_a, "only_b": only_b, "rows": len(pooled_a)}
+        delta = only_a - only_b
+        test = "exact McNemar"
+    else:  # any metric: the same resampled row indices for every seed, the metric recomputed
+        fn, n = METRICS[metric], len(a[seeds[0]])
+        labels = labels_of(task, a[seeds[0]])
+
+        def scorer(runs: dict[int, list[dict]]):
+            return lambda idx: statistics.fmean(
+                fn([runs[s][i]["prediction"].strip() for i in idx], [runs[s][i] for i in idx], labels) for s in seeds
+            )
+
+        p = paired_bootstrap(scorer(a), scorer(b), n)
+        per_seed = [{"seed": s, "p_value": paired_bootstrap(scorer({s: a[s]}), scorer({s: b[s]}), n)} for s in seeds]
+        delta = scorer(a)(range(n)) - scorer(b)(range(n))
+        counts = {"rows": n * len(seeds)}
+        test = "paired bootstrap"
+    return {"test": test, "p_value": p, "delta_sign": (delta > 0) - (delta < 0), **counts, "seeds": seeds,
+            "per_seed": per_seed}  # fmt: skip
+
+
+def paired(results: list[dict], split: str) -> list[dict]:
+    """Every pair of methods on the same task, rows and seeds: their paired comparison."""
+    runs: dict = defaultdict(lambda: defaultdict(dict))  # task -> method -> seed -> rows
+    first = {}
+    for r in results:
+        if not r.get(split) or r.get("k_shot"):
+            continue
+        rows = split_rows(r, split)
+        if rows is not None:
+            runs[r["task"]][method_of(r)][r["seed"]] = rows
+            first[r["task"]] = r["metrics"][0]
+    out = []
+    for task, methods in runs.items():
+        names = sorted(methods, key=lambda m: (ROW_ORDER.index(m) if m in ROW_ORDER else len(ROW_ORDER), m))
+        for i, a in enumerate(names):
+            for b in names[i + 1 :]:
+                found = compare(task, first[task], methods[a], methods[b])
+                if found is not None:
+                    out.append({"task": task, "a": a, "b": b, "metric": first[task], **found})
+    return out
+
+
+def verdict(entry: dict) -> str:
+    a, b, p = entry["a"], entry["b"], entry["p_value"]
+    if p < ALPHA and entry["delta_sign"]:
+        return f"{a} > {b}" if entry["delta_sign"] > 0 else f"{a} < {b}"
+    return "no difference"
+
+
+def render_paired(entries: list[dict], split: str) -> str:
+    if not entries:
+        return ""
+    lines = ["", f"paired comparisons on the same {split} rows (p < {ALPHA} called a difference)", "",
+             "| task | a | b | metric | test | seeds | rows | only a right | only b right | p | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for e in entries:
+        seeds = ",".join(map(str, e["seeds"]))
+        lines.append(f"| {e['task']} | {e['a']} | {e['b']} | {e['metric']} | {e['test']} | {seeds} | {e['rows']} | "
+                     f"{e.get('only_a', '-')} | {e.get('only_b', '-')} | {e['p_value']:.3g} | {verdict(e)} |")  # fmt: skip
+    return "\n".join(lines) + "\n"
+
+
+def table_numbers(table: dict) -> dict:
+    """{row: {task: {metric: {mean, std, n, values}}}} of the tables, for --json."""
+    out: dict = {}
+    for (method, k), tasks in sorted(table.items(), key=row_key):
+        name = method if k is None else f"{method} ({k}-shot)"
+        out[name] = {
+            t: {m: {"mean": mean_std(v)[0], "std": mean_std(v)[1], "n": len(v), "values": v} for m, v in ms.items()}
+            for t, ms in tasks.items()
+        }
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("paths", nargs="+", help="run folders (searched recursively) or results.json files")
     p.add_argument("--split", default="test", choices=("test", "validation"))
     p.add_argument("--output", help="also write the table to this markdown file")
+    p.add_argument("--json", help="also write the tables' numbers and the paired comparisons to this JSON file")
     p.add_argument("--plot", help="also draw each task's validation score over the steps per method to this PNG")
     args = p.parse_args(argv)
     results = find_results(args.paths)
@@ -153,10 +291,14 @@ def main(argv: list[str] | None = None) -> int:
     if not table:
         print(f"error: no results.json with {args.split} scores under {', '.join(args.paths)}", file=sys.stderr)
         return 2
-    text = render(table, [r for r in results if r.get(args.split)], args.split)
+    pairs = paired(results, args.split)
+    text = render(table, [r for r in results if r.get(args.split)], args.split) + render_paired(pairs, args.split)
     print(text, end="")
     if args.output:
         Path(args.output).write_text(text)
+    if args.json:
+        Path(args.json).write_text(json.dumps({"split": args.split, "table": table_numbers(table), "paired": pairs},
+                                              indent=2) + "\n")  # fmt: skip
     if args.plot:
         return plot(results, args.plot)
     return 0

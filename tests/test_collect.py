@@ -7,6 +7,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO / "launch"))
 
@@ -118,3 +120,51 @@ def test_collect_untrained_and_majority_rows_and_the_plot(tmp_path, capsys):
                     "| majority class | 60.0 | 60.0 |"]  # fmt: skip
     assert "BIG-bench avg" in text
     assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def _run_with_rows(root: Path, task: str, method: str, seed: int, metric: str, rows: list[dict]) -> None:
+    d = root / f"{task}-{method}-s{seed}"
+    (d / "predictions").mkdir(parents=True)
+    right = 100.0 * sum(r["prediction"] == r["target"] for r in rows) / len(rows)
+    (d / "results.json").write_text(json.dumps(result(task, method, seed, {metric: right})))
+    (d / "predictions" / "test.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def test_paired_comparisons_on_the_same_rows(tmp_path, capsys):
+    """Two methods on the same 20 rows and seeds: the exact McNemar test pools the rows only one got
+    right (seed 1: 8 and 0, seed 2: 6 and 1: 14 and 1, p = 2 * (1 + 15) / 2^15); a run on other rows
+    is never paired; a metric that is not a mean over rows (f1) is compared by a paired bootstrap."""
+    targets = ["1", "0"] * 10
+    inputs = [f"row {i}" for i in range(20)]
+
+    def rows(wrong: set[int], scores=True, other_inputs=False) -> list[dict]:
+        out = []
+        for i, t in enumerate(targets):
+            pred = t if i not in wrong else ("0" if t == "1" else "1")
+            row = {"index": i, "input": ("other " if other_inputs else "") + inputs[i], "prediction": pred, "target": t}
+            if scores:  # as evaluation writes them; without, they are worked out from the predictions
+                row["scores"] = {"accuracy": float(pred == t)}
+            out.append(row)
+        return out
+
+    _run_with_rows(tmp_path, "rte", "adept", 1, "accuracy", rows(set(range(2))))  # wrong on 0, 1
+    _run_with_rows(tmp_path, "rte", "pt", 1, "accuracy", rows(set(range(10))))  # wrong on 0..9: 8 only pt wrong
+    _run_with_rows(tmp_path, "rte", "adept", 2, "accuracy", rows({0, 19}, scores=False))
+    _run_with_rows(tmp_path, "rte", "pt", 2, "accuracy", rows(set(range(7))))  # only adept wrong: 19; only pt: 1..6
+    _run_with_rows(tmp_path, "rte", "dept", 1, "accuracy", rows(set(), other_inputs=True))  # other rows: unpaired
+    _run_with_rows(tmp_path, "mrpc", "adept", 1, "f1", rows(set()))
+    _run_with_rows(tmp_path, "mrpc", "pt", 1, "f1", rows(set(range(0, 20, 2))))  # every "1" missed
+    out = tmp_path / "c.json"
+    assert collect_results.main([str(tmp_path), "--json", str(out)]) == 0
+    text = capsys.readouterr().out
+    found = json.loads(out.read_text())
+    entries = {(e["task"], e["a"], e["b"]): e for e in found["paired"]}
+    assert set(entries) == {("rte", "adept", "pt"), ("mrpc", "adept", "pt")}
+    rte = entries[("rte", "adept", "pt")]
+    assert (rte["only_a"], rte["only_b"], rte["rows"], rte["seeds"]) == (14, 1, 40, [1, 2])
+    assert rte["p_value"] == pytest.approx(2 * 16 / 2**15) and rte["test"] == "exact McNemar"
+    assert [(s["only_a"], s["only_b"]) for s in rte["per_seed"]] == [(8, 0), (6, 1)]
+    mrpc = entries[("mrpc", "adept", "pt")]
+    assert mrpc["test"] == "paired bootstrap" and mrpc["p_value"] < 0.01  # 100 against 0 on every draw
+    assert "| rte | adept | pt | accuracy | exact McNemar | 1,2 | 40 | 14 | 1 | 0.000977 | adept > pt |" in text
+    assert found["table"]["adept"]["rte"]["accuracy"]["n"] == 2

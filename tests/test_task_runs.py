@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from adept_dist.data.stats import wilson
 from tests.conftest import deepspeed_cmd, run_cmd
 from tests.taskutil import synthetic_rte, write_copy
 
@@ -71,6 +72,10 @@ def test_task_run_selects_the_best_checkpoint_and_reports_its_test_score(rte_run
     assert len({p["input"] for p in preds}) > 50
     right = sum(p["prediction"] == p["target"] for p in preds)
     assert results["test"]["accuracy"] == pytest.approx(100 * right / 60)  # accuracy = exact label match
+    # every score with its n and 95% interval (Wilson for accuracy), every row with its own score
+    assert results["n"]["test"] == 60 and results["interval_method"] == {"accuracy": "wilson"}
+    assert results["intervals"]["test"]["accuracy"] == pytest.approx(list(wilson(right, 60)), abs=1e-3)
+    assert [p["scores"]["accuracy"] for p in preds] == [float(p["prediction"] == p["target"]) for p in preds]
     table = (out / "results.md").read_text()
     assert "| rte | adept | 42 |" in table and "test accuracy" in table
     assert "results written to" in log

@@ -223,6 +223,11 @@ class ResultsFile(Record):
     validation: dict[str, float | int] | None = None
     test: dict[str, float | int] | None = None
     data: dict = {}
+    n: dict[str, Count] = {}  # {split: examples}
+    intervals: dict[
+        str, dict[str, Annotated[list[float], Field(min_length=2, max_length=2)]]
+    ] = {}  # 95%, {split: {metric: [low, high]}}
+    interval_method: dict[str, Literal["wilson", "bootstrap"]] = {}  # {metric: how its interval was found}
 
 
 class LockFile(Record):

@@ -34,10 +34,14 @@ import tempfile
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
+from sklearn.metrics import f1_score, matthews_corrcoef
+
+from adept_dist.data.stats import bootstrap_interval, wilson
 
 EXEC_TIMEOUT_S = 10  # wall-clock (and CPU) seconds one MBPP program may run
 _EXEC_MEMORY_BYTES = 2 * 1024**3  # RLIMIT_AS
@@ -91,6 +95,10 @@ def _check_targets(targets: list[str], labels: tuple[str, ...], metric: str) -> 
         )
 
 
+def _mean_percent(rows: list[float]) -> float:
+    return _percent(sum(rows) / len(rows))
+
+
 def _percent(value: float) -> float:
     """100 * value as a Python float; an undefined (NaN/inf) value becomes 0.0."""
     value = float(value)
@@ -100,9 +108,14 @@ def _percent(value: float) -> float:
 # ------------------------------------------------------------------------------------- classification
 
 
+def _accuracy_rows(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> list[float]:
+    """1.0 where the prediction equals the target string, else 0.0."""
+    return [float(p == t) for p, t in zip(preds, _targets(refs))]
+
+
 def _accuracy(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> float:
     """Percent of predictions equal to the target string."""
-    return _percent(accuracy_score(_targets(refs), preds))
+    return _mean_percent(_accuracy_rows(preds, refs, labels))
 
 
 def _binary_f1_with_invalid(
@@ -210,14 +223,22 @@ def _token_f1(pred: str, gold: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
+def _exact_rows(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> list[float]:
+    return [max(_exact(p, g) for g in _answers(r)) for p, r in zip(preds, refs)]
+
+
 def _exact_match(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> float:
     """SQuAD EM: percent of predictions matching some gold answer after normalisation."""
-    return _percent(sum(max(_exact(p, g) for g in _answers(r)) for p, r in zip(preds, refs)) / len(preds))
+    return _mean_percent(_exact_rows(preds, refs, labels))
+
+
+def _token_f1_rows(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> list[float]:
+    return [max(_token_f1(p, g) for g in _answers(r)) for p, r in zip(preds, refs)]
 
 
 def _squad_f1(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> float:
     """SQuAD token F1: mean over examples of the best token F1 against any gold answer."""
-    return _percent(sum(max(_token_f1(p, g) for g in _answers(r)) for p, r in zip(preds, refs)) / len(preds))
+    return _mean_percent(_token_f1_rows(preds, refs, labels))
 
 
 # ----------------------------------------------------------------------------------------------- MBPP
@@ -279,13 +300,17 @@ def _program(pred: str, ref: dict, i: int) -> str:
     return f"{prog.get('setup', '')}\n{pred}\n" + "\n".join(prog["tests"]) + "\n"
 
 
-def _pass_at_1(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> float:
-    """MBPP pass@1: percent of programs (setup + prediction + assertions) that exit 0 within the timeout."""
+def _pass_rows(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> list[float]:
+    """1.0 for each program (setup + prediction + assertions) that exits 0 within the timeout."""
     sources = [_program(p, r, i) for i, (p, r) in enumerate(zip(preds, refs))]
     timeout_s = int(EXEC_TIMEOUT_S)  # read at call time so tests can lower it
     with ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1)) as pool:
-        passed = list(pool.map(lambda src: _run_program(src, timeout_s), sources))
-    return _percent(sum(passed) / len(passed))
+        return [float(ok) for ok in pool.map(lambda src: _run_program(src, timeout_s), sources)]
+
+
+def _pass_at_1(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> float:
+    """MBPP pass@1: percent of programs that pass."""
+    return _mean_percent(_pass_rows(preds, refs, labels))
 
 
 # ------------------------------------------------------------------------------------------------- API
@@ -307,18 +332,31 @@ METRICS: dict[str, MetricFn] = {
 _CODE_METRICS = frozenset({"pass@1"})
 
 
-def compute(
-    names: Sequence[str],
-    preds: list[str],
-    refs: list[dict],
-    labels: tuple[str, ...] | None = None,
-    allow_code_execution: bool = False,
-) -> dict[str, float]:
-    """Compute the named metrics (percentages) of ``preds`` against ``refs``; returns {name: value} in order.
+# The metrics that are a mean over examples: their per-example scores (0..1), and whether those are 0 or 1
+# (then the interval is Wilson's; otherwise a bootstrap over examples, as for every other metric).
+ROW_METRICS: dict[str, tuple[Callable[[list[str], list[dict], tuple[str, ...] | None], list[float]], bool]] = {
+    "accuracy": (_accuracy_rows, True),
+    "exact_match": (_exact_rows, True),
+    "pass@1": (_pass_rows, True),
+    "token_f1": (_token_f1_rows, False),
+}
 
-    Everything is checked before any metric runs: the names, the lengths, every ref's ``"target"``, and
-    that ``allow_code_execution`` is set when a metric executes the model's code.
-    """
+
+@dataclass
+class Scores:
+    """A split's scores: `values` {metric: %}; `rows` {metric: per-example scores in 0..1} for the
+    metrics that are a mean over examples; `intervals` {metric: [low, high]} (95%, in %) and
+    `interval_method` {metric: "wilson" | "bootstrap"} when asked for."""
+
+    values: dict[str, float]
+    rows: dict[str, list[float]] = field(default_factory=dict)
+    intervals: dict[str, list[float]] = field(default_factory=dict)
+    interval_method: dict[str, str] = field(default_factory=dict)
+
+
+def check_inputs(names: Sequence[str], preds: list[str], refs: list[dict], allow_code_execution: bool) -> None:
+    """Everything checked before any metric runs: the names, the lengths, every ref's ``"target"``,
+    and that ``allow_code_execution`` is set when a metric executes the model's code."""
     unknown = [n for n in names if n not in METRICS]
     if unknown:
         raise MetricError(f"unknown metric(s) {unknown}; choose from {sorted(METRICS)}")
@@ -336,6 +374,58 @@ def compute(
             "pass@1 executes the model's generated code; pass --allow_code_execution to accept that "
             "(run it in a container or VM)"
         )
+
+
+def score(
+    names: Sequence[str],
+    preds: list[str],
+    refs: list[dict],
+    labels: tuple[str, ...] | None = None,
+    allow_code_execution: bool = False,
+    intervals: bool = True,
+) -> Scores:
+    """The named metrics of ``preds`` against ``refs`` (percentages, in order), the per-example
+    scores of those that are a mean over examples, and with `intervals` each one's 95% interval
+    (data/stats.py: Wilson for 0/1 scores, else a bootstrap over examples). pass@1 runs each
+    program once."""
+    check_inputs(names, preds, refs, allow_code_execution)
     clean = [p.strip() for p in preds]
     labels = tuple(labels) if labels is not None else None
-    return {name: float(METRICS[name](clean, refs, labels)) for name in names}
+    n = len(clean)
+    out = Scores({})
+    for name in names:
+        if name in ROW_METRICS:
+            rows_of, binary = ROW_METRICS[name]
+            rows = rows_of(clean, refs, labels)
+            out.values[name], out.rows[name] = _mean_percent(rows), rows
+            if not intervals:
+                continue
+            if binary:
+                low, high = wilson(int(sum(rows)), n)
+            else:
+                arr = np.asarray(rows, dtype=float)
+                low, high = bootstrap_interval(lambda idx, arr=arr: 100.0 * float(arr[idx].mean()), n)
+            out.interval_method[name] = "wilson" if binary else "bootstrap"
+        else:
+            fn = METRICS[name]
+            out.values[name] = float(fn(clean, refs, labels))
+            if not intervals:
+                continue
+            low, high = bootstrap_interval(
+                lambda idx, fn=fn: float(fn([clean[i] for i in idx], [refs[i] for i in idx], labels)), n
+            )
+            out.interval_method[name] = "bootstrap"
+        out.intervals[name] = [round(low, 4), round(high, 4)]
+    return out
+
+
+def compute(
+    names: Sequence[str],
+    preds: list[str],
+    refs: list[dict],
+    labels: tuple[str, ...] | None = None,
+    allow_code_execution: bool = False,
+) -> dict[str, float]:
+    """Compute the named metrics (percentages) of ``preds`` against ``refs``; returns {name: value} in order
+    (`score` without the intervals)."""
+    return score(names, preds, refs, labels, allow_code_execution, intervals=False).values

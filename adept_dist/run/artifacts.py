@@ -115,7 +115,14 @@ def write_results(run: Run, test: dict | None) -> dict:
     cfg, data = run.cfg, run.data
 
     def strip(res: dict, p: str) -> dict:
-        return {k[len(p) + 1 :]: v for k, v in res.items() if k.startswith(p + "_") and k != f"{p}_metric"}
+        extra = (f"{p}_metric", f"{p}_intervals", f"{p}_interval_method")
+        return {k[len(p) + 1 :]: v for k, v in res.items() if k.startswith(p + "_") and k not in extra}
+
+    scored = {
+        "validation": (run.best["validation"], "eval") if run.best else None,
+        "test": (test, "test") if test else None,
+    }
+    scored = {split: pair for split, pair in scored.items() if pair}
 
     results = {
         "task": data.name if data.name != "files" else cfg.data.train_file or "builtin",
@@ -131,6 +138,12 @@ def write_results(run: Run, test: dict | None) -> dict:
         "validation": strip(run.best["validation"], "eval") if run.best else None,
         "test": strip(test, "test") if test else None,
         "data": data.info,
+        "n": {split: res[f"{p}_examples"] for split, (res, p) in scored.items()},
+        # 95% intervals (data/stats.py): Wilson for 0/1 scores, a bootstrap over examples otherwise
+        "intervals": {split: res.get(f"{p}_intervals", {}) for split, (res, p) in scored.items()},
+        "interval_method": {
+            m: how for res, p in scored.values() for m, how in res.get(f"{p}_interval_method", {}).items()
+        },
     }
 
     def write() -> None:
@@ -140,8 +153,11 @@ def write_results(run: Run, test: dict | None) -> dict:
         for split in ("validation", "test"):
             for m in data.metrics:
                 if results[split] is not None:
-                    head.append(f"{split} {m}")
-                    row.append(f"{results[split][m]:.2f}")
+                    head.append(f"{split} {m} [95%]")
+                    low_high = results["intervals"].get(split, {}).get(m)
+                    row.append(
+                        f"{results[split][m]:.2f}" + (f" [{low_high[0]:.1f}, {low_high[1]:.1f}]" if low_high else "")
+                    )
         table = "| " + " | ".join(head) + " |\n|" + "---|" * len(head) + "\n| " + " | ".join(row) + " |\n"
         write_text(run.out / "results.md", table)
 

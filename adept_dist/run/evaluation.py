@@ -148,28 +148,31 @@ def evaluate(run: Run, split: str) -> dict:
 
     def score_and_write() -> dict:
         try:
-            scores = metrics.compute(
+            scored = metrics.score(
                 data.metrics, ordered, es.refs, data.labels, allow_code_execution=dc.allow_code_execution
             )
         except metrics.MetricError as exc:
             raise TrainError(f"scoring the {split} split: {exc}") from None
         pred_dir = run.out / "predictions"
-        rows = [
-            {"index": i, "input": source_text(tok, e), "prediction": text, **ref}
+        rows = [  # each row's own scores kept, so two runs on the same rows can be paired later
+            {"index": i, "input": source_text(tok, e), "prediction": text, **ref,
+             "scores": {m: per[i] for m, per in scored.rows.items()}}
             for i, (e, text, ref) in enumerate(zip(es.examples, ordered, es.refs))
-        ]
+        ]  # fmt: skip
         pred_dir.mkdir(exist_ok=True)
         write_jsonl(pred_dir / f"{split}.jsonl", rows, ensure_ascii=True)
-        return scores
+        return {"values": scored.values, "intervals": scored.intervals, "interval_method": scored.interval_method}
 
-    scores = on_main(d, score_and_write, f"the {split} predictions", run.out / "predictions",
+    scored = on_main(d, score_and_write, f"the {split} predictions", run.out / "predictions",
                      "earlier files are intact", returns=True)  # fmt: skip
     prefix = "eval" if split == "validation" else split
     return {
         "split": split,
         f"{prefix}_loss": (sums[0] / sums[1]).item(),
         f"{prefix}_examples": len(es.examples),
-        **{f"{prefix}_{k}": v for k, v in scores.items()},
+        **{f"{prefix}_{k}": v for k, v in scored["values"].items()},
+        f"{prefix}_intervals": scored["intervals"],  # {metric: [low, high]}, 95%, data/stats.py
+        f"{prefix}_interval_method": scored["interval_method"],
     }
 
 
@@ -187,10 +190,17 @@ def keep_if_best(run: Run, res: dict) -> bool:
 
 
 def describe(res: dict, prefix: str) -> str:
+    """The numbers of a split's result for a log line, each metric with its 95% interval."""
+    intervals = res.get(f"{prefix}_intervals", {})
+
+    def shown(name: str, value: float) -> str:
+        low_high = intervals.get(name)
+        return f"{name} {value:.4g}" + (f" [{low_high[0]:.3g}, {low_high[1]:.3g}]" if low_high else "")
+
     return ", ".join(
-        f"{k[len(prefix) + 1 :]} {v:.4g}"
+        shown(k[len(prefix) + 1 :], v)
         for k, v in res.items()
-        if k.startswith(prefix + "_") and not isinstance(v, str)
+        if k.startswith(prefix + "_") and isinstance(v, int | float)
     )
 
 
