@@ -99,6 +99,18 @@ class DataConfig:
     )
     eval_batch_size: int = opt(16, "examples per rank per evaluation batch")
     max_new_tokens: int | None = opt(None, "tokens generated per example at evaluation; default: the task's")
+    eval_mode: str = opt(
+        "generate",
+        "how an evaluation answers: generate (greedy text, the paper's) or rank (each of the example's options "
+        "scored by its log-probability after the input; the top one is the answer; docs/TASKS.md)",
+        choices=("generate", "rank"),
+    )
+    rank_by: str = opt(
+        "sum",
+        "--eval_mode rank: how options of different lengths compare: sum (the option's log-probability, EOS "
+        "included) or mean (per token)",
+        choices=("sum", "mean"),
+    )
     max_eval_samples: int | None = opt(None, "evaluate on at most this many examples per split")
     allow_code_execution: bool = opt(False, "let MBPP's pass@1 run the generated programs (resource-limited)")
 

@@ -19,7 +19,7 @@ from adept_dist.config.resolve import POSITIVE_OPTIONS, make_config
 # --pack_tokens too: they lay the micro-batches out in other rows (other dropout draws, other sums).
 CHANGEABLE_ON_RESUME = frozenset(
     ("resume", "reschedule", "take_over", "output_dir", "ds_config", "log_every", "eval_every", "save_every",
-     "keep_checkpoints", "report_to", "max_eval_samples", "eval_batch_size", "nonfinite", "cache_dir", "micro_batch_size",
+     "keep_checkpoints", "report_to", "max_eval_samples", "eval_batch_size", "eval_mode", "rank_by", "nonfinite", "cache_dir", "micro_batch_size",
      "grad_accum", "activation_checkpointing", "attn_implementation", "loader", "compute_dtype", "max_steps",
      "shard_scope", "shard_group_size", "ranks_per_node")
 )  # fmt: skip

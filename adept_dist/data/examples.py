@@ -107,6 +107,15 @@ def read_rows(path: str) -> list[dict]:
                 raise DataError(f"{where}: '{key}' must be a string, got {type(row[key]).__name__}")
         if not row["target"].strip():
             raise DataError(f"{where}: empty 'target'; every row needs a non-empty target")
+        if "options" in row:  # the answers --eval_mode rank chooses from
+            opts = row["options"]
+            if not isinstance(opts, list) or not opts or not all(isinstance(o, str) and o.strip() for o in opts):
+                raise DataError(f"{where}: 'options' must be a non-empty list of non-empty strings")
+            row["options"] = [o.strip() for o in opts]
+            if row["target"].strip() not in row["options"]:
+                raise DataError(
+                    f"{where}: the target {row['target'].strip()!r} is not one of the row's options: add it"
+                )
     return rows
 
 

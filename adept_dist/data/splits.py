@@ -32,7 +32,7 @@ class EvalSet:
     """Examples to score: ids for the teacher-forced loss (source + first target) and references."""
 
     examples: list[Example]
-    refs: list[dict]  # {"target": str, "answers"?: [str], "group"?: str, "program"?: {...}}
+    refs: list[dict]  # {"target": str, "answers"?: [str], "group"?: str, "program"?: {...}, "options"?: [str]}
 
 
 @dataclass
@@ -229,6 +229,8 @@ def format_rows(task: Task, ds, indices: list[int], split_name: str, hub_split: 
             ref["group"] = task.group(row)
         if task.program is not None:
             ref["program"] = task.program(row)
+        if isinstance(row.get("options"), list):  # BIG-bench multiple choice: for --eval_mode rank
+            ref["options"] = [str(o) for o in row["options"]]
         out.append({"input": source, "targets": targets, "ref": ref, "_line": pos})
     if not out:
         raise DataError(f"task {task.name}: the {split_name} split (from hub split {hub_split}) is empty")
@@ -278,7 +280,8 @@ def build_file_data(opts: dict, tokenizer) -> TaskData:
             for r in rows:
                 r["target"] = r["target"].strip()
             examples, n = encode(rows, tokenizer, ml, sep, opts[key])
-            evals[name] = EvalSet(examples, [{"target": r["target"]} for r in rows])
+            refs = [{"target": r["target"], **({"options": r["options"]} if "options" in r else {})} for r in rows]
+            evals[name] = EvalSet(examples, refs)
             info[f"{name}_rows"], info[f"{name}_truncated"] = len(rows), n
     return TaskData("files", ("accuracy",), None, train, evals, info)
 

@@ -184,6 +184,66 @@ class AdeptLM(nn.Module):
         ids = torch.stack(generated, dim=1)
         return (ids, torch.stack(all_logits, dim=1)) if return_logits else ids
 
+    @torch.no_grad()
+    def option_logprobs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        options: list[list[list[int]]],
+        prompt_kv: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+    ) -> list[list[tuple[float, int]]]:
+        """Each option's log-probability after its row's source: [[(summed log-prob, tokens)]] per row
+        of a LEFT-padded batch of sources, `options[b]` the token ids of row b's options (each
+        ending in EOS, as a target does in training). Teacher-forced, in two forwards: the rows'
+        sources on top of the soft prompt's keys and values (computed once, `prompt_kv`), then every
+        option of every row at once on top of its row's cached keys and values, so neither the
+        prompt nor a source runs again per option. Equal to scoring each source + option with its
+        own full forward (tests/test_rank.py). Collective under ZeRO-3 (two forwards per call)."""
+        decoder = self.backbone.get_decoder()
+        head = self.backbone.get_output_embeddings()
+        bsz, m = input_ids.shape[0], self.adapter.m
+        cache, kv = new_cache(decoder)
+        for layer, (k, v) in enumerate(prompt_kv or self.prompt_kv(input_ids.device)):
+            cache.update(k.expand(bsz, -1, -1, -1), v.expand(bsz, -1, -1, -1), layer)
+        e = self.backbone.get_input_embeddings()(input_ids)
+        rows, _, _ = self.adapter(e, positions=positions_of(attention_mask), prepend=False, ids=input_ids)
+        mask = torch.cat([attention_mask.new_ones(bsz, m), attention_mask], dim=1)
+        out = decoder(inputs_embeds=rows, attention_mask=mask, position_ids=positions_of(mask)[:, m:], use_cache=True,
+                      **kv)  # fmt: skip
+        first = F.log_softmax(head(out.last_hidden_state[:, -1]).float(), dim=-1)  # (B, V): each option's 1st token
+        owner = [b for b, opts in enumerate(options) for _ in opts]
+        flat = [ids for opts in options for ids in opts]
+        if any(len(ids) < 1 for ids in flat):
+            raise ValueError("an option without tokens")
+        width = max(len(ids) for ids in flat) - 1  # the tokens each option feeds in after its first
+        scores = [first[owner[i], ids[0]].item() for i, ids in enumerate(flat)]
+        if width > 0:
+            device = input_ids.device
+            rows_of = torch.tensor(owner, device=device)
+            fed = torch.zeros(len(flat), width, dtype=torch.long, device=device)
+            fed_mask = torch.zeros(len(flat), width, dtype=attention_mask.dtype, device=device)
+            for i, ids in enumerate(flat):
+                fed[i, : len(ids) - 1] = torch.tensor(ids[:-1])
+                fed_mask[i, : len(ids) - 1] = 1
+            opt_cache, opt_kv = new_cache(decoder)
+            for layer, entry in enumerate(cache.layers):
+                opt_cache.update(entry.keys[rows_of], entry.values[rows_of], layer)
+            src_mask = torch.cat([attention_mask[rows_of], fed_mask], dim=1)
+            e = self.backbone.get_input_embeddings()(fed)
+            e, _, _ = self.adapter(e, positions=positions_of(src_mask)[:, -width:], prepend=False, ids=fed)
+            full = torch.cat([mask[rows_of], fed_mask], dim=1)
+            hidden = decoder(inputs_embeds=e, attention_mask=full, position_ids=positions_of(full)[:, -width:],
+                             use_cache=True, **opt_kv).last_hidden_state  # fmt: skip
+            logp = F.log_softmax(head(hidden).float(), dim=-1)  # (K, width, V)
+            for i, ids in enumerate(flat):
+                if len(ids) > 1:
+                    nxt = torch.tensor(ids[1:], device=device)
+                    scores[i] += logp[i, torch.arange(len(ids) - 1, device=device), nxt].sum().item()
+        out_rows: list[list[tuple[float, int]]] = [[] for _ in options]
+        for i, ids in enumerate(flat):
+            out_rows[owner[i]].append((scores[i], len(ids)))
+        return out_rows
+
 
 @dataclass(frozen=True)
 class Sampling:

@@ -57,6 +57,7 @@ from adept_dist.plan.layout import plan
 from adept_dist.plan.measure import DEVICE_MEMORY, device_bytes
 from adept_dist.run.checkpoint import resume_state
 from adept_dist.run.context import MetricsLog, Run, RunParts, TrainError, log0, on_main
+from adept_dist.run.evaluation import options_of
 from adept_dist.run.optim import make_optimizer
 
 
@@ -90,6 +91,10 @@ def prepare(cfg: Config, d: Dist) -> RunParts:
     cfg, ds_config, layout, group = place(cfg, d, model_config, model_name)
     tokenizer = load_tokenizer(model_name)
     data = load_data(cfg, d, tokenizer, files)
+    if cfg.data.eval_mode == "rank" and (free := [s for s in data.evals if options_of(data, s) is None]):
+        raise ConfigError(f"--eval_mode rank chooses among each example's options, but the {free[0]} answers of "
+                          f"{data.name} are free text (no label words, no 'options' per row): use --eval_mode "
+                          f"generate, or give each row its 'options'")  # fmt: skip
 
     dtype = DTYPES[cfg.model.compute_dtype]
     mc = cfg.model

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from adept_dist.common.fileio import write_jsonl
 from adept_dist.common.progress import Progress
 from adept_dist.data import metrics
-from adept_dist.data.examples import Example, collate
+from adept_dist.data.examples import Example, Joiner, collate
 from adept_dist.data.tasks import find_task
 from adept_dist.distributed.comm import Dist, all_reduce_sum
 from adept_dist.distributed.zero import full_fp32_state, set_full_weights
@@ -79,14 +79,8 @@ def decode_examples(
         real = r < len(mine)
         number, idx = mine[r] if real else (0, [0])
         if with_loss:
-            batch = collate([examples[i] for i in idx], pad_id, None)
-            if not real:
-                batch["labels"].fill_(IGNORE_INDEX)
-            loss, ntok = model(**{k: v.to(d.device) for k, v in batch.items()})
-            if real:
-                sums += torch.stack([loss.double().cpu(), ntok.double().cpu()])
-        sources = [Example(examples[i].input_ids[: examples[i].source_len], 0, 0) for i in idx]
-        src = collate(sources, pad_id, None, left=True)
+            sums += target_loss(model, examples, idx, pad_id, d, real)
+        src = sources_batch(examples, idx, pad_id)
         gen = model.generate(
             src["input_ids"].to(d.device),
             src["attention_mask"].to(d.device),
@@ -107,6 +101,90 @@ def decode_examples(
         all_reduce_sum(sums)
     model.train(was_training)
     return out, sums
+
+
+def target_loss(model: AdeptLM, examples: list[Example], idx: list[int], pad_id: int, d: Dist,
+                real: bool) -> torch.Tensor:  # fmt: skip
+    """(summed teacher-forced loss on the targets, target tokens) of a batch; zeros for a dummy one
+    (which still runs its forward: collective under ZeRO-3)."""
+    batch = collate([examples[i] for i in idx], pad_id, None)
+    if not real:
+        batch["labels"].fill_(IGNORE_INDEX)
+    loss, ntok = model(**{k: v.to(d.device) for k, v in batch.items()})
+    return torch.stack([loss.double().cpu(), ntok.double().cpu()]) if real else torch.zeros(2, dtype=torch.float64)
+
+
+def sources_batch(examples: list[Example], idx: list[int], pad_id: int) -> dict[str, torch.Tensor]:
+    """The examples' sources (their ids before the target), left-padded."""
+    return collate(
+        [Example(examples[i].input_ids[: examples[i].source_len], 0, 0) for i in idx], pad_id, None, left=True
+    )
+
+
+@torch.no_grad()
+def rank_examples(model: AdeptLM, examples: list[Example], options: list[list[list[int]]], pad_id: int, d: Dist,
+                  batch_size: int, with_loss: bool = False, desc: str = "rank") -> tuple[list, torch.Tensor]:  # fmt: skip
+    """Each example's options scored (AdeptLM.option_logprobs) on this rank's share of the batches
+    (the same batches as decode_examples): [(example index, [(summed log-prob, tokens) per option])]
+    of this rank, and the teacher-forced (loss, tokens) over all ranks when `with_loss`."""
+    mine, rounds = rank_batches(examples, batch_size, d.world, d.rank)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64)
+    out = []
+    bar = Progress(rounds, desc, enabled=d.main, nested=True)
+    prompt_kv = model.prompt_kv(d.device)
+    for r in range(rounds):
+        real = r < len(mine)
+        _, idx = mine[r] if real else (0, [0])
+        if with_loss:
+            sums += target_loss(model, examples, idx, pad_id, d, real)
+        src = sources_batch(examples, idx, pad_id)
+        scored = model.option_logprobs(src["input_ids"].to(d.device), src["attention_mask"].to(d.device),
+                                       [options[i] for i in idx], prompt_kv=prompt_kv)  # fmt: skip
+        if real:
+            out += list(zip(idx, scored))
+        bar.update(1)
+    bar.close()
+    if with_loss:
+        all_reduce_sum(sums)
+    model.train(was_training)
+    return out, sums
+
+
+MAX_OPTIONS = 50  # own data without listed options: its distinct targets are the options when this few
+
+
+def options_of(data, split: str) -> list[list[str]] | None:
+    """Each example's answer options for --eval_mode rank: its own (a BIG-bench multiple-choice
+    example, a data row's "options"), else the task's label words, else (own data) the split's
+    distinct targets when there are at most MAX_OPTIONS; None where the answers are free text."""
+    refs = data.evals[split].refs
+    if all("options" in r for r in refs):
+        return [list(r["options"]) for r in refs]
+    if data.labels:
+        return [list(data.labels)] * len(refs)
+    distinct = sorted({r["target"] for r in refs})
+    if data.name == "files" and len(distinct) <= MAX_OPTIONS:
+        return [distinct] * len(refs)
+    return None
+
+
+def option_ids(tokenizer, separator: str, options: list[list[str]]) -> list[list[list[int]]]:
+    """The options' token ids as a target's (after `separator`, data.examples.Joiner), EOS last."""
+    joiner, eos, known = Joiner(tokenizer, separator), tokenizer.eos_token_id, {}
+    for opts in options:
+        key = tuple(opts)
+        if key not in known:
+            known[key] = [ids + [eos] for ids in joiner.targets(list(opts))]
+    return [known[tuple(opts)] for opts in options]
+
+
+def choose(options: list[str], scored: list[tuple[float, int]], rank_by: str) -> tuple[str, dict[str, float]]:
+    """The top option (the first of equals) and every option's score (sum or per-token mean)."""
+    values = [s if rank_by == "sum" else s / n for s, n in scored]
+    best = max(range(len(values)), key=lambda k: (values[k], -k))
+    return options[best], {o: round(v, 6) for o, v in zip(options, values)}
 
 
 def gather_to_main(d: Dist, items: list, n: int) -> list | None:
@@ -138,13 +216,26 @@ def evaluate(run: Run, split: str) -> dict:
     es = data.evals[split]
     tok = run.tokenizer
     task = find_task(data.name)
-    max_new = dc.max_new_tokens or (task and task.max_new_tokens) or max(e.n_target for e in es.examples)
-    mine, sums = decode_examples(
-        run.model, es.examples, tok.pad_token_id, tok.eos_token_id, d, dc.eval_batch_size, max_new,
-        with_loss=True, desc=f"eval {split}",
-    )  # fmt: skip
-    ordered = gather_to_main(d, [(i, tok.decode(ids, skip_special_tokens=True).strip()) for i, ids in mine],
-                             len(es.examples))  # fmt: skip
+    option_scores = None
+    if dc.eval_mode == "rank":
+        texts = options_of(data, split)
+        ids = option_ids(tok, dc.separator, texts)
+        mine, sums = rank_examples(run.model, es.examples, ids, tok.pad_token_id, d, dc.eval_batch_size,
+                                   with_loss=True, desc=f"rank {split}")  # fmt: skip
+        gathered = gather_to_main(d, mine, len(es.examples))
+        if d.main:
+            picked = [choose(opts, s, dc.rank_by) for opts, s in zip(texts, gathered)]
+            ordered, option_scores = [p for p, _ in picked], [s for _, s in picked]
+        else:
+            ordered = None
+    else:
+        max_new = dc.max_new_tokens or (task and task.max_new_tokens) or max(e.n_target for e in es.examples)
+        mine, sums = decode_examples(
+            run.model, es.examples, tok.pad_token_id, tok.eos_token_id, d, dc.eval_batch_size, max_new,
+            with_loss=True, desc=f"eval {split}",
+        )  # fmt: skip
+        ordered = gather_to_main(d, [(i, tok.decode(ids, skip_special_tokens=True).strip()) for i, ids in mine],
+                                 len(es.examples))  # fmt: skip
 
     def score_and_write() -> dict:
         try:
@@ -156,7 +247,8 @@ def evaluate(run: Run, split: str) -> dict:
         pred_dir = run.out / "predictions"
         rows = [  # each row's own scores kept, so two runs on the same rows can be paired later
             {"index": i, "input": source_text(tok, e), "prediction": text, **ref,
-             "scores": {m: per[i] for m, per in scored.rows.items()}}
+             "scores": {m: per[i] for m, per in scored.rows.items()},
+             **({"option_scores": option_scores[i]} if option_scores else {})}
             for i, (e, text, ref) in enumerate(zip(es.examples, ordered, es.refs))
         ]  # fmt: skip
         pred_dir.mkdir(exist_ok=True)
