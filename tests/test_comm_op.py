@@ -41,7 +41,7 @@ def test_the_op_is_built_inside_the_environment(monkeypatch, tmp_path):
 BUILD = """
 import sys
 from pathlib import Path
-from adept_dist import buildlock as dist
+from adept_dist.distributed import buildlock as dist
 import os
 root = Path(sys.argv[1])
 dist.extensions_dir = lambda: (root, True)
