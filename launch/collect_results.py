@@ -80,8 +80,16 @@ def find_results(paths: list[str]) -> list[dict]:
                 print(f"skipping {exc}", file=sys.stderr)
                 continue
             r["_path"] = str(f)
+            r["task"] = task_name(r["task"])
             out.append(r)
     return out
+
+
+def task_name(task: str) -> str:
+    """A run of data files is recorded by its training file; DIR/train.jsonl (launch/fetch_data.py's
+    layout, sweep.py's files:DIR) is named DIR's name, any other file by its path."""
+    path = Path(task)
+    return path.parent.name if path.stem == "train" and path.suffix in (".jsonl", ".csv") and path.parent.name else task
 
 
 def mean_std(values: list[float]) -> tuple[float, float | None]:

@@ -12,7 +12,9 @@ training path, then collect the table.
 
 --dry_run prints the commands instead. Flags after "--" go to every run (e.g. -- --max_steps 3000).
 A run whose folder already holds results.json is skipped, so the sweep can be re-submitted.
-Tasks are the paper's or BIG-bench's (bigbench:NAME; its folder is named bigbench-NAME). The method
+Tasks are the paper's, BIG-bench's (bigbench:NAME; its folder is named bigbench-NAME) or data files of
+your own (files:DIR, for DIR/train.jsonl, DIR/dev.jsonl and DIR/test.jsonl, as launch/fetch_data.py
+writes them; its folder is named after DIR, and collect_results.py names the task so). The method
 "untrained" is the zero-training baseline: ADePT's initial prompt evaluated with --max_steps 0
 (its offset starts at zero), run for the first seed only (nothing in it depends on the seed).
 """
@@ -42,7 +44,28 @@ def parse_list(text: str, known=None, what: str = "") -> list[str]:
     return items
 
 
+FILES = "files:"  # a task of one's own data files: files:DIR
+SPLIT_FILES = (("--train_file", "train"), ("--eval_file", "dev"), ("--test_file", "test"))
+
+
+def task_flags(task: str) -> list[str]:
+    """The flags that name a task: --task NAME, or the three data files of files:DIR."""
+    if not task.startswith(FILES):
+        return ["--task", task]
+    folder = Path(task.removeprefix(FILES))
+    return [x for flag, split in SPLIT_FILES for x in (flag, str(folder / f"{split}.jsonl"))]
+
+
+def task_folder(task: str) -> str:
+    if task.startswith(FILES):
+        return Path(task.removeprefix(FILES)).name
+    return task.replace(":", "-").replace("/", "-")
+
+
 def known_task(name: str) -> bool:
+    if name.startswith(FILES):
+        folder = Path(name.removeprefix(FILES))
+        return all((folder / f"{split}.jsonl").is_file() for _, split in SPLIT_FILES)
     try:
         get_task(name)
         return True
@@ -54,13 +77,16 @@ def commands(args, extra: list[str]) -> list[tuple[Path, list[str]]]:
     runs = []
     tasks = parse_list(args.tasks)
     if bad := [t for t in tasks if not known_task(t)]:
-        raise SystemExit(f"error: unknown task(s) {', '.join(bad)}; known: {', '.join(TASKS)}, bigbench:NAME")
+        raise SystemExit(
+            f"error: unknown task(s) {', '.join(bad)}; known: {', '.join(TASKS)}, bigbench:NAME, "
+            "files:DIR (a folder holding train.jsonl, dev.jsonl and test.jsonl)"
+        )
     for task in tasks:
         for method in parse_list(args.methods, (*METHODS, UNTRAINED), "method(s)"):
             for seed in parse_list(args.seeds)[: 1 if method == UNTRAINED else None]:
-                out = Path(args.runs_dir) / f"{task.replace(':', '-').replace('/', '-')}-{method}-s{seed}"
+                out = Path(args.runs_dir) / f"{task_folder(task)}-{method}-s{seed}"
                 how = ["--method", "adept", "--max_steps", "0"] if method == UNTRAINED else ["--method", method]
-                flags = ["--task", task, "--seed", seed, "--output_dir", str(out), *extra, *how]  # how wins
+                flags = [*task_flags(task), "--seed", seed, "--output_dir", str(out), *extra, *how]  # how wins
                 if args.local:
                     cmd = ["deepspeed", "--num_gpus", str(args.num_gpus)]
                     if getattr(args, "master_port", None):  # two sweeps side by side need two ports

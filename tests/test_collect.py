@@ -96,6 +96,31 @@ def test_sweep_of_bigbench_tasks_with_the_untrained_baseline(capsys):
         assert "unknown task(s) rtee" in str(exc)
 
 
+def test_sweep_of_data_file_folders_and_their_name_in_the_table(tmp_path, capsys):
+    """files:DIR (launch/fetch_data.py's layout) runs DIR's three files; the table names the task DIR's name."""
+    data = tmp_path / "movie_sentiment"
+    data.mkdir()
+    for split in ("train", "dev", "test"):
+        (data / f"{split}.jsonl").write_text('{"input": "a", "target": "b"}\n')
+    args = sweep.argparse.Namespace(tasks=f"files:{data}", methods="pt", seeds="7", runs_dir="r", local=True,
+                                    num_gpus=1, config=None, slurm="")  # fmt: skip
+    [(out, cmd)] = sweep.commands(args, [])
+    assert str(out) == "r/movie_sentiment-pt-s7"
+    assert cmd[4:11] == ["--train_file", f"{data}/train.jsonl", "--eval_file", f"{data}/dev.jsonl", "--test_file",
+                         f"{data}/test.jsonl", "--seed"]  # fmt: skip
+    (data / "dev.jsonl").unlink()
+    with pytest.raises(SystemExit, match="files:DIR \\(a folder holding train.jsonl, dev.jsonl and test.jsonl\\)"):
+        sweep.commands(args, [])
+    for seed in (1, 2):  # results.json records a run of data files by its training file
+        (tmp_path / "runs" / f"s{seed}").mkdir(parents=True)
+        r = result(f"{data}/train.jsonl", "pt", seed, {"accuracy": 50.0 + seed})
+        (tmp_path / "runs" / f"s{seed}" / "results.json").write_text(json.dumps(r))
+    assert collect_results.main([str(tmp_path / "runs")]) == 0
+    text = capsys.readouterr().out
+    assert "| method | movie_sentiment (accuracy) |" in text and "| pt | 51.5 ± 0.7 (n=2) |" in text
+    assert collect_results.task_name("own/rows.csv") == "own/rows.csv"  # not DIR/train.*: the path itself
+
+
 def test_collect_untrained_and_majority_rows_and_the_plot(tmp_path, capsys):
     targets = ["True"] * 6 + ["False"] * 4  # majority: 60%
     for method, seed, acc, steps in (("adept", 1, 80.0, 40), ("adept", 2, 70.0, 40), ("pt", 1, 60.0, 40),

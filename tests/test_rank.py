@@ -12,10 +12,11 @@ import torch
 
 from adept_dist.commands.predict import encode_sources
 from adept_dist.data.examples import Example, collate
+from adept_dist.distributed.comm import Dist
 from adept_dist.model.adapters import build_adapter
 from adept_dist.model.backbone import load_backbone, load_tokenizer
 from adept_dist.model.lm import AdeptLM
-from adept_dist.run.evaluation import option_ids
+from adept_dist.run.evaluation import option_ids, rank_examples, target_loss
 from tests.conftest import deepspeed_cmd, run_cmd, write_jsonl
 from tests.test_predict import WORDS, tiny_adapter  # noqa: F401 - a fixture
 
@@ -28,19 +29,25 @@ def brute_force(model: AdeptLM, source: list[int], option: list[int]) -> float:
     return -loss_sum.item()
 
 
+def perturbed_model(model_dir: Path, method: str, seed: int) -> AdeptLM:
+    """The tiny NF4 model (fp32 compute) with an m=4 adapter whose every parameter is drawn from
+    N(0, 0.3), so that the prompt and the offsets all matter; no dropout, eval mode."""
+    backbone = load_backbone(str(model_dir), "nf4", torch.device("cpu"), dtype=torch.float32)
+    torch.manual_seed(seed)
+    adapter = build_adapter(method, 4, 64, dropout=0.0, **({"max_length": 16} if method == "dept" else {}))
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_(0, 0.3)
+    return AdeptLM(backbone, adapter.eval()).eval()
+
+
 @pytest.mark.parametrize("method", ["adept", "dept", "pt"])
 def test_ranked_options_equal_a_full_forward_each(tiny_model_dir, method):
     """Rows of different source lengths (left padding), different numbers of options of different
     lengths (one token to four, EOS included as in training's targets). Measured largest differences
     on the tiny NF4 model in fp32 (2026-12-06): 4.8e-7 (adept, dept) and 1.4e-6 (pt) on
     log-probabilities from -4.7 to -19.7 (summation order), hence atol 1e-4."""
-    backbone = load_backbone(str(tiny_model_dir), "nf4", torch.device("cpu"), dtype=torch.float32)
-    torch.manual_seed(0)
-    adapter = build_adapter(method, 4, 64, dropout=0.0, **({"max_length": 16} if method == "dept" else {}))
-    with torch.no_grad():
-        for p in adapter.parameters():
-            p.normal_(0, 0.3)
-    model = AdeptLM(backbone, adapter.eval()).eval()
+    model = perturbed_model(tiny_model_dir, method, seed=0)
     eos = 2
     sources = [[1, 10, 11, 12], [1, 20, 21, 22, 23, 24], [1, 30]]
     options = [[[40, eos], [41, 42, eos]], [[eos], [50, 51, 52, eos], [53, eos]], [[60, 61, eos]]]
@@ -54,6 +61,26 @@ def test_ranked_options_equal_a_full_forward_each(tiny_model_dir, method):
         want = [brute_force(model, source, o) for o in opts]
         assert [s for s, _ in got] == pytest.approx(want, abs=1e-4)
         assert all(s < 0 for s, _ in got)
+
+
+def test_the_ranked_evaluations_loss_is_read_off_the_targets_scores(tiny_model_dir):
+    """With every target among its row's options, rank_examples reads the validation loss off the
+    target's score instead of a teacher-forced forward per batch: the same (summed loss, tokens) as
+    target_loss over the same examples (to the 1e-4 of the test above), and the forward path again
+    when one target is missing from its options."""
+    model = perturbed_model(tiny_model_dir, "adept", seed=1)
+    eos, d = 2, Dist(0, 1, 0, torch.device("cpu"))
+    rows = [([1, 10, 11], [40, eos]), ([1, 20, 21, 22, 23], [41, 42, eos]), ([1, 30], [eos])]
+    examples = [Example(src + tgt, len(tgt), len(src)) for src, tgt in rows]
+    options = [[[40, eos], [43, eos]], [[44, eos], [41, 42, eos]], [[eos], [45, 46, eos]]]
+    want = sum(target_loss(model, examples, [i], 3, d, True) for i in range(len(rows)))
+    scored, sums = rank_examples(model, examples, options, 3, d, batch_size=2, with_loss=True)
+    assert sums[1].item() == want[1].item() == 6  # 2 + 3 + 1 target tokens, EOS included
+    assert sums[0].item() == pytest.approx(want[0].item(), abs=1e-4)
+    assert [i for i, _ in sorted(scored)] == [0, 1, 2]
+    options[2] = [[45, 46, eos]]  # row 2's target is no option: the teacher-forced forward
+    _, forward = rank_examples(model, examples, options, 3, d, batch_size=2, with_loss=True)
+    assert forward.tolist() == pytest.approx(want.tolist(), abs=1e-6)
 
 
 def read_rows(path: Path) -> list[dict]:

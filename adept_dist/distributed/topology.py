@@ -125,13 +125,15 @@ class Layout:
                 f"({len(self.groups)} group(s) of {size}); --shard_scope {self.scope}")  # fmt: skip
 
 
-def make_layout(scope: str, group_size: int | None, ranks_per_node: int | None) -> tuple[Layout, object | None]:
+def make_layout(scope: str, group_size: int | None, ranks_per_node: int | None,
+                nodes: list[int] | None = None) -> tuple[Layout, object | None]:  # fmt: skip
     """The layout of this job and the process group this rank's backbone is partitioned over (None:
-    the world group, DeepSpeed's default; also for `none`, where nothing is partitioned).
+    the world group, DeepSpeed's default; also for `none`, where nothing is partitioned); `nodes`:
+    every rank's node if the caller has found them already (discover_nodes), else found here.
     Collective: every rank creates every group, in the same order, as torch requires."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
-    nodes = discover_nodes(world, ranks_per_node)
+    nodes = discover_nodes(world, ranks_per_node) if nodes is None else nodes
     groups = shard_groups(nodes, scope, group_size)
     layout = Layout(scope, tuple(nodes), tuple(tuple(g) for g in groups), rank)
     mine = None

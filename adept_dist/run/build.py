@@ -134,12 +134,13 @@ def place(cfg: Config, d: Dist, model_config, model_name: str) -> tuple[Config, 
     ds_path = DEFAULT_DS_CONFIG if cfg.run.ds_config == AUTO else cfg.run.ds_config
     ds_config = resolve_ds_config(ds_path, cfg.ds_settings(d.world))
     scope = cfg.run.shard_scope
+    nodes = discover_nodes(d.world, cfg.run.ranks_per_node)  # collective: found once, for the plan and the layout
     if scope == AUTO or (scope is None and cfg.run.ds_config == AUTO):
-        scope = planned_scope(cfg, d, model_config.to_dict(), ds_config, model_name)
+        scope = planned_scope(cfg, d, nodes, model_config.to_dict(), ds_config, model_name)
     ds_config, scope, note = apply_shard_scope(ds_config, scope, ds_path)
     if note:
         log0(d, note)
-    layout, group = make_layout(scope, cfg.run.shard_group_size, cfg.run.ranks_per_node)
+    layout, group = make_layout(scope, cfg.run.shard_group_size, cfg.run.ranks_per_node, nodes)
     traffic.COUNTER.set_nodes(list(layout.nodes), d.rank)
     log0(d, layout.describe())
     zero3 = zero_stage(ds_config) == 3
@@ -157,10 +158,10 @@ def size(n: float) -> str:
     return f"{n / 1e9:.2f} GB" if n >= 1e8 else f"{n / 1e6:.2f} MB"
 
 
-def planned_scope(cfg: Config, d: Dist, model_config: dict, ds_config: dict, model_name: str) -> str:
+def planned_scope(cfg: Config, d: Dist, nodes: list[int], model_config: dict, ds_config: dict, model_name: str) -> str:
     """--shard_scope auto (or --ds_config auto): the scope adept-plan recommends for this model, these
-    options and this job's nodes, ranks and device memory (collective: the nodes are all-gathered)."""
-    nodes = discover_nodes(d.world, cfg.run.ranks_per_node)
+    options and this job's nodes (`nodes`: every rank's), ranks and device memory (collective: the
+    smallest device memory is all-reduced)."""
     n_nodes = len(set(nodes))
     per_node = d.world // n_nodes
     if per_node * n_nodes != d.world:

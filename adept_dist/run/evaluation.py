@@ -40,6 +40,37 @@ def batch_generator(seed: int, batch_number: int) -> torch.Generator:
     return torch.Generator().manual_seed((seed * 1_000_003 + batch_number) % (2**63))
 
 
+def over_batches(model: AdeptLM, examples: list[Example], pad_id: int, d: Dist, batch_size: int, with_loss: bool,
+                 desc: str, step, share_prompt: bool = True) -> tuple[list, torch.Tensor]:  # fmt: skip
+    """The round loop of generation and ranking: the model in eval mode, the soft prompt's keys and
+    values computed once (the adapter does not change here; `share_prompt=False`: none), then this
+    rank's share of the length-sorted batches, with a dummy batch in the rounds where only other ranks
+    still have one (every forward is collective under ZeRO-3). `step(number, idx, real, sources,
+    prompt_kv)` scores one batch and returns its [(example index, result)]; the teacher-forced (loss,
+    tokens) of the targets is summed over all ranks when `with_loss`."""
+    mine, rounds = rank_batches(examples, batch_size, d.world, d.rank)
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(2, dtype=torch.float64)
+    out: list = []
+    bar = Progress(rounds, desc, enabled=d.main, nested=True)
+    prompt_kv = model.prompt_kv(d.device) if share_prompt else None
+    for r in range(rounds):
+        real = r < len(mine)
+        number, idx = mine[r] if real else (0, [0])
+        if with_loss:
+            sums += target_loss(model, examples, idx, pad_id, d, real)
+        rows = step(number, idx, real, sources_batch(examples, idx, pad_id), prompt_kv)
+        if real:
+            out += rows
+        bar.update(1)
+    bar.close()
+    if with_loss:
+        all_reduce_sum(sums)
+    model.train(was_training)
+    return out, sums
+
+
 @torch.no_grad()
 def decode_examples(
     model: AdeptLM,
@@ -61,7 +92,6 @@ def decode_examples(
     tokens) over all ranks when `with_loss` (teacher-forced on the examples' targets). The soft
     prompt's keys and values are computed once for all batches (`share_prompt=False`: in every row,
     the reference path)."""
-    mine, rounds = rank_batches(examples, batch_size, d.world, d.rank)
 
     def finished(done: torch.Tensor, real: bool) -> bool:  # every rank's batch has ended
         if d.world == 1:
@@ -69,38 +99,21 @@ def decode_examples(
         flag = torch.tensor([0.0 if (done.all() or not real) else 1.0], dtype=torch.float64)
         return all_reduce_sum(flag).item() == 0
 
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(2, dtype=torch.float64)
-    out: list[tuple[int, list[int]]] = []
-    bar = Progress(rounds, desc, enabled=d.main, nested=True)
-    prompt_kv = model.prompt_kv(d.device) if share_prompt else None  # once: the adapter does not change here
-    for r in range(rounds):
-        real = r < len(mine)
-        number, idx = mine[r] if real else (0, [0])
-        if with_loss:
-            sums += target_loss(model, examples, idx, pad_id, d, real)
-        src = sources_batch(examples, idx, pad_id)
+    def step(number: int, idx: list[int], real: bool, src: dict, prompt_kv) -> list[tuple[int, list[int]]]:
         gen = model.generate(
             src["input_ids"].to(d.device),
             src["attention_mask"].to(d.device),
             max_new_tokens,
             eos_id,
-            finished=lambda done, real=real: finished(done, real),
+            finished=lambda done: finished(done, real),
             sampling=sampling,
             generator=batch_generator(seed, number),
             prompt_kv=prompt_kv,
             share_prompt=share_prompt,
         )
-        if real:
-            for i, ids in zip(idx, gen.tolist()):
-                out.append((i, ids[: ids.index(eos_id)] if eos_id in ids else ids))
-        bar.update(1)
-    bar.close()
-    if with_loss:
-        all_reduce_sum(sums)
-    model.train(was_training)
-    return out, sums
+        return [(i, ids[: ids.index(eos_id)] if eos_id in ids else ids) for i, ids in zip(idx, gen.tolist())]
+
+    return over_batches(model, examples, pad_id, d, batch_size, with_loss, desc, step, share_prompt)
 
 
 def target_loss(model: AdeptLM, examples: list[Example], idx: list[int], pad_id: int, d: Dist,
@@ -126,29 +139,26 @@ def rank_examples(model: AdeptLM, examples: list[Example], options: list[list[li
                   batch_size: int, with_loss: bool = False, desc: str = "rank") -> tuple[list, torch.Tensor]:  # fmt: skip
     """Each example's options scored (AdeptLM.option_logprobs) on this rank's share of the batches
     (the same batches as decode_examples): [(example index, [(summed log-prob, tokens) per option])]
-    of this rank, and the teacher-forced (loss, tokens) over all ranks when `with_loss`."""
-    mine, rounds = rank_batches(examples, batch_size, d.world, d.rank)
-    was_training = model.training
-    model.eval()
-    sums = torch.zeros(2, dtype=torch.float64)
-    out = []
-    bar = Progress(rounds, desc, enabled=d.main, nested=True)
-    prompt_kv = model.prompt_kv(d.device)
-    for r in range(rounds):
-        real = r < len(mine)
-        _, idx = mine[r] if real else (0, [0])
-        if with_loss:
-            sums += target_loss(model, examples, idx, pad_id, d, real)
-        src = sources_batch(examples, idx, pad_id)
+    of this rank, and the teacher-forced (loss, tokens) over all ranks when `with_loss`.
+
+    When every example's target (its ids + EOS) is one of its options, as for every split that rank
+    mode scores, that loss is read off the target's own score (the same tokens after the same prompt
+    and source: tests/test_rank.py checks it against the teacher-forced forward) instead of a
+    forward over prompt, source and target per batch, which cost several times the ranking itself."""
+    targets = [e.input_ids[len(e.input_ids) - e.n_target :] for e in examples]
+    from_scores = with_loss and all(t in opts for t, opts in zip(targets, options))  # the same on every rank
+
+    def step(number: int, idx: list[int], real: bool, src: dict, prompt_kv) -> list:
         scored = model.option_logprobs(src["input_ids"].to(d.device), src["attention_mask"].to(d.device),
                                        [options[i] for i in idx], prompt_kv=prompt_kv)  # fmt: skip
-        if real:
-            out += list(zip(idx, scored))
-        bar.update(1)
-    bar.close()
-    if with_loss:
+        return list(zip(idx, scored))
+
+    out, sums = over_batches(model, examples, pad_id, d, batch_size, with_loss and not from_scores, desc, step)
+    if from_scores:
+        for i, scored in out:
+            logprob, tokens = scored[options[i].index(targets[i])]
+            sums += torch.tensor([-logprob, tokens], dtype=torch.float64)
         all_reduce_sum(sums)
-    model.train(was_training)
     return out, sums
 
 
