@@ -93,6 +93,8 @@ def test_splits_are_seeded_disjoint_and_sized():
     assert all(set(r) == {"input", "target"} for s in a.values() for r in s)
     with pytest.raises(public.DataError, match="only 10 rows"):
         public.split_rows(rows[:10], 42, None)
+    twice = public.split_rows([*rows, {"input": "x7", "target": "b"}], 42, None)  # a repeated input: left out
+    assert sum(len(v) for v in twice.values()) == 1500
 
 
 def ar_archive(members: dict[str, bytes]) -> bytes:
@@ -141,8 +143,8 @@ def test_the_real_sources_make_the_tasks_users_get(tmp_path):
     assert set(record) == set(public.TASK_NAMES)
     assert record["movie_sentiment"]["licence"] == "MIT" and record["movie_sentiment"]["version"] == "3.3.2"
     splits = {t: {s: c["targets"] for s, c in r["splits"].items()} for t, r in record.items()}
-    assert splits["movie_sentiment"]["test"] == {"negative": 510, "positive": 490}
-    assert record["movie_sentiment"]["splits"]["train"]["rows"] == 8872  # 10,605 - 533 near-neutral - 1200
+    assert splits["movie_sentiment"]["test"] == {"negative": 505, "positive": 495}
+    assert record["movie_sentiment"]["splits"]["train"]["rows"] == 8870  # 10,605 - 533 near-neutral - 2 repeated - 1200
     assert splits["wordnet_hypernym"]["test"] == {"no": 508, "yes": 492}
     assert splits["wordnet_category"]["test"]["artifact"] == 324
     for task in public.TASK_NAMES:

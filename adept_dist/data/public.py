@@ -232,8 +232,11 @@ def category_rows(synsets: dict[str, Synset]) -> list[dict]:
 
 
 def split_rows(rows: list[dict], seed: int, train_max: int | None) -> dict[str, list[dict]]:
-    """A seeded shuffle: test, then dev, then train (capped); a row's `word` (if any) is dropped."""
-    rows = list(rows)
+    """A seeded shuffle: test, then dev, then train (capped); a row's `word` (if any) is dropped. A
+    row whose input came before is left out (the movie sentences hold two twice), so no split holds
+    an input of another."""
+    seen: set[str] = set()
+    rows = [r for r in rows if not (r["input"] in seen or seen.add(r["input"]))]
     random.Random(seed).shuffle(rows)
     need = SIZES["test"] + SIZES["dev"] + 1
     if len(rows) < need:
