@@ -4,7 +4,8 @@
 
 Each cell is the mean +- standard deviation over seeds (sample std; "+- 0" for one seed is shown
 as the bare mean) of the task's first metric, in percent; family averages (GLUE, SuperGLUE, MRQA,
-others, BIG-bench) average the task means of the tasks present. A second table lists every metric.
+others, BIG-bench, and data files of one's own, named by their folder) average the task means of
+the tasks present. A second table lists every metric.
 A run trained for 0 steps from its initial prompt is the "untrained" row. For tasks scored by
 accuracy, a "majority class" row gives the share of the split's most frequent target (read from
 the runs' predictions). --plot FILE draws each task's validation score over the steps, one line per
@@ -36,7 +37,8 @@ from adept_dist.data.metrics import METRICS, ROW_METRICS
 from adept_dist.data.stats import mcnemar_exact, paired_bootstrap
 from adept_dist.data.tasks import TASK_LIST, find_task
 
-FAMILIES = {"glue": "GLUE", "superglue": "SuperGLUE", "mrqa": "MRQA", "other": "Others", "bigbench": "BIG-bench"}
+FAMILIES = {"glue": "GLUE", "superglue": "SuperGLUE", "mrqa": "MRQA", "other": "Others", "bigbench": "BIG-bench",
+            "files": "Data files"}  # fmt: skip
 UNTRAINED = "untrained"
 MAJORITY = "majority class"
 
@@ -48,7 +50,7 @@ def method_of(r: dict) -> str:
 
 def family_of(task: str) -> str:
     t = find_task(task)
-    return t.family if t is not None else "other"
+    return t.family if t is not None else "files"  # data files of one's own: averaged apart from the paper's
 
 
 def majority_share(results: list[dict], split: str) -> dict[str, float]:
