@@ -3,7 +3,7 @@ for everyone (sources, versions, licences and the tasks: adept_dist/data/public.
 
     python launch/fetch_data.py                       # all tasks into data/public/
     python launch/fetch_data.py --out DIR --tasks movie_sentiment,wordnet_hypernym
-    python launch/fetch_data.py --downloads DIR       # files already downloaded (no network)
+    python launch/fetch_data.py --downloads DIR       # source files already there are used as they are
 
 Each task becomes DIR/TASK/{train,dev,test}.jsonl (`--train_file`, `--eval_file`, `--test_file`);
 DIR/SOURCES.json names each task's source, version, sha256, licence and split sizes. The downloads
@@ -13,6 +13,7 @@ are kept in DIR/downloads/ and checked against their pinned sha256 before use.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import shutil
 import subprocess
@@ -52,8 +53,8 @@ def fetch_wordnet(folder: Path) -> Path:
                 shutil.copyfileobj(response, f)
             Path(f"{path}.part").replace(path)
             return path
-        except OSError as e:
-            errors.append(f"{url}: {e}")
+        except (OSError, http.client.HTTPException) as e:  # unreachable, refused, or cut short
+            errors.append(f"{url}: {e!r}")
     if shutil.which("apt-get"):  # a Debian machine with its own mirror settings
         done = subprocess.run(["apt-get", "download", f"{WORDNET.name}={WORDNET.version}"], cwd=folder,
                               capture_output=True, text=True)  # fmt: skip
@@ -84,7 +85,10 @@ def main(argv: list[str] | None = None) -> int:
         for name in {SOURCES[t].name for t in tasks}:
             files[name] = fetch_vader(folder) if name == VADER.name else fetch_wordnet(folder)
         record_path = out / "SOURCES.json"
-        record = json.loads(record_path.read_text()) if record_path.exists() else {}
+        try:
+            record = json.loads(record_path.read_text()) if record_path.exists() else {}
+        except ValueError:
+            raise DataError(f"{record_path} is not JSON: delete it (the tasks' files are written again)") from None
         for task in tasks:
             record[task] = write_task(out, task, make_task(task, files, args.seed), args.seed)
             sizes = ", ".join(f"{s} {c['rows']}" for s, c in record[task]["splits"].items())

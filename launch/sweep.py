@@ -52,7 +52,7 @@ def task_flags(task: str) -> list[str]:
     """The flags that name a task: --task NAME, or the three data files of files:DIR."""
     if not task.startswith(FILES):
         return ["--task", task]
-    folder = Path(task.removeprefix(FILES))
+    folder = Path(task.removeprefix(FILES)).resolve()  # the runs may start in another folder (--local: the checkout)
     return [x for flag, split in SPLIT_FILES for x in (flag, str(folder / f"{split}.jsonl"))]
 
 
@@ -81,6 +81,10 @@ def commands(args, extra: list[str]) -> list[tuple[Path, list[str]]]:
             f"error: unknown task(s) {', '.join(bad)}; known: {', '.join(TASKS)}, bigbench:NAME, "
             "files:DIR (a folder holding train.jsonl, dev.jsonl and test.jsonl)"
         )
+    folders = [task_folder(t) for t in tasks]
+    if twice := sorted({f for f in folders if folders.count(f) > 1}):
+        raise SystemExit(f"error: two tasks would share the run folders {', '.join(twice)}-*: give data folders "
+                         "different names")  # fmt: skip
     for task in tasks:
         for method in parse_list(args.methods, (*METHODS, UNTRAINED), "method(s)"):
             for seed in parse_list(args.seeds)[: 1 if method == UNTRAINED else None]:

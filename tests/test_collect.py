@@ -4,6 +4,7 @@ commands of a tasks x methods x seeds sweep)."""
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -108,6 +109,10 @@ def test_sweep_of_data_file_folders_and_their_name_in_the_table(tmp_path, capsys
     assert str(out) == "r/movie_sentiment-pt-s7"
     assert cmd[4:11] == ["--train_file", f"{data}/train.jsonl", "--eval_file", f"{data}/dev.jsonl", "--test_file",
                          f"{data}/test.jsonl", "--seed"]  # fmt: skip
+    other = tmp_path / "elsewhere" / "movie_sentiment"  # another folder of the same name: the same run folders
+    shutil.copytree(data, other)
+    with pytest.raises(SystemExit, match="two tasks would share the run folders movie_sentiment-\\*"):
+        sweep.commands(sweep.argparse.Namespace(**{**vars(args), "tasks": f"files:{data},files:{other}"}), [])
     (data / "dev.jsonl").unlink()
     with pytest.raises(SystemExit, match="files:DIR \\(a folder holding train.jsonl, dev.jsonl and test.jsonl\\)"):
         sweep.commands(args, [])

@@ -120,6 +120,10 @@ def test_a_debian_package_is_read_without_dpkg_and_a_wrong_file_is_named(tmp_pat
     data = tar_of({"./usr/share/wordnet/data.noun": NOUNS.encode()}, "w:xz")
     deb.write_bytes(ar_archive({"debian-binary": b"2.0\n", "control.tar.xz": tar_of({}, "w:xz"), "data.tar.xz": data}))
     assert public.deb_member(deb, "/data.noun").decode() == NOUNS
+    cut = ar_archive({"debian-binary": b"2.0\n", "data.tar.xz": data[: len(data) // 2]})  # a download cut short
+    deb.write_bytes(cut)
+    with pytest.raises(public.DataError, match="cannot read its data archive .*delete it and fetch again"):
+        public.deb_member(deb, "/data.noun")
     deb.write_bytes(b"not a deb")
     with pytest.raises(public.DataError, match="not a Debian package"):
         public.deb_member(deb, "/data.noun")

@@ -13,7 +13,7 @@ Tasks (JSONL rows `{"input", "target"}`; `train`, `dev`, `test`, split by a seed
   533 sentences in between are left out, as SST-2 leaves out its neutral ones.
 - `wordnet_hypernym` (lexical entailment): `Is X a kind of Y?` -> `yes` when Y names a hypernym of
   X at one or two steps, `no` when Y names a category that is no ancestor of X; one question per
-  word X, half yes; a word is in one split only.
+  word X, half yes; so a word asked about is in one split only.
 - `wordnet_category`: `word: gloss` -> the noun's lexicographer category among eight concrete
   ones (animal, artifact, body, food, location, person, plant, substance).
 """
@@ -80,6 +80,15 @@ def check_sha256(path: Path, source: Source) -> None:
 
 def deb_member(deb: Path, suffix: str) -> bytes:
     """One file out of a .deb (an `ar` archive holding data.tar.*), read without dpkg."""
+    try:
+        return read_deb(deb, suffix)
+    except (tarfile.TarError, EOFError, ValueError) as e:  # a cut or damaged archive; no lzma in this Python
+        if isinstance(e, DataError):
+            raise
+        raise DataError(f"{deb}: cannot read its data archive ({e}); delete it and fetch again") from None
+
+
+def read_deb(deb: Path, suffix: str) -> bytes:
     raw = deb.read_bytes()
     if not raw.startswith(b"!<arch>\n"):
         raise DataError(f"{deb}: not a Debian package (no ar header); delete it and fetch again")
@@ -99,6 +108,13 @@ def deb_member(deb: Path, suffix: str) -> bytes:
 
 def sdist_member(sdist: Path, inner_tar: str, member: str) -> bytes:
     """A file inside the tarball `inner_tar` inside the sdist (vaderSentiment ships its data so)."""
+    try:
+        return read_sdist(sdist, inner_tar, member)
+    except (tarfile.TarError, EOFError, KeyError) as e:  # a cut or damaged archive, a missing member
+        raise DataError(f"{sdist}: cannot read {member} from it ({e}); delete it and fetch again") from None
+
+
+def read_sdist(sdist: Path, inner_tar: str, member: str) -> bytes:
     with tarfile.open(sdist) as outer:
         names = [n for n in outer.getnames() if n.endswith(inner_tar)]
         if not names:
