@@ -21,6 +21,7 @@ import sys
 import urllib.request
 from pathlib import Path
 
+from adept_dist.common.fileio import write_json
 from adept_dist.data.public import SOURCES, TASK_NAMES, VADER, WORDNET, DataError, make_task, write_task
 
 DEBIAN_URLS = (
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{task}: {sizes} -> {out / task}")
     except (DataError, OSError) as e:
         raise SystemExit(f"error: {e}") from None
-    record_path.write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
+    write_json(record_path, record)
     print(f"sources, versions and licences: {record_path}")
     return 0
 

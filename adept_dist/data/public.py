@@ -20,14 +20,17 @@ Tasks (JSONL rows `{"input", "target"}`; `train`, `dev`, `test`, split by a seed
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
-import json
 import random
 import re
 import tarfile
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+
+from adept_dist.common.fileio import write_jsonl
 
 
 @dataclass(frozen=True)
@@ -267,25 +270,28 @@ def split_rows(rows: list[dict], seed: int, train_max: int | None) -> dict[str, 
 
 def make_task(task: str, files: dict[str, Path], seed: int) -> dict[str, list[dict]]:
     """The splits of one task from the downloaded files ({source name: path})."""
-    source = SOURCES[task]
-    path = files[source.name]
-    check_sha256(path, source)
+    path = files[SOURCES[task].name]
     if task == "movie_sentiment":
-        text = sdist_member(path, "hutto_ICWSM_2014.tar.gz", MOVIE_MEMBER).decode("utf-8", "replace")
-        rows = movie_rows(text)
+        check_sha256(path, VADER)
+        rows = movie_rows(sdist_member(path, "hutto_ICWSM_2014.tar.gz", MOVIE_MEMBER).decode("utf-8", "replace"))
     else:
-        synsets = read_nouns(deb_member(path, "/data.noun").decode("utf-8", "replace"))
+        synsets = wordnet_nouns(path)
         rows = hypernym_rows(synsets, seed) if task == "wordnet_hypernym" else category_rows(synsets)
     return split_rows(rows, seed, TRAIN_MAX[task])
+
+
+@functools.lru_cache(maxsize=2)
+def wordnet_nouns(deb: Path) -> dict[str, Synset]:
+    """The package's noun synsets, checked and read once for both WordNet tasks."""
+    check_sha256(deb, WORDNET)
+    return read_nouns(deb_member(deb, "/data.noun").decode("utf-8", "replace"))
 
 
 def write_task(out: Path, task: str, splits: dict[str, list[dict]], seed: int) -> dict:
     folder = out / task
     folder.mkdir(parents=True, exist_ok=True)
     for split, rows in splits.items():
-        tmp = folder / f"{split}.jsonl.tmp"
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(folder / f"{split}.jsonl")
+        write_jsonl(folder / f"{split}.jsonl", rows)
     source = SOURCES[task]
     counts = {split: {"rows": len(rows), "targets": count_targets(rows)} for split, rows in splits.items()}
     return {"task": task, "source": source.name, "version": source.version, "file": source.file,
@@ -294,7 +300,4 @@ def write_task(out: Path, task: str, splits: dict[str, list[dict]], seed: int) -
 
 
 def count_targets(rows: list[dict]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for r in rows:
-        counts[r["target"]] = counts.get(r["target"], 0) + 1
-    return dict(sorted(counts.items()))
+    return dict(sorted(Counter(r["target"] for r in rows).items()))
