@@ -23,6 +23,21 @@ def _adept_home(tmp_path_factory):
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+@pytest.fixture
+def hub_offline(monkeypatch):
+    """The Hugging Face hub unreachable at once, as with HF_HUB_OFFLINE=1 in a fresh process. The
+    variables alone do not do it here: huggingface_hub and datasets read them when first imported
+    (an earlier test imported them), and online each failed request is retried for ~23 s."""
+    import datasets.config
+    import huggingface_hub.constants
+
+    for name in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):
+        monkeypatch.setenv(name, "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(datasets.config, "HF_DATASETS_OFFLINE", True)
+
+
 def tiny_shape(vocab_size: int, hidden: int = 64, layers: int = 2, max_positions: int = 512) -> dict:
     """Size arguments of the tests' tiny LLaMA-layout models: 4 heads, GQA (2 KV heads), MLP 2 x hidden."""
     from adept_dist.model.builtin import llama_shape

@@ -239,8 +239,7 @@ def test_unknown_model_path_and_non_decoder_models(tmp_path):
             load_config(str(folder))
 
 
-def test_unreachable_hub_id_is_a_clear_error(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_unreachable_hub_id_is_a_clear_error(hub_offline):
     with pytest.raises(ModelError, match="cannot load model config for 'nobody/no-such-model'"):
         load_config("nobody/no-such-model")
 

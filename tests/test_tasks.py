@@ -237,9 +237,7 @@ def test_missing_data_and_empty_split(tmp_path, byte_tokenizer):
         prepare_main(TASKS["rte"], byte_tokenizer, opts(root), None)
 
 
-def test_hub_unreachable_is_one_clear_line(monkeypatch, byte_tokenizer):
-    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_hub_unreachable_is_one_clear_line(hub_offline, byte_tokenizer):
     with pytest.raises(DataError, match="cannot load nyu-mll/glue \\(rte\\) split train from the hub .* --data_dir"):
         load_split(TASKS["rte"], None, "train")
 
