@@ -1,51 +1,55 @@
-"""The benchmarks run and write well-formed JSON (smoke tests: no timing is asserted)."""
+"""The benchmarks run and write well-formed JSON (smoke tests: no timing is asserted); the rounds
+of bench/bench.py combine as its docstring says."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 
 import pytest
 
-from tests.conftest import run_cmd
+from tests.conftest import REPO, run_cmd
 
 TINY = ["--hidden", "64", "--layers", "1", "--heads", "4", "--vocab", "400"]
 
 
-@pytest.mark.dist
-@pytest.mark.slow
-def test_bench_smoke(tmp_path):
-    out = tmp_path / "bench.json"
-    proc = run_cmd([sys.executable, "bench/bench.py", *TINY, "--examples", "32", "--min_len", "12", "--max_len", "40",
-                    "--batch", "4", "--warmup", "1", "--steps", "2", "--modes", "floor,floor_padded,anchor,ours,ours_padded,ours_w2_zero3",
-                    "--rounds", "2", "--json", str(out)])  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    res = json.loads(out.read_text())
-    assert set(res["results"]) == {"floor", "floor_padded", "anchor", "ours", "ours_padded", "ours_w2_zero3"}
-    for mode, r in res["results"].items():
-        assert r["step_s"] > 0 and r["tokens_per_s"] > 0 and 0 <= r["padding_fraction"] < 1, mode
-        assert r["peak_rss_mb"] > 0 and "vs_floor" in r and "vs_anchor" in r
-    assert res["results"]["floor"]["vs_floor"] == 1.0 and res["results"]["anchor"]["vs_anchor"] == 1.0
-    assert res["results"]["anchor"]["prompt_tokens"] == 100 and res["results"]["ours"]["prompt_tokens"] == 60
-    assert res["results"]["ours"]["r"] == 19  # budget-matched rank of m=60
-    assert (
-        res["results"]["ours_w2_zero3"]["world"] == 2 and len(res["results"]["ours_w2_zero3"]["memory_per_rank"]) == 2
-    )
-    assert "| floor | 1 |" in proc.stdout  # the table is printed
-    # two rounds, modes in turn: medians of the rounds, each ratio taken within a round
-    assert res["rounds"] == 2 and len(res["per_round"]) == 2
-    ours, rounds = res["results"]["ours"], res["per_round"]
-    each = sorted(r["ours"]["step_s"] / r["floor"]["step_s"] for r in rounds)
-    assert ours["vs_floor_range"] == each and ours["vs_floor"] == sum(each) / 2
-    assert ours["step_s"] == sum(r["ours"]["step_s"] for r in rounds) / 2
-    # packed modes against their padded twins; a padded mode against the padded floor
-    padded = res["results"]["ours_padded"]
-    assert ours["packed"] and res["results"]["floor"]["packed"] and not padded["packed"]
-    each = sorted(r["ours"]["tokens_per_s"] / r["ours_padded"]["tokens_per_s"] for r in rounds)
-    assert ours["vs_padded_range"] == each and "vs_padded" in res["results"]["floor"] and "vs_padded" not in padded
-    each = sorted(r["ours_padded"]["step_s"] / r["floor_padded"]["step_s"] for r in rounds)
-    assert padded["vs_floor_range"] == each
-    assert ours["padding_fraction"] < padded["padding_fraction"]  # 4 examples of 12-40 tokens: one row each step
+def load_bench():
+    """bench/bench.py as a module (bench/ is scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location("bench_main", REPO / "bench" / "bench.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_rounds_combine_into_medians_and_ratios_taken_within_each_round():
+    """Three rounds of five modes (made-up figures, machine load changing between rounds): step time
+    and tokens/s are the medians over the rounds, memory the largest; each ratio is taken within a
+    round (same load) and its median and range reported; a padded mode is set against the padded
+    floor, a packed mode against its padded twin; the table prints ratio ranges."""
+    bench = load_bench()
+    load = (1.0, 2.0, 1.5)  # the machine twice as slow in round 2
+    base = {"floor": (1.0, 1000), "floor_padded": (1.2, 700), "anchor": (2.0, 400), "ours": (1.1, 900),
+            "ours_padded": (1.4, 600)}  # fmt: skip
+    rounds = [
+        {m: {"step_s": s * k * (1.1 if (m, i) == ("ours", 2) else 1.0), "tokens_per_s": t / k, "peak_rss_mb": 100 + i,
+             "world": 1, "padding_fraction": 0.1, "packed": not m.endswith("padded") and m != "anchor"}
+         for m, (s, t) in base.items()}
+        for i, k in enumerate(load)
+    ]  # fmt: skip
+    res = bench.combine(rounds)
+    ours = res["ours"]
+    assert ours["step_s"] == pytest.approx(1.1 * 1.5 * 1.1) and ours["tokens_per_s"] == pytest.approx(900 / 1.5)
+    assert ours["peak_rss_mb"] == 102 and ours["step_s_per_round"] == [r["ours"]["step_s"] for r in rounds]
+    # within-round ratios: 1.1 in rounds 0 and 1, 1.21 in round 2 (ours 10% slower there only)
+    assert ours["vs_floor"] == pytest.approx(1.1) and ours["vs_floor_range"] == pytest.approx([1.1, 1.21])
+    assert ours["vs_anchor"] == pytest.approx(900 / 400) and ours["vs_padded"] == pytest.approx(900 / 600)
+    padded = res["ours_padded"]
+    assert padded["vs_floor"] == pytest.approx(1.4 / 1.2) and "vs_padded" not in padded  # the padded floor
+    assert res["anchor"]["vs_floor"] == pytest.approx(2.0 / 1.2)  # the anchor (PEFT) pads its batches
+    assert res["floor"]["vs_floor"] == 1.0 and res["anchor"]["vs_anchor"] == 1.0
+    text = bench.table(res)
+    assert "| ours | 1 | 1.815 | 600 | 1.10 (1.10-1.21) | 2.25 | 1.50 | 10.0% | 102 |" in text, text
 
 
 @pytest.mark.dist
@@ -66,17 +70,34 @@ def test_bench_load_smoke(tmp_path):
 @pytest.mark.dist
 @pytest.mark.slow
 def test_gpu_check_runs_its_modes_and_names_missing_packages(tmp_path):
-    """The GPU check's script on the CPU with small shape flags (its defaults are the 7B shape): all
-    six modes run and land in one JSON; a --wheels folder without wheels stops it with pip's error."""
+    """The GPU check's script on the CPU with small shape flags (its defaults are the 7B shape), with
+    the world-2 ZeRO-3 mode added: every mode runs, lands in one JSON and in the printed table, with
+    figures of the right kind (no timing is asserted); a --wheels folder without wheels stops it
+    with pip's error."""
     out = tmp_path / "gpu_check.json"
+    modes = ["floor", "floor_padded", "anchor", "ours", "ours_padded", "ours_zero3", "ours_w2_zero3"]
     cmd = ["bash", "launch/gpu_check.sh", "--json", str(out), *TINY, "--examples", "16", "--min_len", "12",
-           "--max_len", "40", "--batch", "4", "--steps", "1", "--warmup", "1"]  # fmt: skip
+           "--max_len", "40", "--batch", "4", "--steps", "1", "--warmup", "1", "--modes", ",".join(modes)]  # fmt: skip
     proc = run_cmd(cmd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     res = json.loads(out.read_text())
-    assert res["failed"] == {} and res["rounds"] == 1
-    assert set(res["results"]) == {"floor", "floor_padded", "anchor", "ours", "ours_padded", "ours_zero3"}
+    assert res["failed"] == {} and res["rounds"] == 1 and len(res["per_round"]) == 1
+    assert list(res["results"]) == modes
     assert res["model"]["hidden"] == 64 and "gpu_check:" in proc.stdout and "s in all" in proc.stdout
+    for mode, r in res["results"].items():
+        assert r["step_s"] > 0 and r["tokens_per_s"] > 0 and 0 <= r["padding_fraction"] < 1, mode
+        assert r["peak_rss_mb"] > 0 and "vs_floor" in r and "vs_anchor" in r, mode
+        assert f"| {mode} | {r['world']} |" in proc.stdout  # the table is printed
+    results = res["results"]
+    assert results["floor"]["vs_floor"] == 1.0 and results["anchor"]["vs_anchor"] == 1.0
+    assert results["anchor"]["prompt_tokens"] == 100 and results["ours"]["prompt_tokens"] == 60
+    assert results["ours"]["r"] == 19  # budget-matched rank of m=60
+    w2 = results["ours_w2_zero3"]
+    assert w2["world"] == 2 and len(w2["memory_per_rank"]) == 2 and results["ours_zero3"]["world"] == 1
+    ours, padded = results["ours"], results["ours_padded"]
+    assert ours["packed"] and results["floor"]["packed"] and not padded["packed"]
+    assert "vs_padded" in ours and "vs_padded" not in padded
+    assert ours["padding_fraction"] < padded["padding_fraction"]  # 4 examples of 12-40 tokens: one row each step
     (tmp_path / "empty").mkdir()
     proc = run_cmd(["bash", "launch/gpu_check.sh", "--wheels", str(tmp_path / "empty"), "--json", str(out)])
     assert proc.returncode == 2 and "no .whl files in" in proc.stderr
