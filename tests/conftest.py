@@ -112,6 +112,25 @@ def deepspeed_cmd(script: str, *args: str, num_gpus: int = 2) -> list[str]:
     return [launcher, "--num_gpus", str(num_gpus), "--master_port", str(free_port()), script, *args]
 
 
+# The built-in task at world size 2 under ZeRO-3, 40 steps: the run that the preemption tests
+# stop and resume (tests/test_resume.py under the deepspeed launcher, tests/test_slurm.py on two
+# SLURM nodes), each expecting the uninterrupted run's losses and adapter bitwise.
+REFERENCE_RUN = ["launch/train.py", "--ds_config", "ds_configs/zero3.json", "--max_steps", "40", "--log_every", "1",
+                 "--max_eval_samples", "32"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def world2_reference(tmp_path_factory) -> Path:
+    """REFERENCE_RUN uninterrupted (the deepspeed launcher, 2 ranks on one node), a checkpoint every
+    8 steps. One run for the whole session: the 2-node SLURM job of the same options gave the same
+    losses bitwise (checked 2026-12-07), as it must, 2 ranks being 2 ranks."""
+    ref = tmp_path_factory.mktemp("reference") / "uninterrupted"
+    proc = run_cmd(deepspeed_cmd(*REFERENCE_RUN, "--save_every", "8", "--output_dir", str(ref)))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert (ref / "adapter" / "adapter_model.safetensors").is_file()
+    return ref
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     import json
 

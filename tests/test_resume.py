@@ -13,23 +13,11 @@ import torch
 from safetensors.torch import load_file
 
 from adept_dist.commands.train import ONE_CPU_RANK
-from tests.conftest import REPO, child_env, deepspeed_cmd, run_cmd
+from tests.conftest import REFERENCE_RUN, REPO, child_env, deepspeed_cmd, run_cmd
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
-COMMON = [
-    "launch/train.py",
-    "--ds_config",
-    "ds_configs/zero3.json",
-    "--max_steps",
-    "40",
-    "--log_every",
-    "1",
-    "--max_eval_samples",
-    "32",
-    "--save_every",
-    "1000",
-]
+COMMON = [*REFERENCE_RUN, "--save_every", "1000"]  # a checkpoint only where a run is stopped
 
 
 def losses(out):
@@ -39,14 +27,6 @@ def losses(out):
 def last_step(out) -> int:
     path = out / "metrics.jsonl"
     return len(losses(out)) if path.is_file() else 0
-
-
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
-    ref = tmp_path_factory.mktemp("resume") / "uninterrupted"
-    proc = run_cmd(deepspeed_cmd(*COMMON, "--output_dir", str(ref)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return ref
 
 
 def job_of(pid: int) -> list[psutil.Process]:
@@ -66,49 +46,22 @@ def same_adapter(a_dir, b_dir) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_signal_to_one_rank_stops_all_and_resume_is_exact(tmp_path, uninterrupted):
-    """SIGUSR1 reaches rank 1 only (mid-run): both ranks finish the step, save and exit 3; --resume
-    then reproduces the uninterrupted run bitwise (losses of every step and the final adapter), with
-    dropout on, because each micro-batch's RNG is seeded from (seed, step, slot) and the data position is saved."""
-    ref, cut = uninterrupted, tmp_path / "preempted"
-
-    env = child_env()
-    log = open(tmp_path / "preempted.log", "w")
-    launcher = subprocess.Popen(
-        deepspeed_cmd(*COMMON, "--output_dir", str(cut)), cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
-    )
-    deadline = time.time() + 300
-    while last_step(cut) < 3 and launcher.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    ranks = [p for p in job_of(launcher.pid) if "--local_rank=1" in " ".join(p.cmdline())]
-    assert len(ranks) == 1, "rank 1 not found"
-    ranks[0].send_signal(signal.SIGUSR1)
-    code = launcher.wait(timeout=300)
-    log.close()
-    text = (tmp_path / "preempted.log").read_text()
-    assert code != 0 and "stopped by a signal after step" in text, text[-3000:]
-    stopped_at = len(losses(cut))
-    assert 3 <= stopped_at < 40  # it stopped mid-run, at a step boundary
-    assert (cut / "checkpoints" / f"step{stopped_at:08d}" / "adept_meta.json").is_file()
-    assert not (cut / "adapter").exists()
-
-    resumed = run_cmd(deepspeed_cmd(*COMMON, "--output_dir", str(cut), "--resume"))
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert f"resumed from step{stopped_at:08d}" in resumed.stdout + resumed.stderr
-    assert losses(cut) == losses(ref)  # bitwise, every step
-    assert same_adapter(ref, cut)
-
-
-def test_a_signal_to_the_launcher_alone_leaves_no_rank_behind(tmp_path, uninterrupted):
-    """SIGTERM, then SIGINT, then SIGHUP sent to the `deepspeed` command only (the top process, as
+def test_stops_by_a_signal_to_one_rank_or_to_the_launcher_alone_resume_exactly(tmp_path, world2_reference):
+    """One run stopped four times, resumed after each stop, then to its end:
+    1. SIGUSR1 reaches rank 1 only (mid-run): both ranks finish the step, save and exit 3.
+    2-4. SIGTERM, then SIGINT, then SIGHUP sent to the `deepspeed` command only (the top process, as
     `kill`, a container stop or a scheduler that signals one process does): DeepSpeed's runner ends
     at once; the ranks see their launcher gone (watchdog.py), finish the step, save and exit, and so
-    does DeepSpeed's per-node launcher: no process of the job is left a few seconds later, the lock
-    is free, and the last --resume ends exactly as the uninterrupted run (losses and adapter bitwise)."""
-    out = tmp_path / "killed"
+    does DeepSpeed's per-node launcher: no process of the job is left a few seconds later.
+    After each stop the lock is free and the step's checkpoint is there; the last --resume ends
+    exactly as the uninterrupted run (losses of every step and the adapter bitwise), with dropout on,
+    because each micro-batch's RNG is seeded from (seed, step, slot) and the data position is saved."""
+    out = tmp_path / "stopped"
     stops = []
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        log = open(tmp_path / f"{sig.name}.log", "w")
+    for sig, to in ((signal.SIGUSR1, "rank 1"), (signal.SIGTERM, "launcher"), (signal.SIGINT, "launcher"),
+                    (signal.SIGHUP, "launcher")):  # fmt: skip
+        name = f"{sig.name}-{len(stops)}"
+        log = open(tmp_path / f"{name}.log", "w")
         resume = ["--resume"] if stops else []
         top = subprocess.Popen(deepspeed_cmd(*COMMON, "--output_dir", str(out), *resume), cwd=REPO, env=child_env(),
                                stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
@@ -116,52 +69,57 @@ def test_a_signal_to_the_launcher_alone_leaves_no_rank_behind(tmp_path, uninterr
         while last_step(out) <= (stops[-1] if stops else 2) and top.poll() is None and time.time() < deadline:
             time.sleep(0.05)  # a step of this start done (3 at first): then the signal
         job = job_of(top.pid)
-        assert len([p for p in job if "--local_rank=" in " ".join(p.cmdline())]) == 2, "ranks not found"
-        top.send_signal(sig)
-        top.wait(timeout=60)
+        ranks = [p for p in job if "--local_rank=" in " ".join(p.cmdline())]
+        assert len(ranks) == 2, f"{name}: ranks not found"
+        if to == "rank 1":
+            [p.send_signal(sig) for p in ranks if "--local_rank=1" in " ".join(p.cmdline())]
+        else:
+            top.send_signal(sig)
+        code = top.wait(timeout=300 if to == "rank 1" else 60)
         _, alive = psutil.wait_procs(job, timeout=60)
         log.close()
-        text = (tmp_path / f"{sig.name}.log").read_text()
-        assert alive == [], f"{sig.name}: {[p.cmdline()[:4] for p in alive]} outlived the launcher\n{text[-3000:]}"
-        assert "its launcher (deepspeed, pid" in text and "stopped by a signal after step" in text, text[-3000:]
+        text = (tmp_path / f"{name}.log").read_text()
+        assert alive == [], f"{name}: {[p.cmdline()[:4] for p in alive]} outlived the launcher\n{text[-3000:]}"
+        assert code != 0 and "stopped by a signal after step" in text, text[-3000:]
+        if to == "launcher":
+            assert "its launcher (deepspeed, pid" in text, text[-3000:]
         stops.append(last_step(out))
-        assert (out / "checkpoints" / f"step{stops[-1]:08d}" / "adept_meta.json").is_file()
-        assert not (out / "lock.json").exists()  # given back
-    assert stops == sorted(stops) and stops[-1] < 40, stops
+        assert (out / "checkpoints" / f"step{stops[-1]:08d}" / "adept_meta.json").is_file(), name
+        assert not (out / "adapter").exists(), name
+        assert not (out / "lock.json").exists(), name  # given back
+    assert 3 <= stops[0] and stops == sorted(stops) and stops[-1] < 40, stops  # mid-run, at step boundaries
     resumed = run_cmd(deepspeed_cmd(*COMMON, "--output_dir", str(out), "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert losses(out) == losses(uninterrupted) and same_adapter(uninterrupted, out)
+    assert f"resumed from step{stops[-1]:08d}" in resumed.stdout + resumed.stderr
+    assert losses(out) == losses(world2_reference)  # bitwise, every step
+    assert same_adapter(world2_reference, out)
 
 
 @pytest.mark.parametrize("stage", ["zero3", "zero2"])
-def test_resume_at_another_world_size_is_exact(tmp_path, stage):
-    """A world-size-2 run's step-8 checkpoint resumed by ONE process with --grad_accum 2 (the same
-    global batch, made of the same micro-batches) continues exactly: every loss and the final adapter
-    equal the uninterrupted world-2 run's bitwise (measured on CPU, fp32). The whole-state copy in the
-    checkpoint is re-partitioned; DeepSpeed's own per-rank files could not be loaded at world size 1."""
+def test_resume_at_another_world_size_is_exact(tmp_path, stage, request):
+    """A world-size-2 run's checkpoint resumed by ONE process with --grad_accum 2 (the same global
+    batch, made of the same micro-batches) continues exactly: every loss and the final adapter equal
+    the uninterrupted world-2 run's bitwise (measured on CPU, fp32). The whole-state copy in the
+    checkpoint is re-partitioned; DeepSpeed's own per-rank files could not be loaded at world size 1.
+    ZeRO-3: the session's world-2 reference, cut after its step-32 checkpoint; ZeRO-2: a 16-step run
+    of micro-batches of 4, cut after step 8."""
     import shutil
     import sys
 
-    opts = [
-        "--ds_config",
-        f"ds_configs/{stage}.json",
-        "--max_steps",
-        "16",
-        "--log_every",
-        "1",
-        "--save_every",
-        "8",
-        "--max_eval_samples",
-        "16",
-        "--micro_batch_size",
-        "4",
-    ]
-    ref, cut = tmp_path / "world2", tmp_path / "world1"
-    proc = run_cmd(deepspeed_cmd("launch/train.py", *opts, "--output_dir", str(ref)))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert ONE_CPU_RANK not in proc.stdout  # two ranks: no hint to use two
-    shutil.copytree(ref, cut)  # then forget everything after step 8, as if the job had died there
-    shutil.rmtree(cut / "checkpoints" / "step00000016")
+    if stage == "zero3":
+        ref, step, last = request.getfixturevalue("world2_reference"), 32, 40
+        opts = [*REFERENCE_RUN[1:], "--save_every", "8"]
+    else:
+        ref, step, last = tmp_path / "world2", 8, 16
+        opts = ["--ds_config", "ds_configs/zero2.json", "--max_steps", "16", "--log_every", "1", "--save_every", "8",
+                "--max_eval_samples", "16", "--micro_batch_size", "4"]  # fmt: skip
+        proc = run_cmd(deepspeed_cmd("launch/train.py", *opts, "--output_dir", str(ref)))
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert ONE_CPU_RANK not in proc.stdout  # two ranks: no hint to use two
+    cut = tmp_path / "world1"
+    shutil.copytree(ref, cut)  # then forget everything after `step`, as if the job had died there
+    shutil.rmtree(cut / "checkpoints" / f"step{last:08d}")
+    assert (cut / "checkpoints" / f"step{step:08d}").is_dir()
     shutil.rmtree(cut / "adapter")
     record = json.loads((cut / "config.json").read_text())
     del record["finished"]  # written at the run's end, which the "dead" job never reached
@@ -170,10 +128,8 @@ def test_resume_at_another_world_size_is_exact(tmp_path, stage):
         [sys.executable, "launch/train.py", *opts, "--grad_accum", "2", "--output_dir", str(cut), "--resume"]
     )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "written by 2 ranks, this run has 1: loading its whole-state copy" in resumed.stdout + resumed.stderr
-    assert len(losses(cut)) == 16 and losses(cut) == losses(ref)
-    a, b = (
-        load_file(str(ref / "adapter" / "adapter_model.safetensors")),
-        load_file(str(cut / "adapter" / "adapter_model.safetensors")),
-    )
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    text = resumed.stdout + resumed.stderr
+    assert f"resumed from step{step:08d}" in text
+    assert "written by 2 ranks, this run has 1: loading its whole-state copy" in text
+    assert len(losses(cut)) == last and losses(cut) == losses(ref)
+    assert same_adapter(ref, cut)
