@@ -38,8 +38,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from scipy.stats import pearsonr, spearmanr
-from sklearn.metrics import f1_score, matthews_corrcoef
 
 from adept_dist.data.stats import bootstrap_interval, wilson
 
@@ -130,6 +128,8 @@ def _binary_f1_with_invalid(
     fixed = [p if p in labels else next(lab for lab in labels if lab != t) for p, t in zip(preds, targets)]
     y_true = [t == _POSITIVE for t in targets]
     y_pred = [p == _POSITIVE for p in fixed]
+    from sklearn.metrics import f1_score  # here: importing sklearn (and scipy) costs every process ~2 s
+
     return _percent(f1_score(y_true, y_pred, zero_division=0.0))
 
 
@@ -149,11 +149,15 @@ def _macro_f1(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None
         raise MetricError("macro_f1 needs the task's labels; pass labels=(...) for this classification task")
     targets = _targets(refs)
     _check_targets(targets, labels, "macro_f1")
+    from sklearn.metrics import f1_score
+
     return _percent(f1_score(targets, preds, average="macro", labels=list(labels), zero_division=0.0))
 
 
 def _mcc(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> float:
     """CoLA: Matthews correlation on the label strings (an invalid prediction is one more class)."""
+    from sklearn.metrics import matthews_corrcoef
+
     return _percent(matthews_corrcoef(_targets(refs), preds))
 
 
@@ -194,11 +198,15 @@ def _correlation(xs: list[float], ys: list[float], fn: Callable) -> float:
 
 def _pearson(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> float:
     """STS-B: Pearson correlation of the parsed scores."""
+    from scipy.stats import pearsonr
+
     return _correlation(*_regression_pairs(preds, refs, "pearson"), pearsonr)
 
 
 def _spearman(preds: list[str], refs: list[dict], labels: tuple[str, ...] | None) -> float:
     """STS-B: Spearman rank correlation of the parsed scores."""
+    from scipy.stats import spearmanr
+
     return _correlation(*_regression_pairs(preds, refs, "spearman"), spearmanr)
 
 

@@ -12,6 +12,7 @@ through exactly the loading code of a real model.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import tempfile
@@ -292,7 +293,17 @@ def ensure_builtin(pretrain_steps: int = 600, seed: int = 0, log=print) -> Path:
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
     model = LlamaForCausalLM(model_config(len(tokenizer)))
-    losses = pretrain(model, tokenizer, pretrain_steps, seed)
+    # every core this process may use (up to 8), for the build only: a rank runs with one thread
+    # (the launcher's OMP_NUM_THREADS) while the other ranks of its node wait for this build. The
+    # weights do not depend on it: model.safetensors came out byte-identical on 1 and 2 threads
+    # (2026-12-07), the build 1.3x faster on 2.
+    threads = torch.get_num_threads()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    torch.set_num_threads(max(threads, min(8, cores)))
+    try:
+        losses = pretrain(model, tokenizer, pretrain_steps, seed)
+    finally:
+        torch.set_num_threads(threads)
     save_model_folder(model, tmp / "model")
     tokenizer.save_pretrained(tmp / "model")
     for name, n, s in (("train.jsonl", 4000, 100), ("dev.jsonl", 400, 200)):
