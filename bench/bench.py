@@ -463,8 +463,8 @@ def combine(rounds: list[dict]) -> dict:
 def ratio_cell(r: dict, name: str) -> str:
     if name not in r:
         return "-"
-    lo, hi = r[f"{name}_range"]
-    return f"{r[name]:.2f}" if lo == hi else f"{r[name]:.2f} ({lo:.2f}-{hi:.2f})"
+    lo, hi = (f"{x:.2f}" for x in r[f"{name}_range"])
+    return f"{r[name]:.2f}" if lo == hi else f"{r[name]:.2f} ({lo}-{hi})"  # a range only where it shows
 
 
 def table(results: dict) -> str:

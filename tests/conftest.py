@@ -128,6 +128,10 @@ def world2_reference(tmp_path_factory) -> Path:
     proc = run_cmd(deepspeed_cmd(*REFERENCE_RUN, "--save_every", "8", "--output_dir", str(ref)))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert (ref / "adapter" / "adapter_model.safetensors").is_file()
+    assert sum('"loss"' in line for line in (ref / "metrics.jsonl").read_text().splitlines()) == 40
+    from adept_dist.commands.train import ONE_CPU_RANK
+
+    assert ONE_CPU_RANK not in proc.stdout  # two ranks: no hint to use two
     return ref
 
 

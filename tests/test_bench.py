@@ -28,7 +28,7 @@ def test_rounds_combine_into_medians_and_ratios_taken_within_each_round():
     round (same load) and its median and range reported; a padded mode is set against the padded
     floor, a packed mode against its padded twin; the table prints ratio ranges."""
     bench = load_bench()
-    load = (1.0, 2.0, 1.5)  # the machine twice as slow in round 2
+    load = (1.0, 2.0, 1.5)  # the machine twice as slow in round 1 (rounds counted from 0)
     base = {"floor": (1.0, 1000), "floor_padded": (1.2, 700), "anchor": (2.0, 400), "ours": (1.1, 900),
             "ours_padded": (1.4, 600)}  # fmt: skip
     rounds = [
@@ -48,8 +48,10 @@ def test_rounds_combine_into_medians_and_ratios_taken_within_each_round():
     assert padded["vs_floor"] == pytest.approx(1.4 / 1.2) and "vs_padded" not in padded  # the padded floor
     assert res["anchor"]["vs_floor"] == pytest.approx(2.0 / 1.2)  # the anchor (PEFT) pads its batches
     assert res["floor"]["vs_floor"] == 1.0 and res["anchor"]["vs_anchor"] == 1.0
+    assert res["floor"]["vs_padded"] == pytest.approx(1000 / 700)  # the packed floor against the padded one
     text = bench.table(res)
     assert "| ours | 1 | 1.815 | 600 | 1.10 (1.10-1.21) | 2.25 | 1.50 | 10.0% | 102 |" in text, text
+    assert "| floor | 1 | 1.500 | 667 | 1.00 | 2.50 | 1.43 | 10.0% | 102 |" in text, text  # equal ends: no range
 
 
 @pytest.mark.dist

@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -35,9 +36,12 @@ class TrainError(UserError, RuntimeError):
 
 
 def log0(d: Dist, msg: str) -> None:
-    """One line on the main process's console (through tqdm, so progress bars stay intact)."""
+    """One line on the main process's console (through tqdm, so progress bars stay intact), flushed:
+    under srun or into a pipe stdout is block-buffered, and a job's log would show the line late,
+    or never if the process is killed."""
     if d.main:
         tqdm.write(f"[adept-dist] {msg}")
+        sys.stdout.flush()
 
 
 class RankZeroError(UserError, RuntimeError):
