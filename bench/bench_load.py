@@ -3,7 +3,7 @@
     python bench/bench_load.py                  # a random ~0.5 GB (bf16) LLaMA, 2 CPU ranks
     python bench/bench_load.py --hidden 2048 --layers 24 --json load.json
 
-Each loader runs in a fresh pair of ranks (deepspeed --num_gpus 2) on the same checkpoint: load the
+Each loader runs in a fresh pair of ranks (torchrun, 2 processes) on the same checkpoint: load the
 NF4 backbone, then deepspeed.initialize (ZeRO-3). Per rank: RSS before loading (imports, process
 group), the peak RSS of the process (VmHWM, which the load sets), and the RSS once partitioned. The
 model's share of the peak is peak - before. On a GPU the same is read from CUDA's max allocated.
@@ -101,9 +101,9 @@ def main(argv=None) -> int:
         for loader in ("transformers", "layerwise"):
             from adept_dist.distributed.comm import free_port
 
-            launcher = shutil.which("deepspeed") or str(Path(sys.executable).with_name("deepspeed"))
-            cmd = [launcher, "--num_gpus", "2", "--master_port", str(free_port()), str(REPO / "bench/bench_load.py"),
-                   "--worker", loader, "--workdir", str(root)]  # fmt: skip
+            # torchrun: the ranks start ~9 s sooner than under the deepspeed launcher, same ranks
+            cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                   str(free_port()), str(REPO / "bench/bench_load.py"), "--worker", loader, "--workdir", str(root)]  # fmt: skip
             env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
             if proc.returncode != 0:

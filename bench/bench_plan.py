@@ -211,13 +211,13 @@ def run_training(folder: Path, rows: Path, out: Path, world: int, rpn: int | Non
     """One training run; every rank's memory figures and the run's traffic.json."""
     from adept_dist.distributed.comm import free_port
 
-    launcher = shutil.which("deepspeed") or str(Path(sys.executable).with_name("deepspeed"))
     train = ["--model", str(folder), "--train_file", str(rows), "--ds_config", args.ds_config, "--output_dir",
              str(out / "run"), "--max_steps", str(args.steps), "--log_every", str(args.steps), "--micro_batch_size",
              str(args.micro_batch), "--max_length", str(args.max_length), "--compute_dtype", "fp32",
              "--shard_scope", scope] + (["--ranks_per_node", str(rpn)] if rpn else [])  # fmt: skip
-    cmd = [launcher, "--num_gpus", str(world), "--master_port", str(free_port()), str(Path(__file__).resolve()),
-           "--worker", *train]  # fmt: skip
+    # torchrun: the ranks start ~9 s sooner than under the deepspeed launcher, same ranks
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
+           str(free_port()), str(Path(__file__).resolve()), "--worker", *train]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
     env.update(PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
                PYTHONUNBUFFERED="1", MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD),
@@ -295,7 +295,7 @@ def table(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if "--worker" in argv:  # the deepspeed launcher puts --local_rank=N first
+    if "--worker" in argv:  # anywhere: the deepspeed launcher would put --local_rank=N first
         return worker([a for a in argv if a != "--worker"])
     args = parse(argv)
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="adept-bench-plan-"))

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from adept_dist.commands.train import main
-from tests.conftest import DIST_ENV, deepspeed_cmd, run_cmd, write_jsonl
+from tests.conftest import DIST_ENV, deepspeed_cmd, ranks_cmd, run_cmd, write_jsonl
 
 
 @pytest.fixture
@@ -224,11 +224,11 @@ def test_world2_zero3_run_export_resume(tmp_path):
     _check_export_reproduces_eval(out, final_eval["eval_loss"])
 
     before = (out / "metrics.jsonl").read_text()
-    again = run_cmd(deepspeed_cmd(*train, "--max_steps", "20"))
+    again = run_cmd(ranks_cmd(*train, "--max_steps", "20"))
     assert again.returncode != 0 and "is not empty: pass --resume" in again.stderr
     assert (out / "metrics.jsonl").read_text() == before
 
-    resumed = run_cmd(deepspeed_cmd(*train, "--max_steps", "30", "--resume", "--reschedule"))
+    resumed = run_cmd(ranks_cmd(*train, "--max_steps", "30", "--resume", "--reschedule"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from step00000020: step 20" in resumed.stdout + resumed.stderr
     assert [m["step"] for m in read_metrics(out) if "loss" in m] == [10, 20, 30]
@@ -237,7 +237,7 @@ def test_world2_zero3_run_export_resume(tmp_path):
     (out / "checkpoints" / ".tmp-step00000040").mkdir()
     for f in (out / "checkpoints" / "step00000030").rglob("*optim_states.pt"):
         f.write_bytes(f.read_bytes()[:100])  # truncated, as by a full disk
-    fallback = run_cmd(deepspeed_cmd(*train, "--max_steps", "40", "--resume", "--reschedule"))
+    fallback = run_cmd(ranks_cmd(*train, "--max_steps", "40", "--resume", "--reschedule"))
     assert fallback.returncode == 0, fallback.stderr[-3000:]
     text = fallback.stdout + fallback.stderr
     assert "resumed from step00000020 after skipping unusable checkpoint(s): step00000030 is corrupt" in text

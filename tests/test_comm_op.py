@@ -59,13 +59,19 @@ def test_a_build_lock_left_by_a_killed_job_does_not_hang_the_next_launch(tmp_pat
     """torch waits forever while `<dir>/deepspeed_shm_comm/lock` exists (a job killed while building
     leaves it). Removed once older than STALE_BUILD_LOCK_S when its holder cannot be told (an old job
     elsewhere: this launch builds the op), and at once when the baton names this host (its holder
-    died: the launch holds the baton now; the op built before is loaded, not rebuilt)."""
+    died: the launch holds the baton now; the op built before is loaded, not rebuilt). The op this
+    environment built (an earlier test's launch) is copied in when there is one: torch then finds it
+    up to date and skips the minute's compile, but still waits forever on a lock left in place."""
+    import shutil
     import socket
     import time
 
     root = tmp_path / "ext"
     lock = root / "deepspeed_shm_comm" / "lock"
-    lock.parent.mkdir(parents=True)
+    built = ddist.extensions_dir()[0] / "deepspeed_shm_comm"
+    if (built / "deepspeed_shm_comm.so").is_file() and not (built / "lock").exists():
+        shutil.copytree(built, lock.parent)  # mtimes kept: ninja sees nothing to rebuild
+    lock.parent.mkdir(parents=True, exist_ok=True)
     for left_by in ("an old job elsewhere", "a job of this host"):
         lock.touch()
         if left_by == "a job of this host":

@@ -1,4 +1,4 @@
-"""ZeRO-3 at world size 2 on CPU (gloo, deepspeed launcher) against a single-process reference."""
+"""ZeRO-3 at world size 2 on CPU (gloo, 2 ranks under torchrun) against a single-process reference."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import pytest
 
 from adept_dist.model.builtin import task_rows
-from tests.conftest import REPO, deepspeed_cmd, run_cmd, write_jsonl
+from tests.conftest import REPO, ranks_cmd, run_cmd, write_jsonl
 
 pytestmark = pytest.mark.dist
 
@@ -47,7 +47,7 @@ def test_zero3_matches_single_process_reference(tiny_model_dir, tmp_path, dtype,
         *([scope] if scope else []),
     ]
     world = 4 if scope == "node" else 2
-    proc = run_cmd(deepspeed_cmd(script, *args, num_gpus=world))
+    proc = run_cmd(ranks_cmd(script, *args, num_gpus=world))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(result.read_text())
     assert r["world"] == world and r["zero_stage"] == 3 and r["backbone_frozen"]

@@ -150,12 +150,12 @@ def test_the_adapter_of_any_checkpoint_and_clear_errors_for_bad_ones(tiny_model_
 
     from adept_dist.commands.export import main as export_main
     from adept_dist.run.checkpoint import CheckpointError, export_checkpoint
-    from tests.conftest import REPO, deepspeed_cmd, run_cmd, write_jsonl
+    from tests.conftest import REPO, ranks_cmd, run_cmd, write_jsonl
 
     train = write_jsonl(tmp_path / "train.jsonl", [{"input": f"review : w{i} was great", "target": "positive"}
                                                    for i in range(16)])  # fmt: skip
     out = tmp_path / "run"
-    proc = run_cmd(deepspeed_cmd(str(REPO / "launch" / "train.py"), "--ds_config", "ds_configs/zero3.json",
+    proc = run_cmd(ranks_cmd(str(REPO / "launch" / "train.py"), "--ds_config", "ds_configs/zero3.json",
                                  "--model", str(tiny_model_dir), "--train_file", str(train), "--output_dir", str(out),
                                  "--max_steps", "4", "--warmup_steps", "0", "--save_every", "2", "--micro_batch_size",
                                  "2"))  # fmt: skip

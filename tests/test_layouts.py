@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from adept_dist.model.builtin import task_rows
-from tests.conftest import deepspeed_cmd, run_cmd, write_jsonl
+from tests.conftest import ranks_cmd, run_cmd, write_jsonl
 from tests.test_distributed import zero3_config
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
@@ -38,7 +38,7 @@ def close_adapter(a, b, rel: float = 1e-5) -> bool:
 
 
 def train(opts: list[str], out, *extra: str, num_gpus: int = 4):
-    proc = run_cmd(deepspeed_cmd("launch/train.py", *opts, "--output_dir", str(out), *extra, num_gpus=num_gpus))
+    proc = run_cmd(ranks_cmd("launch/train.py", *opts, "--output_dir", str(out), *extra, num_gpus=num_gpus))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 

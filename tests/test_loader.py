@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import deepspeed_cmd, run_cmd, save_tiny_llama
+from tests.conftest import ranks_cmd, run_cmd, save_tiny_llama
 
 
 @pytest.mark.dist
@@ -18,7 +18,7 @@ from tests.conftest import deepspeed_cmd, run_cmd, save_tiny_llama
 def test_layerwise_equals_bitsandbytes_and_partitions(tmp_path, tie):
     model = save_tiny_llama(tmp_path / "model", seed=2, tie=tie)
     out = tmp_path / "result"
-    proc = run_cmd(deepspeed_cmd("tests/layerwise_check.py", str(model), str(out)))
+    proc = run_cmd(ranks_cmd("tests/layerwise_check.py", str(model), str(out)))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     for rank in (0, 1):
         rec = json.loads((tmp_path / f"result.{rank}").read_text())

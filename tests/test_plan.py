@@ -18,7 +18,7 @@ from adept_dist.plan.inputs import SHAPES, Cluster, PlanError, Workload, Zero, m
 from adept_dist.plan.layout import plan, plan_layout, scopes_for
 from adept_dist.plan.memory import Param, Step, activations, simulate
 from adept_dist.run.build import size
-from tests.conftest import REPO, child_env, deepspeed_cmd, run_cmd, write_jsonl
+from tests.conftest import REPO, child_env, ranks_cmd, run_cmd, write_jsonl
 from tests.test_distributed import zero3_config
 
 GB = 10**9
@@ -174,7 +174,7 @@ def test_traffic_prediction_matches_real_runs(tiny_model_dir, tmp_path):
     work = Workload(micro_batch=2, compute_dtype="fp32")
     for scope in ("global", "node"):
         out = tmp_path / scope
-        proc = run_cmd(deepspeed_cmd("launch/train.py", "--model", str(tiny_model_dir), "--train_file", str(rows),
+        proc = run_cmd(ranks_cmd("launch/train.py", "--model", str(tiny_model_dir), "--train_file", str(rows),
                                      "--ds_config", str(zero), "--output_dir", str(out), "--max_steps", "3",
                                      "--log_every", "3", "--micro_batch_size", "2", "--compute_dtype", "fp32",
                                      "--shard_scope", scope, "--ranks_per_node", "2", num_gpus=4))  # fmt: skip
@@ -222,7 +222,7 @@ def test_ds_config_auto_trains_with_the_plans_scope(tmp_path):
     pl = plan(shape, Cluster(1, 2, 10**12), work, ZERO3, cpu=True)
     assert pl.recommended == "none"
     out = tmp_path / "run"
-    proc = run_cmd(deepspeed_cmd("launch/train.py", "--ds_config", "auto", "--output_dir", str(out), *opts))
+    proc = run_cmd(ranks_cmd("launch/train.py", "--ds_config", "auto", "--output_dir", str(out), *opts))
     log = proc.stdout + proc.stderr
     assert proc.returncode == 0, log[-3000:]
     assert "--shard_scope auto: none on 1 node(s) x 2 rank(s)" in log, log[-3000:]
@@ -231,7 +231,7 @@ def test_ds_config_auto_trains_with_the_plans_scope(tmp_path):
     assert json.loads((out / "config.json").read_text())["run"]["shard_scope"] == "none"
     assert json.loads((out / "ds_config.json").read_text())["zero_optimization"]["stage"] == 2
     env = {**child_env(), "ADEPT_DEVICE_MEMORY": "1MB"}
-    proc = subprocess.run(deepspeed_cmd("launch/train.py", "--ds_config", "auto", "--output_dir",
+    proc = subprocess.run(ranks_cmd("launch/train.py", "--ds_config", "auto", "--output_dir",
                                         str(tmp_path / "small"), *opts),
                           cwd=REPO, env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     log = proc.stdout + proc.stderr

@@ -16,7 +16,7 @@ from adept_dist.data.examples import collate
 from adept_dist.export.adapter import CONFIG, WEIGHTS, adapter_config, save_adapter
 from adept_dist.model.backbone import load_backbone, load_tokenizer
 from adept_dist.model.lm import AdeptLM
-from tests.conftest import deepspeed_cmd, run_cmd, save_tiny_llama, write_jsonl
+from tests.conftest import ranks_cmd, run_cmd, save_tiny_llama, write_jsonl
 from tests.test_model import perturbed_adept
 
 WORDS = ["review : the soup was fantastic", "review : the staff was rude", "the movie", "the pasta was truly"]
@@ -171,7 +171,7 @@ def test_trained_adapter_and_its_merged_export_predict_the_same(demo_run, tmp_pa
 @pytest.mark.slow
 @pytest.mark.dist
 def test_world2_zero3_predictions_equal_world1(demo_run, tmp_path):
-    """Under the deepspeed launcher (2 ranks, ZeRO-3 partitioned backbone) the predictions, greedy
+    """Under torchrun (2 ranks, ZeRO-3 partitioned backbone) the predictions, greedy
     and sampled, are those of one process: batches and their seeds do not depend on the ranks."""
     rows = write_jsonl(tmp_path / "dev.jsonl", dev_rows(60))
     adapter = str(demo_run / "adapter")
@@ -180,7 +180,7 @@ def test_world2_zero3_predictions_equal_world1(demo_run, tmp_path):
         one = run_cmd([sys.executable, "launch/predict.py", "--adapter", adapter, "--input", str(rows), "--output",
                        str(tmp_path / f"{name}1.jsonl"), *extra])  # fmt: skip
         assert one.returncode == 0, one.stderr[-3000:]
-        two = run_cmd(deepspeed_cmd("launch/predict.py", "--adapter", adapter, "--input", str(rows), "--output",
+        two = run_cmd(ranks_cmd("launch/predict.py", "--adapter", adapter, "--input", str(rows), "--output",
                                     str(tmp_path / f"{name}2.jsonl"), *extra))  # fmt: skip
         assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
         held, whole = re.search(r"ZeRO-3: rank 0 holds ([\d,]+) of ([\d,]+)", two.stdout + two.stderr).groups()

@@ -14,7 +14,7 @@ import torch
 from adept_dist.export.adapter import adapter_config, save_adapter
 from adept_dist.export.merge import merge
 from adept_dist.plan.measure import MEMORY_REPORT
-from tests.conftest import deepspeed_cmd, run_cmd, write_jsonl
+from tests.conftest import ranks_cmd, run_cmd, write_jsonl
 from tests.test_distributed import zero3_config
 from tests.test_model import perturbed_adept
 from tests.test_predict import WORDS
@@ -34,8 +34,8 @@ def nf4_adapter(folder, model_dir, hidden: int = 64, vocab: int = 120):
 
 
 def launch(*argv: str, world: int = 2) -> str:
-    """predict.py under the deepspeed launcher; its console output."""
-    proc = run_cmd(deepspeed_cmd("launch/predict.py", *argv, num_gpus=world))
+    """predict.py under torchrun; its console output."""
+    proc = run_cmd(ranks_cmd("launch/predict.py", *argv, num_gpus=world))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 

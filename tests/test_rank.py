@@ -17,7 +17,7 @@ from adept_dist.model.adapters import build_adapter
 from adept_dist.model.backbone import load_backbone, load_tokenizer
 from adept_dist.model.lm import AdeptLM
 from adept_dist.run.evaluation import option_ids, rank_examples, target_loss
-from tests.conftest import deepspeed_cmd, run_cmd, write_jsonl
+from tests.conftest import ranks_cmd, run_cmd, write_jsonl
 from tests.test_predict import WORDS, tiny_adapter  # noqa: F401 - a fixture
 
 
@@ -97,7 +97,7 @@ def test_ranked_evaluation_is_the_same_at_world_1_and_2(tmp_path):
             "rank", "--eval_batch_size", "8"]  # fmt: skip
     one = run_cmd([sys.executable, "launch/train.py", *args, "--output_dir", str(tmp_path / "w1")])
     assert one.returncode == 0, one.stderr[-3000:]
-    two = run_cmd(deepspeed_cmd("launch/train.py", *args, "--output_dir", str(tmp_path / "w2")))
+    two = run_cmd(ranks_cmd("launch/train.py", *args, "--output_dir", str(tmp_path / "w2")))
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     w1, w2 = (read_rows(tmp_path / w / "predictions" / "validation.jsonl") for w in ("w1", "w2"))
     assert len(w1) == len(w2) == 40

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests import real_assets
-from tests.conftest import REPO, deepspeed_cmd, run_cmd, write_jsonl
+from tests.conftest import REPO, ranks_cmd, run_cmd, write_jsonl
 
 pytestmark = pytest.mark.real
 
@@ -180,7 +180,7 @@ def test_real_model_zero3_world2_matches_single_process_reference(smollm2, tmp_p
     train = write_jsonl(tmp_path / "train.jsonl", real_assets.zen_rows())  # one step takes 12 of the 19
     result = tmp_path / "result.json"
     args = [str(smollm2), str(train), str(zero3_config(tmp_path)), str(tmp_path / "run"), str(result), "fp32", "packed"]
-    proc = run_cmd(deepspeed_cmd(str(REPO / "tests" / "dist_check.py"), *args), timeout=900)
+    proc = run_cmd(ranks_cmd(str(REPO / "tests" / "dist_check.py"), *args), timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r = json.loads(result.read_text())
     assert r["world"] == 2 and r["zero_stage"] == 3 and r["backbone_frozen"] and r["packing"]

@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from adept_dist.commands.train import ONE_CPU_RANK
-from tests.conftest import REFERENCE_RUN, REPO, child_env, deepspeed_cmd, run_cmd
+from tests.conftest import REFERENCE_RUN, REPO, child_env, deepspeed_cmd, ranks_cmd, run_cmd
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
@@ -27,6 +27,13 @@ def losses(out):
 def last_step(out) -> int:
     path = out / "metrics.jsonl"
     return len(losses(out)) if path.is_file() else 0
+
+
+def default_signals() -> None:
+    """As a user's shell starts the launcher: pytest itself may run with SIGINT or SIGHUP ignored
+    (started by `cmd &` in a script, or under nohup), and ignored signals stay ignored in children."""
+    for sig in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(sig, signal.SIG_DFL)
 
 
 def job_of(pid: int) -> list[psutil.Process]:
@@ -64,7 +71,7 @@ def test_stops_by_a_signal_to_one_rank_or_to_the_launcher_alone_resume_exactly(t
         log = open(tmp_path / f"{name}.log", "w")
         resume = ["--resume"] if stops else []
         top = subprocess.Popen(deepspeed_cmd(*COMMON, "--output_dir", str(out), *resume), cwd=REPO, env=child_env(),
-                               stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+                               stdout=log, stderr=subprocess.STDOUT, preexec_fn=default_signals)  # fmt: skip
         deadline = time.time() + 300
         while last_step(out) <= (stops[-1] if stops else 2) and top.poll() is None and time.time() < deadline:
             time.sleep(0.05)  # a step of this start done (3 at first): then the signal
@@ -92,7 +99,7 @@ def test_stops_by_a_signal_to_one_rank_or_to_the_launcher_alone_resume_exactly(t
         assert not (out / "adapter").exists(), name
         assert not (out / "lock.json").exists(), name  # given back
     assert 3 <= stops[0] and all(a < b for a, b in zip(stops, stops[1:])) and stops[-1] < 40, stops  # mid-run
-    resumed = run_cmd(deepspeed_cmd(*COMMON, "--output_dir", str(out), "--resume"))
+    resumed = run_cmd(ranks_cmd(*COMMON, "--output_dir", str(out), "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert f"resumed from step{stops[-1]:08d}" in resumed.stdout + resumed.stderr
     assert losses(out) == losses(world2_reference)  # bitwise, every step
@@ -117,7 +124,7 @@ def test_resume_at_another_world_size_is_exact(tmp_path, stage, request):
         ref, step, last = tmp_path / "world2", 8, 16
         opts = ["--ds_config", "ds_configs/zero2.json", "--max_steps", "16", "--log_every", "1", "--save_every", "8",
                 "--max_eval_samples", "16", "--micro_batch_size", "4"]  # fmt: skip
-        proc = run_cmd(deepspeed_cmd("launch/train.py", *opts, "--output_dir", str(ref)))
+        proc = run_cmd(ranks_cmd("launch/train.py", *opts, "--output_dir", str(ref)))
         assert proc.returncode == 0, proc.stderr[-3000:]
         assert ONE_CPU_RANK not in proc.stdout  # two ranks: no hint to use two
     cut = tmp_path / "world1"

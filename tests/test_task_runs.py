@@ -1,4 +1,4 @@
-"""A paper task end to end under the real launcher: the issue's command at world size 2 (periodic
+"""A paper task end to end at world size 2 (torchrun): the issue's command (periodic
 validation, best checkpoint kept, test score of that checkpoint, results files), and evaluation of
 one adapter at world size 2 giving the same predictions and scores as at world size 1."""
 
@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from adept_dist.data.stats import wilson
-from tests.conftest import deepspeed_cmd, run_cmd
+from tests.conftest import ranks_cmd, run_cmd
 from tests.taskutil import synthetic_rte, write_copy
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
@@ -27,7 +27,7 @@ def rte_copy(tmp_path_factory):
 @pytest.fixture(scope="module")
 def rte_run(rte_copy, tmp_path_factory):
     out = tmp_path_factory.mktemp("rte_run") / "OUT"
-    cmd = deepspeed_cmd(
+    cmd = ranks_cmd(
         "launch/train.py", "--ds_config", "ds_configs/zero3.json", "--task", "rte", "--data_dir", str(rte_copy),
         "--max_steps", "20", "--eval_every", "10", "--output_dir", str(out),
     )  # fmt: skip
@@ -89,7 +89,7 @@ def test_eval_at_world_2_equals_world_1(rte_run, rte_copy, tmp_path):
     args = ["launch/train.py", "--ds_config", "ds_configs/zero3.json", "--task", "rte", "--data_dir", str(rte_copy),
             "--max_steps", "0", "--init_adapter", str(out / "adapter")]  # fmt: skip
     one = run_cmd([sys.executable, *args, "--output_dir", str(tmp_path / "w1")])
-    two = run_cmd(deepspeed_cmd(*args, "--output_dir", str(tmp_path / "w2")))
+    two = run_cmd(ranks_cmd(*args, "--output_dir", str(tmp_path / "w2")))
     assert one.returncode == 0, one.stderr[-3000:]
     assert two.returncode == 0, two.stdout[-3000:] + two.stderr[-3000:]
     r1, r2 = (json.loads((tmp_path / w / "results.json").read_text()) for w in ("w1", "w2"))
