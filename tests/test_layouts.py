@@ -14,6 +14,7 @@ from safetensors.torch import load_file
 from adept_dist.model.builtin import task_rows
 from tests.conftest import ranks_cmd, run_cmd, write_jsonl
 from tests.test_distributed import zero3_config
+from tests.test_plan import assert_traffic_matches_the_plan
 
 pytestmark = [pytest.mark.dist, pytest.mark.slow]
 
@@ -56,7 +57,8 @@ def cut_at(src, dst, step: int, last: int) -> None:
 
 def test_node_scope_is_exact_ships_only_the_adapter_across_nodes_and_resumes_across_layouts(tiny_model_dir, tmp_path):
     rows = write_jsonl(tmp_path / "train.jsonl", task_rows(64, seed=7))
-    opts = ["--model", str(tiny_model_dir), "--train_file", str(rows), "--ds_config", str(zero3_config(tmp_path)),
+    ds = zero3_config(tmp_path)
+    opts = ["--model", str(tiny_model_dir), "--train_file", str(rows), "--ds_config", str(ds),
             "--max_steps", "6", "--save_every", "3", "--log_every", "1", "--micro_batch_size", "2",
             "--compute_dtype", "fp32"]  # fmt: skip
     glob, node = tmp_path / "global", tmp_path / "node"
@@ -86,6 +88,8 @@ def test_node_scope_is_exact_ships_only_the_adapter_across_nodes_and_resumes_acr
         assert total["n"] < total["g"], total
         # the adapter's gradient is still reduced over all ranks: a reduce-scatter that crosses nodes
         assert n["by_collective"]["reduce_scatter"]["recv_inter_node"] > 0
+    for scope, run in (("global", glob), ("node", node)):  # what adept-plan predicts for these runs
+        assert_traffic_matches_the_plan(tiny_model_dir, ds, run, scope, steps=6)
     line = json.loads((node / "metrics.jsonl").read_text().splitlines()[0])
     assert line["traffic"]["ranks"][0]["rank"] == 0 and "inter_node_bytes_per_step" in line
 

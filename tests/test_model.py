@@ -484,3 +484,31 @@ def test_the_builtin_model_is_written_whole_on_any_rank(tmp_path):
 
     fresh = LlamaForCausalLM(model_config(len(build_tokenizer())))
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), fresh.state_dict().values()))
+
+
+def test_a_second_process_waits_for_the_builtin_build_instead_of_repeating_it(tmp_path, monkeypatch):
+    """While one process builds the built-in model (it holds the build's flock), another that needs
+    it says so, waits, and takes the finished folder without building; with the lock free and no
+    folder it builds itself."""
+    import fcntl
+    import shutil
+    import threading
+
+    from adept_dist.model import builtin
+
+    monkeypatch.setenv("ADEPT_DIST_HOME", str(tmp_path))
+    root = builtin.builtin_dir()
+    said, got = [], []
+    with open(tmp_path / f".builtin-{builtin.VERSION}.lock", "a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)  # another process's build, under way
+        waiter = threading.Thread(target=lambda: got.append(builtin.ensure_builtin(pretrain_steps=1, log=said.append)))
+        waiter.start()
+        waiter.join(1.0)
+        assert waiter.is_alive() and said == [f"waiting for another process building the built-in model in {root}"]
+        (root / "model").mkdir(parents=True)  # that build finishes
+        (root / "COMPLETE").write_text("ok\n")
+    waiter.join(10)
+    assert got == [root] and len(said) == 1  # nothing built here
+    shutil.rmtree(root)
+    builtin.ensure_builtin(pretrain_steps=1, log=said.append)
+    assert said[1].startswith("building the built-in tiny LLaMA") and (root / "model" / "model.safetensors").is_file()

@@ -1,6 +1,7 @@
 """The plan (adept_dist/plan.py, adept-plan): its rules and shapes, the ZeRO-3 coordinator it
 simulates worked out by hand, and its predictions against real runs: traffic per rank of 4-rank
-runs (2 simulated nodes x 2) within 5%, the peak memory of a small run within 15%."""
+runs (2 simulated nodes x 2) within 5% (on the runs of tests/test_layouts.py), the peak memory of a
+small run within 15%."""
 
 from __future__ import annotations
 
@@ -13,13 +14,12 @@ import pytest
 from adept_dist.commands.plan import ds_config_for, main
 from adept_dist.common.errors import ConfigError
 from adept_dist.config.resolve import make_config
-from adept_dist.model.builtin import ensure_builtin, task_rows
+from adept_dist.model.builtin import ensure_builtin
 from adept_dist.plan.inputs import SHAPES, Cluster, PlanError, Workload, Zero, memory_size, read_shape
 from adept_dist.plan.layout import plan, plan_layout, scopes_for
 from adept_dist.plan.memory import Param, Step, activations, simulate
 from adept_dist.run.build import size
-from tests.conftest import REPO, child_env, ranks_cmd, run_cmd, write_jsonl
-from tests.test_distributed import zero3_config
+from tests.conftest import REPO, child_env, ranks_cmd, run_cmd
 
 GB = 10**9
 ZERO3 = Zero.from_ds(json.loads((REPO / "ds_configs" / "zero3.json").read_text()))
@@ -164,26 +164,19 @@ def test_text_names_the_fix_when_nothing_fits(capsys):
 
 
 # ----------------------------------------------------------------------------- against real runs
-@pytest.mark.dist
-def test_traffic_prediction_matches_real_runs(tiny_model_dir, tmp_path):
-    """4 ranks as 2 nodes x 2, global and node: every rank's intra- and inter-node bytes per step in
-    traffic.json within 5% of the plan's (measured: equal to the byte but for rank 0's broadcasts)."""
-    rows = write_jsonl(tmp_path / "train.jsonl", task_rows(64, seed=7))
-    zero = zero3_config(tmp_path)
-    shape = read_shape(str(tiny_model_dir))
+def assert_traffic_matches_the_plan(model_dir, ds_config, run, scope: str, steps: int) -> None:
+    """A 4-rank run as 2 simulated nodes x 2 (micro-batch 2, fp32): every rank's intra- and inter-node
+    bytes per step in its traffic.json within 5% of the plan's (measured: equal to the byte but for
+    rank 0's broadcasts). tests/test_layouts.py checks its global and node runs with it."""
     work = Workload(micro_batch=2, compute_dtype="fp32")
-    for scope in ("global", "node"):
-        out = tmp_path / scope
-        proc = run_cmd(ranks_cmd("launch/train.py", "--model", str(tiny_model_dir), "--train_file", str(rows),
-                                     "--ds_config", str(zero), "--output_dir", str(out), "--max_steps", "3",
-                                     "--log_every", "3", "--micro_batch_size", "2", "--compute_dtype", "fp32",
-                                     "--shard_scope", scope, "--ranks_per_node", "2", num_gpus=4))  # fmt: skip
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        lay = plan_layout(shape, cluster(2, 2, 80), work, Zero.from_ds(json.loads(zero.read_text())), scope)
-        intra, inter = lay.run_average(3)
-        for r in json.loads((out / "traffic.json").read_text())["ranks"]:
-            assert r["intra_node_bytes_per_step"] == pytest.approx(intra, rel=0.05), (scope, r)
-            assert r["inter_node_bytes_per_step"] == pytest.approx(inter, rel=0.05), (scope, r)
+    zero = Zero.from_ds(json.loads(ds_config.read_text()))
+    lay = plan_layout(read_shape(str(model_dir)), cluster(2, 2, 80), work, zero, scope)
+    intra, inter = lay.run_average(steps)
+    traffic = json.loads((run / "traffic.json").read_text())
+    assert traffic["scope"] == scope and len(traffic["ranks"]) == 4
+    for r in traffic["ranks"]:
+        assert r["intra_node_bytes_per_step"] == pytest.approx(intra, rel=0.05), (scope, r)
+        assert r["inter_node_bytes_per_step"] == pytest.approx(inter, rel=0.05), (scope, r)
 
 
 @pytest.mark.dist

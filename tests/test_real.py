@@ -223,23 +223,24 @@ def test_real_run_on_real_text_learns_and_predict_merged_export_and_peft_agree(g
     rows = real_assets.zen_rows()
     train = write_jsonl(tmp_path / "train.jsonl", rows)
     data = ["--train_file", str(train), "--eval_file", str(train)]
-    losses = run_predict_export(gguf_file, data, [r["input"] for r in rows], tmp_path)
-    # measured 2026-12-05: 10.8 at step 2 -> 0.11, 0.031, 0.024 at steps 12-16; 94.7% on its own rows
+    losses = run_predict_export(gguf_file, data, [r["input"] for r in rows], tmp_path, steps=8)
+    # measured 2026-12-07 (8 steps): 10.8 at step 2 -> 1.39, 0.64, 0.35 at steps 4-8, 63.2% on its own rows
+    # (16 steps, 2026-12-05: 0.11, 0.031, 0.024 at steps 12-16, 94.7%); the bound needs < 3.6 here
     assert sum(losses[-3:]) / 3 < losses[0] / 3, losses
 
 
-def run_predict_export(gguf_file, data: list[str], inputs: list[str], tmp_path) -> list[float]:
-    """Train 16 steps on SmolLM2 (world 1, NF4, packed), then: predict.py on `inputs` (the run's
+def run_predict_export(gguf_file, data: list[str], inputs: list[str], tmp_path, steps: int = 16) -> list[float]:
+    """Train `steps` steps on SmolLM2 (world 1, NF4, packed), then: predict.py on `inputs` (the run's
     validation inputs, in order) gives the run's own validation predictions; the merged export
     (--merge --peft) predicts the same; PEFT reads it (assert_peft_reads_the_merged_export). The
     logged training losses are returned."""
     out = tmp_path / "run"
-    proc = run_cmd([sys.executable, "launch/train.py", "--model", str(gguf_file), *data, "--max_steps", "16",
+    proc = run_cmd([sys.executable, "launch/train.py", "--model", str(gguf_file), *data, "--max_steps", str(steps),
                     "--log_every", "2", "--micro_batch_size", "8", "--max_length", "64", "--eval_batch_size", "12",
                     "--lr_prompt", "0.3", "--output_dir", str(out)], timeout=1200)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     losses = [json.loads(x)["loss"] for x in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in x]
-    assert len(losses) == 8, losses
+    assert len(losses) == steps // 2, losses
     rows = write_jsonl(tmp_path / "rows.jsonl", [{"input": t} for t in inputs])
     run_preds = [
         json.loads(x)["prediction"] for x in (out / "predictions" / "validation.jsonl").read_text().splitlines()

@@ -11,6 +11,7 @@ through exactly the loading code of a real model.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import random
@@ -281,14 +282,30 @@ def save_model_folder(model, folder: Path) -> None:
 
 
 def ensure_builtin(pretrain_steps: int = 600, seed: int = 0, log=print) -> Path:
-    """Build (once) and return the folder holding model/, train.jsonl and dev.jsonl."""
+    """Build (once) and return the folder holding model/, train.jsonl and dev.jsonl. One process
+    builds at a time: others that need it meanwhile (a second job, the first ranks of other nodes
+    sharing the cache) wait for that build instead of repeating it."""
     root = builtin_dir()
     if (root / "COMPLETE").is_file():
         return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with open(root.parent / f".builtin-{VERSION}.lock", "a") as baton:
+        try:
+            fcntl.flock(baton, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f"waiting for another process building the built-in model in {root}")
+            fcntl.flock(baton, fcntl.LOCK_EX)  # released when its holder ends, however it ends
+        except OSError:  # no flock on this file system: build, and the first to finish wins
+            pass
+        if (root / "COMPLETE").is_file():
+            return root
+        return _build(root, pretrain_steps, seed, log)
+
+
+def _build(root: Path, pretrain_steps: int, seed: int, log) -> Path:
     from transformers import LlamaForCausalLM
 
     log(f"building the built-in tiny LLaMA and task in {root} (once, about a minute)")
-    root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".builtin-", dir=root.parent))
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
