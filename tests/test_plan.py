@@ -127,8 +127,8 @@ def test_simulated_first_micro_batch_gathers_every_use_persistent_ones_too():
 
 def test_tiny_model_traffic_equals_a_measured_run(tiny_model_dir):
     """The numbers of a run's traffic.json (rank 0): 4 ranks as 2 nodes x 2, 6 steps of micro-batch 2, fp32,
-    ds_configs/zero3.json with stage3_param_persistence_threshold 0 (measured 2026-12-06 with the command
-    of test_traffic_prediction_matches_real_runs, --max_steps 6)."""
+    ds_configs/zero3.json with stage3_param_persistence_threshold 0 (measured 2026-12-06 with the 4-rank
+    command of tests/test_layouts.py, --max_steps 6, which assert_traffic_matches_the_plan checks)."""
     shape, work = read_shape(str(tiny_model_dir)), Workload(micro_batch=2, compute_dtype="fp32")
     zero = Zero.from_ds({"zero_optimization": {**json.loads((REPO / "ds_configs" / "zero3.json").read_text())[
         "zero_optimization"], "stage3_param_persistence_threshold": 0}})  # fmt: skip
