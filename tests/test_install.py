@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from adept_dist.distributed.buildlock import extensions_dir
 from tests.conftest import REPO, child_env
 
 
@@ -29,6 +30,9 @@ def test_a_non_editable_install_trains_from_an_empty_folder(tmp_path):
                           capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     (Path(site) / "outer.pth").write_text(sysconfig.get_paths()["purelib"] + "\n")  # torch, deepspeed, ...
     env = {k: v for k, v in child_env().items() if k != "PYTHONPATH"}
+    # DeepSpeed's CPU comm op from this environment's build, as a TORCH_EXTENSIONS_DIR the user set:
+    # the new venv would otherwise compile its own for a minute (tests/test_comm_op.py tests that)
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(extensions_dir()[0]))
     source = tmp_path / "source"  # pip builds in the source folder (build/, *.egg-info): not in the checkout
     shutil.copytree(REPO, source, symlinks=True, ignore=shutil.ignore_patterns(
         ".git", ".venv", "build", "*.egg-info", "__pycache__", "runs", ".pytest_cache", ".ruff_cache", "tests"))  # fmt: skip
