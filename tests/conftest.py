@@ -1,5 +1,5 @@
 """Shared fixtures: tiny LLaMA-architecture models saved locally in the Hugging Face layout (never
-downloaded), and helpers to run the real CLI under the deepspeed launcher."""
+downloaded), and helpers to run the real CLI under torchrun or the deepspeed launcher."""
 
 from __future__ import annotations
 
