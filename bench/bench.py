@@ -558,4 +558,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from adept_dist.common.errors import exit_process
+
+    exit_process(main() or 0)  # ranks ran gloo collectives: skip the interpreter's finalisation

@@ -92,7 +92,9 @@ def install_marks() -> None:
 
     def before_backbone(load):
         def wrapped(*args, **kwargs):
-            import bitsandbytes  # noqa: F401 - imported before the figure: a library, not the model
+            from adept_dist.model.backbone import import_bitsandbytes
+
+            import_bitsandbytes()  # before the figure: a library, not the model
             import transformers.models.llama.modeling_llama  # noqa: F401
 
             state["rss_before_backbone_mb"] = measure.status_mb("VmRSS")

@@ -173,6 +173,23 @@ def write_jsonl(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def _then_exit(target, *args) -> None:
+    """A run_gloo process: `target`, then exit as the commands do (errors.exit_process), skipping the
+    interpreter's finalisation that can abort a process which ran gloo collectives."""
+    import traceback
+
+    from adept_dist.common.errors import exit_process
+
+    code = 1
+    try:
+        target(*args)
+        code = 0
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        exit_process(code)
+
+
 def run_gloo(target, world: int) -> dict:
     """Run `target(rank, world, port, queue)` in `world` spawned processes (a gloo group on a free
     port) and return {rank: what it put on the queue as (rank, result)}; each must exit 0."""
@@ -181,7 +198,7 @@ def run_gloo(target, world: int) -> dict:
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     port = free_port()
-    procs = [ctx.Process(target=target, args=(r, world, port, queue)) for r in range(world)]
+    procs = [ctx.Process(target=_then_exit, args=(target, r, world, port, queue)) for r in range(world)]
     for p in procs:
         p.start()
     got = dict(queue.get(timeout=120) for _ in procs)

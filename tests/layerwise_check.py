@@ -65,4 +65,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    from adept_dist.common.errors import exit_process
+
     main()
+    exit_process(0)  # as the commands end: no interpreter finalisation with gloo's threads alive

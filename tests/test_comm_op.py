@@ -45,9 +45,9 @@ from adept_dist.distributed import buildlock as dist
 import os
 root = Path(sys.argv[1])
 dist.extensions_dir = lambda: (root, True)
-before = os.environ.get("TORCH_EXTENSIONS_DIR")
+before = os.environ.get("TORCH_EXTENSIONS_DIR"), os.environ.get("PATH")
 dist.prepare_cpu_comm_op()
-assert os.environ.get("TORCH_EXTENSIONS_DIR") == before  # set for the build only
+assert (os.environ.get("TORCH_EXTENSIONS_DIR"), os.environ.get("PATH")) == before  # set for the build only
 from deepspeed.ops.op_builder.builder import OpBuilder
 assert "deepspeed_shm_comm" in OpBuilder._loaded_ops
 print("loaded")
@@ -85,6 +85,31 @@ def test_a_build_lock_left_by_a_killed_job_does_not_hang_the_next_launch(tmp_pat
         assert f"removed {lock}: a build lock left by a job killed while building" in proc.stderr, left_by
         assert not lock.exists() and (lock.parent / "deepspeed_shm_comm.so").is_file(), left_by
         assert (root / ".adept-dist-build.lock").read_text() == "", left_by  # released normally: nobody to suspect
+
+
+@pytest.mark.slow
+def test_a_launch_without_the_venv_on_path_reuses_the_op_the_venv_built():
+    """A SLURM batch script may run the venv's python without activating the venv: its PATH then
+    finds the system's ninja (1.11 here; the venv's pip ninja is 1.13), which found the other
+    ninja's build log and recompiled the op for a minute (CI, after the SLURM tests), and again at
+    the next activated launch. The build now runs with the environment's own ninja first on PATH."""
+    import subprocess
+    import sysconfig
+
+    scripts = Path(sysconfig.get_path("scripts"))
+    if not (scripts / "ninja").is_file():
+        pytest.skip(f"no ninja in {scripts}: PATH's ninja builds every launch")
+    log = ddist.extensions_dir()[0] / "deepspeed_shm_comm" / ".ninja_log"
+    code = "from adept_dist.distributed.buildlock import prepare_cpu_comm_op as p; p(); print('loaded')"
+    env = {k: v for k, v in os.environ.items() if k not in ("MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    env.update(PYTHONPATH=str(Path(__file__).resolve().parents[1]), DS_ACCELERATOR="cpu")
+    runs = {}
+    for name, path in (("activated", env["PATH"]), ("not activated", "/usr/local/bin:/usr/bin:/bin")):
+        env["PATH"] = path
+        proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=400)
+        assert proc.returncode == 0 and "loaded" in proc.stdout, (name, proc.stderr[-3000:])
+        runs[name] = log.read_text().splitlines()
+    assert runs["not activated"] == runs["activated"]  # nothing compiled again
 
 
 def test_a_young_lock_of_unknown_origin_is_waited_on_then_removed(tmp_path, monkeypatch, capsys):

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,43 @@ def perturbed_adept(d: int, seed: int = 0):
         ad.B.normal_(0, 0.5)
         ad.b.normal_(0, 0.1)
     return ad.eval()
+
+
+def test_bitsandbytes_imports_without_the_compiler_stack_and_its_compiles_still_happen():
+    """import_bitsandbytes, and DeepSpeed's Muon module as zero.build_engine imports it: in a fresh
+    process (pytest itself may have imported them), Inductor is not imported, torch.compile is the real one afterwards, NF4 round-trips; and
+    deferred_compile's functions compile for real, once, on their first call (a backend that counts),
+    or run uncompiled when compiling fails (an unknown backend)."""
+    code = (
+        "import sys, torch\n"
+        "from adept_dist.common.imports import deferred_compile\n"
+        "from adept_dist.model.backbone import import_bitsandbytes\n"
+        "real = torch.compile\n"
+        "bnb = import_bitsandbytes()\n"
+        "assert torch.compile is real and 'torch._inductor.compile_fx' not in sys.modules\n"
+        "from adept_dist.common.imports import import_deferring_compile\n"
+        "import_deferring_compile('deepspeed.runtime.zero.muon.muon_optimizer')  # as zero.build_engine does\n"
+        "assert torch.compile is real and 'torch._inductor.compile_fx' not in sys.modules\n"
+        "import bitsandbytes.functional as F\n"
+        "w = torch.randn(64, 64)\n"
+        "q, s = F.quantize_4bit(w, quant_type='nf4', blocksize=64)\n"
+        "err = (F.dequantize_4bit(q, s) - w).abs().max().item()\n"
+        "assert 0 < err < 0.2 * w.abs().max().item(), err\n"
+        "compiled = []\n"
+        "def backend(gm, inputs):\n"
+        "    compiled.append(len(inputs))\n"
+        "    return gm.forward\n"
+        "with deferred_compile():\n"
+        "    f = torch.compile(lambda x: x * 2 + 1, backend=backend)\n"
+        "    g = torch.compile(backend='no_such_backend')(lambda x: x - 1)\n"
+        "assert torch.compile is real\n"
+        "assert f(torch.ones(3)).tolist() == [3.0, 3.0, 3.0] and compiled == [1], compiled\n"
+        "assert f(torch.ones(3)).tolist() == [3.0, 3.0, 3.0] and compiled == [1], compiled\n"
+        "assert g(torch.ones(2)).tolist() == [0.0, 0.0]\n"
+        "print('ok')\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip().endswith("ok"), proc.stderr[-3000:]
 
 
 def test_nf4_backbone_is_quantized_and_frozen(nf4_backbone):

@@ -39,6 +39,7 @@ from adept_dist.export.adapter import CONFIG, MERGE_INFO, AdapterFileError, load
 from adept_dist.export.merge import load_merged_prompt, read_merge_info, resolve_base_model
 from adept_dist.model.backbone import (
     DTYPES,
+    import_bitsandbytes,
     load_backbone,
     load_config,
     load_tokenizer,
@@ -262,7 +263,7 @@ def load_for_inference(args, d: Dist, log, sharding: Sharding | None = None) -> 
     log(f"{'merged export' if merged else cfg['method'] + ' adapter'} {folder} on {name} ({quant}, {dtype_name}; "
         f"{loader} loader)")  # fmt: skip
     if quant == "nf4":
-        import bitsandbytes  # noqa: F401 - imported before the watch: its ~130 MB of RSS are the library's
+        import_bitsandbytes()  # before the watch: its RSS is the library's
 
     watch = measure.LoadWatch.start(d.device)
     if loader == "layerwise":

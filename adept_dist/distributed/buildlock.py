@@ -11,6 +11,7 @@ import io
 import os
 import socket
 import sys
+import sysconfig
 import time
 from pathlib import Path
 
@@ -53,7 +54,9 @@ def prepare_cpu_comm_op() -> None:
         return  # DeepSpeed falls back to plain gloo collectives
     root, ours = extensions_dir()
     before = os.environ.get("TORCH_EXTENSIONS_DIR")
+    path_before = os.environ.get("PATH")
     os.environ["TORCH_EXTENSIONS_DIR"] = str(root)  # for this load only: the module stays loaded
+    os.environ["PATH"] = ninja_first_path(path_before or "")
     try:
         root.mkdir(parents=True, exist_ok=True)
         with open(root / ".adept-dist-build.lock", "a+") as baton:
@@ -75,6 +78,24 @@ def prepare_cpu_comm_op() -> None:
             os.environ.pop("TORCH_EXTENSIONS_DIR", None)
         else:
             os.environ["TORCH_EXTENSIONS_DIR"] = before
+        if path_before is None:
+            os.environ.pop("PATH", None)
+        else:
+            os.environ["PATH"] = path_before
+
+
+def ninja_first_path(path: str) -> str:
+    """PATH with this Python environment's scripts folder first when it holds ninja (pip's ninja
+    package, which torch's extension builds want), so that every launch builds with the same ninja.
+    torch runs whichever `ninja` PATH finds first, and ninja recompiles everything when the build
+    log was written by another ninja: a venv used activated (its pip ninja, 1.13 here) and through
+    its python alone, as a SLURM batch script may (the system's ninja, 1.11), rebuilt the op for a
+    minute at every switch (seen in CI after the SLURM tests)."""
+    scripts = sysconfig.get_path("scripts")
+    if not scripts or not (Path(scripts) / "ninja").is_file():
+        return path
+    rest = [p for p in path.split(os.pathsep) if p and os.path.realpath(p) != os.path.realpath(scripts)]
+    return os.pathsep.join([scripts, *rest])
 
 
 def clear_stale_build_lock(torch_lock: Path, dead_holder: bool) -> None:

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 
 from adept_dist.common.errors import ConfigError
+from adept_dist.common.imports import import_deferring_compile
 
 
 def build_inference_engine(model: torch.nn.Module, ds: dict):
@@ -51,6 +52,8 @@ def build_engine(model: torch.nn.Module, optimizer, scheduler, ds_config: dict):
     resolved JSON, the run's --grad_clip)."""
     import deepspeed
 
+    with contextlib.suppress(ImportError):  # the ZeRO optimizers import it; older DeepSpeed has none
+        import_deferring_compile("deepspeed.runtime.zero.muon.muon_optimizer")
     engine, optimizer, _, scheduler = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=scheduler, config={**ds_config, "gradient_clipping": 0.0}
     )

@@ -16,6 +16,7 @@ PEFT release that reads them otherwise fails there.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from pathlib import Path
 
@@ -31,6 +32,10 @@ PEFT_TENSOR = "prompt_embeddings"
 
 def require_peft():
     """PEFT's PromptTuningConfig class, or one AdapterFileError naming the install."""
+    from adept_dist.model.backbone import import_bitsandbytes
+
+    with contextlib.suppress(ImportError):
+        import_bitsandbytes()  # PEFT imports it: quicker through here
     try:
         from peft import PromptTuningConfig
     except ImportError:

@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 
 from adept_dist.common.errors import UserError, first_line
+from adept_dist.common.imports import import_deferring_compile
 from adept_dist.model import gguf
 
 # Decoder-only families that share LLaMA's layout (embed_tokens -> decoder layers -> norm -> lm_head).
@@ -264,11 +265,21 @@ def quant_state_bytes(model) -> int:
     return sum(seen.values())
 
 
+def import_bitsandbytes():
+    """bitsandbytes, imported with its torch.compile calls deferred to each function's first call
+    (common.imports). Its default backend decorates a few functions with torch.compile at import,
+    for fallback kernels that the CUDA and CPU backends replace with their own (NF4 quantize and
+    dequantize) or that only its optimisers use. Import it through here before transformers or
+    PEFT do (they import it as it is)."""
+    return import_deferring_compile("bitsandbytes")
+
+
 def quantization_config(quant: str, dtype: torch.dtype = torch.bfloat16):
     if quant == "none":
         return None
     if quant != "nf4":
         raise ModelError(f"quantization {quant!r} is not supported under ZeRO-3: use nf4 or none")
+    import_bitsandbytes()  # before transformers imports it
     from transformers import BitsAndBytesConfig
 
     # Storage dtype == compute dtype: DeepSpeed casts floating parameters of modules not built under

@@ -57,7 +57,9 @@ def _set_module(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def quantize_linear(linear: nn.Linear, weight: torch.Tensor, dtype: torch.dtype, device: torch.device):
     """An NF4 Linear4bit holding `weight`, quantised by bitsandbytes as transformers' loader does."""
-    import bitsandbytes as bnb
+    from adept_dist.model.backbone import import_bitsandbytes
+
+    bnb = import_bitsandbytes()
 
     q = bnb.nn.Linear4bit(
         linear.in_features, linear.out_features, bias=linear.bias is not None, compute_dtype=dtype,
