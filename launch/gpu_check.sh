@@ -33,7 +33,10 @@ if [ -n "$wheels" ]; then
 fi
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 python3 - <<'PY'
-import importlib, sys
+import contextlib, importlib, sys
+with contextlib.suppress(Exception):  # bitsandbytes (PEFT imports it) without its import-time torch.compile cost
+    from adept_dist.common.imports import import_deferring_compile
+    import_deferring_compile("bitsandbytes")
 missing = []
 for name in ("torch", "transformers", "deepspeed", "bitsandbytes", "peft", "safetensors", "tokenizers"):
     try:

@@ -12,7 +12,7 @@ PACKAGE = REPO / "adept_dist"
 # The subpackages, ground floor first: a module imports only modules of its own package or of one before it.
 PACKAGES = ["common", "distributed", "model", "data", "config", "plan", "export", "run", "commands"]
 # Every module as docs/LAYOUT.md lists it, ground floor first: each imports only modules before it.
-LAYERS = ["common.errors", "common.fileio", "common.schema", "common.progress", "common.trackers", "common.lock",
+LAYERS = ["common.errors", "common.imports", "common.fileio", "common.schema", "common.progress", "common.trackers", "common.lock",
           "common.watchdog",
           "distributed.dsconfig", "distributed.buildlock", "distributed.topology", "distributed.traffic",
           "distributed.comm", "distributed.zero",
