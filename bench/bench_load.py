@@ -104,7 +104,8 @@ def main(argv=None) -> int:
             # torchrun: the ranks start ~9 s sooner than under the deepspeed launcher, same ranks
             cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
                    str(free_port()), str(REPO / "bench/bench_load.py"), "--worker", loader, "--workdir", str(root)]  # fmt: skip
-            env = {**os.environ, "PYTHONPATH": str(REPO), "TOKENIZERS_PARALLELISM": "false"}
+            path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+            env = {**os.environ, "PYTHONPATH": path, "TOKENIZERS_PARALLELISM": "false"}
             proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise SystemExit(f"{loader} failed:\n{(proc.stdout + proc.stderr)[-4000:]}")

@@ -24,6 +24,15 @@ What is compared, per rank:
   leave the resident set. The built-in model's weights (5 MB) are below the noise of this measure
   (a few MB): its memory ratio says nothing, its traffic does.
 
+On a GPU (``--device cuda``: the GPU check's second part, launch/gpu_check.sh) the compute dtype is
+bf16, the ranks use NCCL, and the measured peak is CUDA's allocator peak while the steps run
+(torch.cuda.max_memory_allocated, reset as the first step starts), against the plan's peak per GPU as
+adept-plan prints it (no CPU staging). The allocator holds nothing but tensors, so no baseline run is
+subtracted: the CUDA context and NCCL's buffers are outside both figures (the plan leaves them to its
+headroom). Worlds up to the GPUs of the machine (default 1).
+
+    python bench/bench_plan.py --device cuda --shapes 7b-2l,7b-4l,7b --json gpu_plan.json
+
 The runs' figures come from adept_dist.plan.measure (one JSON line per rank and step in
 $ADEPT_MEMORY_REPORT). Until the trainer writes them itself, the worker (``--worker``) takes them
 around the trainer's own functions and then calls adept_dist.commands.train.main, as launch/train.py does.
@@ -51,6 +60,7 @@ SHAPES = {  # name -> (hidden, intermediate, layers, heads, kv_heads, vocab)
     "tiny": (64, 128, 2, 4, 2, 120),  # the baseline (tests/conftest.py's tiny LLaMA)
     "7b-2l": (4096, 11008, 2, 32, 32, 32000),  # LLaMA-2-7B's layer, embedding and head; 2 layers
     "7b-4l": (4096, 11008, 4, 32, 32, 32000),
+    "7b": (4096, 11008, 32, 32, 32, 32000),  # LLaMA-2-7B whole (13 GB of bf16 to write first)
     "1b-2l": (2048, 5632, 2, 16, 16, 32000),
     "1k-2l": (1024, 2816, 2, 8, 8, 32000),  # small enough for a test: 0.3 GB of fp32 embedding and head
 }
@@ -68,16 +78,26 @@ def parse(argv=None) -> argparse.Namespace:
                    help=f"random models of these shapes ({', '.join(s for s in SHAPES if s != 'tiny')}) and/or "
                         f"'builtin' (adept_dist/model/builtin.py's model)")  # fmt: skip
     p.add_argument("--extra", action="append", default=[], help="NAME=PATH: a model folder or .gguf file, run too")
-    p.add_argument("--worlds", default="1,2,4")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                   help="cpu: gloo ranks, fp32, peak resident set less a baseline run's; cuda: one GPU a rank, "
+                        "bf16, CUDA's allocator peak")  # fmt: skip
+    p.add_argument("--worlds", default=None, help="ranks of each layout (default 1,2,4 on cpu, 1 on cuda)")
     p.add_argument("--scopes", default="global,node,none")
     p.add_argument("--steps", type=int, default=3)
-    p.add_argument("--micro_batch", type=int, default=2)
-    p.add_argument("--max_length", type=int, default=48, help="every example is cut to exactly this many tokens")
+    p.add_argument("--micro_batch", type=int, default=None, help="default 2 on cpu, 4 on cuda")
+    p.add_argument("--max_length", type=int, default=None,
+                   help="every example is cut to exactly this many tokens (default 48 on cpu, 1024 on cuda)")  # fmt: skip
     p.add_argument("--ds_config", default="ds_configs/zero3.json")
     p.add_argument("--workdir", default=None, help="keep models and runs here (default: a temporary folder)")
     p.add_argument("--json", default=None, help="write the table's figures here")
     p.add_argument("--reuse", action="store_true", help="score the finished runs found in --workdir again")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    cuda = args.device == "cuda"
+    args.worlds = args.worlds or ("1" if cuda else "1,2,4")
+    args.micro_batch = args.micro_batch or (4 if cuda else 2)
+    args.max_length = args.max_length or (1024 if cuda else 48)
+    args.compute_dtype = "bf16" if cuda else "fp32"
+    return args
 
 
 # ----------------------------------------------------------------------------- the worker (one rank)
@@ -215,15 +235,17 @@ def run_training(folder: Path, rows: Path, out: Path, world: int, rpn: int | Non
 
     train = ["--model", str(folder), "--train_file", str(rows), "--ds_config", args.ds_config, "--output_dir",
              str(out / "run"), "--max_steps", str(args.steps), "--log_every", str(args.steps), "--micro_batch_size",
-             str(args.micro_batch), "--max_length", str(args.max_length), "--compute_dtype", "fp32",
+             str(args.micro_batch), "--max_length", str(args.max_length), "--compute_dtype", args.compute_dtype,
              "--shard_scope", scope] + (["--ranks_per_node", str(rpn)] if rpn else [])  # fmt: skip
     # torchrun: the ranks start ~9 s sooner than under the deepspeed launcher, same ranks
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(world), "--master_port",
            str(free_port()), str(Path(__file__).resolve()), "--worker", *train]  # fmt: skip
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_PORT")}
-    env.update(PYTHONPATH=str(REPO), DS_ACCELERATOR="cpu", OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               PYTHONUNBUFFERED="1", MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD),
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)  # keeps gpu_check's wheels
+    env.update(PYTHONPATH=path, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1",
                **{measure.MEMORY_REPORT: str(out / "measure.jsonl")})  # fmt: skip
+    if args.device == "cpu":
+        env.update(DS_ACCELERATOR="cpu", MALLOC_MMAP_THRESHOLD_=str(MMAP_THRESHOLD))
     t0 = time.perf_counter()
     if not (args.reuse and (out / "run" / "traffic.json").is_file()):
         shutil.rmtree(out, ignore_errors=True)
@@ -235,10 +257,16 @@ def run_training(folder: Path, rows: Path, out: Path, world: int, rpn: int | Non
         rec = json.loads(line)
         last[rec["rank"]] = rec
     mb = 2**20
+    peak_key = "cuda_peak_mb" if args.device == "cuda" else "peak_rss_mb"
+    missing = [r for r in range(world) if peak_key not in last.get(r, {})]
+    if missing:
+        raise SystemExit(f"run {out}: no {peak_key} from ranks {missing} in {out / 'measure.jsonl'}")
     return {
         "seconds": round(time.perf_counter() - t0, 1),
         "traffic": json.loads((out / "run" / "traffic.json").read_text()),
-        "peak": [last[r]["peak_rss_mb"] * mb for r in range(world)],  # the most resident while the steps ran
+        # the most resident (cpu) or allocated (cuda) while the steps ran
+        "peak": [last[r][peak_key] * mb for r in range(world)],
+        "peak_key": peak_key,
         "before_backbone": [last[r]["rss_before_backbone_mb"] * mb for r in range(world)],
         "before_steps": [last[r]["rss_before_mb"] * mb for r in range(world)],
     }
@@ -249,10 +277,10 @@ def predicted(folder: Path, world: int, rpn: int | None, scope: str, n_target: i
 
     ds, _, _ = apply_shard_scope(read_ds_config(args.ds_config), scope, args.ds_config)
     nodes, gpn = (world // rpn, rpn) if rpn else (1, world)
-    work = Workload(max_length=args.max_length, micro_batch=args.micro_batch, compute_dtype="fp32",
-                      target_tokens=n_target)  # fmt: skip
+    work = Workload(max_length=args.max_length, micro_batch=args.micro_batch, compute_dtype=args.compute_dtype,
+                    target_tokens=n_target)  # fmt: skip
     return plan_layout(read_shape(str(folder)), Cluster(nodes, gpn, 1 << 50), work, Zero.from_ds(ds), scope,
-                         cpu=True)  # fmt: skip
+                       cpu=args.device == "cpu")  # fmt: skip
 
 
 def compare(name: str, world: int, rpn, scope: str, run: dict, base: dict, plan, base_plan, steps: int) -> dict:
@@ -264,7 +292,7 @@ def compare(name: str, world: int, rpn, scope: str, run: dict, base: dict, plan,
         far = max(got, key=lambda g: abs(g - want))
         return far, (far / want if want else (1.0 if far == 0 else float("inf")))
 
-    mem_pred = plan.peak_bytes_per_gpu - base_plan.peak_bytes_per_gpu
+    mem_pred = plan.peak_bytes_per_gpu - (base_plan.peak_bytes_per_gpu if base_plan is not None else 0)
     mem_meas = [p - b for p, b in zip(run["peak"], base["peak"])]
     far_mem = max(mem_meas, key=lambda m: abs(m - mem_pred))
     intra_meas, intra_ratio = worst("intra_node_bytes_per_step", intra)
@@ -274,7 +302,8 @@ def compare(name: str, world: int, rpn, scope: str, run: dict, base: dict, plan,
         "intra_predicted": round(intra), "intra_measured": intra_meas, "intra_ratio": intra_ratio,
         "inter_predicted": round(inter), "inter_measured": inter_meas, "inter_ratio": inter_ratio,
         "memory_predicted": mem_pred, "memory_measured": far_mem, "memory_ratio": far_mem / mem_pred,
-        "memory_parts": plan.memory, "peak_rss": run["peak"], "baseline_peak_rss": base["peak"],
+        "memory_parts": plan.memory, "memory_measure": run["peak_key"],
+        "peak_rss": run["peak"], "baseline_peak_rss": base["peak"],
         "rss_before_backbone": run["before_backbone"], "seconds": run["seconds"],
     }  # fmt: skip
 
@@ -284,7 +313,7 @@ def table(rows: list[dict]) -> str:
         return f"{b / 1e6:.3f}" if abs(b) < 1e7 else f"{b / 1e6:.0f}"
 
     lines = ["| model | ranks (nodes) | scope | intra MB/step pred / meas | ratio | inter MB/step pred / meas | ratio "
-             "| peak - baseline MB pred / meas | ratio |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+             "| peak MB pred / meas (cpu: less the baseline's) | ratio |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['shape']} | {r['world']} ({r['nodes']}) | {r['scope']} | {mb(r['intra_predicted'])} / "
@@ -300,6 +329,14 @@ def main(argv=None) -> int:
     if "--worker" in argv:  # anywhere: the deepspeed launcher would put --local_rank=N first
         return worker([a for a in argv if a != "--worker"])
     args = parse(argv)
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise SystemExit("bench_plan: --device cuda needs a GPU and torch sees none: run it on a GPU machine")
+        if max(int(w) for w in args.worlds.split(",")) > torch.cuda.device_count():
+            raise SystemExit(f"bench_plan: --worlds {args.worlds} needs one GPU a rank and this machine has "
+                             f"{torch.cuda.device_count()}: give smaller worlds")  # fmt: skip
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="adept-bench-plan-"))
     root.mkdir(parents=True, exist_ok=True)
     rows_path = root / f"train_{args.max_length}.jsonl"
@@ -311,7 +348,9 @@ def main(argv=None) -> int:
     results = []
     try:
         folders = {name: model_folder(name, spec, root) for name, spec in models.items()}
-        bases = {name: baseline_folder(name, spec, folders[name], root) for name, spec in models.items()}
+        # on a GPU the allocator's peak is the model's tensors alone: no baseline process to subtract
+        bases = {name: baseline_folder(name, spec, folders[name], root) for name, spec in models.items()
+                 if args.device == "cpu"}  # fmt: skip
         for world in worlds:
             for rpn, scope in LAYOUTS[world]:
                 if scope not in scopes:
@@ -319,11 +358,11 @@ def main(argv=None) -> int:
                 where = root / "runs" / f"w{world}_{scope}"
                 done = {}  # baseline folder -> (its run, its plan)
                 for name, folder in folders.items():
-                    tiny = bases[name]
-                    if tiny not in done:
+                    tiny = bases.get(name)
+                    if tiny is not None and tiny not in done:
                         done[tiny] = (run_training(tiny, rows_path, where / tiny.name, world, rpn, scope, args),
                                       predicted(tiny, world, rpn, scope, target_tokens(tiny, rows_path), args))  # fmt: skip
-                    base, base_plan = done[tiny]
+                    base, base_plan = done[tiny] if tiny is not None else ({"peak": [0] * world}, None)
                     run = run_training(folder, rows_path, where / name, world, rpn, scope, args)
                     plan = predicted(folder, world, rpn, scope, target_tokens(folder, rows_path), args)
                     results.append(compare(name, world, rpn, scope, run, base, plan, base_plan, args.steps))
@@ -331,8 +370,11 @@ def main(argv=None) -> int:
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
-    print(f"{args.steps} steps of micro-batch {args.micro_batch} x {args.max_length} tokens, fp32, "
-          f"{args.ds_config}; ratio = measured / predicted (the rank farthest from the prediction)")  # fmt: skip
+    memory = ("peak resident set less the tiny model's run's" if args.device == "cpu" else
+              "CUDA allocator peak (max_memory_allocated)")  # fmt: skip
+    print(f"{args.steps} steps of micro-batch {args.micro_batch} x {args.max_length} tokens, {args.compute_dtype}, "
+          f"{args.ds_config}, {args.device}; memory: {memory}; ratio = measured / predicted (the rank farthest "
+          f"from the prediction)")  # fmt: skip
     print(table(results))
     if args.json:
         Path(args.json).write_text(json.dumps({"args": vars(args), "rows": results}, indent=1) + "\n")

@@ -2,7 +2,7 @@
 # The GPU check: adept-dist's training speed on one GPU at a LLaMA-7B shape, in one command, with
 # nothing but this checkout (no download: the model is random, built on the GPU).
 #
-#   launch/gpu_check.sh [--wheels DIR] [--json FILE] [more bench/bench.py flags]
+#   launch/gpu_check.sh [--wheels DIR] [--json FILE] [--plan_json FILE | --no_plan] [more bench/bench.py flags]
 #
 # Runs bench/bench.py at hidden 4096, 32 layers, 32 heads, vocabulary 32000 (LLaMA-2-7B), NF4 with
 # bf16 compute, examples of 256-1024 tokens, 8 per step, one round of: floor and floor_padded,
@@ -12,16 +12,24 @@
 # while loading. Flags after the options go to bench.py and override these (--layers 8 for a quicker
 # look). A mode that fails is recorded in the JSON's "failed" and the others still run.
 #
+# Then the plan against this GPU (unless --no_plan): bench/bench_plan.py --device cuda trains random
+# LLaMA-2-7B-shaped models of 2 and 4 layers (bf16, micro-batch 4 x 1024 tokens, ZeRO-3 and
+# replicated, one GPU) a few steps each, and writes adept-plan's predicted peak per GPU beside CUDA's
+# measured allocator peak to --plan_json (default gpu_plan.json). Both parts run whatever the other
+# did; the exit status is the worse of the two.
+#
 # --wheels DIR: install the Python packages the GPU machine lacks from wheel files in DIR first (into
 # a folder of their own on PYTHONPATH; the machine's torch is kept). launch/gpu_wheels.sh DIR fetches
 # them on a machine with PyPI.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-wheels="" json="gpu_check.json" extra=()
+wheels="" json="gpu_check.json" plan_json="gpu_plan.json" extra=()
 while [ $# -gt 0 ]; do
   case "$1" in
     --wheels) wheels="${2:?--wheels needs a folder of wheel files}"; shift 2 ;;
     --json) json="${2:?--json needs a file name}"; shift 2 ;;
+    --plan_json) plan_json="${2:?--plan_json needs a file name}"; shift 2 ;;
+    --no_plan) plan_json=""; shift ;;
     *) extra+=("$1"); shift ;;
   esac
 done
@@ -49,8 +57,19 @@ import torch
 print(f"gpu_check: torch {torch.__version__}, " + (torch.cuda.get_device_name() if torch.cuda.is_available()
       else "no GPU (the CPU runs it: only sensible with small shape flags)"), flush=True)
 PY
-start=$(date +%s)
+start=$(date +%s) status=0
 python3 bench/bench.py --hidden 4096 --layers 32 --heads 32 --vocab 32000 --min_len 256 --max_len 1024 \
   --batch 8 --examples 64 --warmup 2 --steps 4 --rounds 1 --keep_going \
-  --modes floor,floor_padded,anchor,ours,ours_padded,ours_zero3 --json "$json" ${extra[@]+"${extra[@]}"}
-echo "gpu_check: $(( $(date +%s) - start )) s in all; figures in $json"
+  --modes floor,floor_padded,anchor,ours,ours_padded,ours_zero3 --json "$json" ${extra[@]+"${extra[@]}"} || status=$?
+echo "gpu_check: speed in $(( $(date +%s) - start )) s (exit $status); figures in $json"
+if [ -n "$plan_json" ] && ! python3 -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then
+  echo "gpu_check: no GPU, so no plan check (it compares the plan with CUDA's allocator peak)"
+elif [ -n "$plan_json" ]; then
+  plan_start=$(date +%s) plan_status=0
+  python3 bench/bench_plan.py --device cuda --shapes 7b-2l,7b-4l --worlds 1 --scopes global,none \
+    --json "$plan_json" || plan_status=$?
+  echo "gpu_check: plan against the GPU's peak in $(( $(date +%s) - plan_start )) s (exit $plan_status); figures in $plan_json"
+  [ "$status" -ne 0 ] || status=$plan_status
+fi
+echo "gpu_check: $(( $(date +%s) - start )) s in all"
+exit "$status"

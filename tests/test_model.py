@@ -507,6 +507,9 @@ def _save_on_rank(rank: int, port: int, folder: str) -> None:
         save_model_folder(LlamaForCausalLM(model_config(len(build_tokenizer()))), Path(folder))
     dist.barrier()
     dist.destroy_process_group()
+    from adept_dist.common.errors import exit_process
+
+    exit_process(0)  # past gloo's threads without the interpreter's finalisation, as every rank script ends
 
 
 def test_the_builtin_model_is_written_whole_on_any_rank(tmp_path):

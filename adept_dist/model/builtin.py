@@ -305,7 +305,7 @@ def ensure_builtin(pretrain_steps: int = 600, seed: int = 0, log=print) -> Path:
 def _build(root: Path, pretrain_steps: int, seed: int, log) -> Path:
     from transformers import LlamaForCausalLM
 
-    log(f"building the built-in tiny LLaMA and task in {root} (once, about a minute)")
+    log(f"building the built-in tiny LLaMA and task in {root} (once, about two minutes on 2 cores)")
     tmp = Path(tempfile.mkdtemp(prefix=".builtin-", dir=root.parent))
     torch.manual_seed(seed)
     tokenizer = build_tokenizer()
