@@ -137,6 +137,35 @@ def test_tiny_model_traffic_equals_a_measured_run(tiny_model_dir):
         assert tuple(round(x) for x in lay.run_average(6)) == measured, scope
 
 
+@pytest.mark.dist
+def test_deepspeed_buffers_are_the_reduce_buffers_deepspeed_allocates(tiny_model_dir):
+    """The plan's "deepspeed_buffers" on a GPU against the reduce buffers DeepSpeed itself holds
+    (tests/bucket_check.py, world 1, a 4096-element bucket): ZeRO-3 one for good; ZeRO-2 (scope none)
+    two with overlap_comm (a double buffer; its default is off: one), from the adapter's gradients in the
+    backward's last step to its end, none after the step. So the plan adds ZeRO-2's buffers only where
+    that last step is the peak: with a small bucket the tiny model's peak is elsewhere and they add
+    nothing; with a bucket of 10^8 elements the last step is the peak and they add all of it."""
+    proc = run_cmd(ranks_cmd("tests/bucket_check.py", num_gpus=1))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    real = json.loads(proc.stdout.strip().splitlines()[-1])
+    bucket = 4096  # tests/bucket_check.py's reduce_bucket_size
+    count = {"2-True": 2, "2-False": 1, "2-None": 1, "3-True": 1, "3-None": 1}
+    assert real == {k: {"in_backward": n * bucket, "after_step": n * bucket if k[0] == "3" else 0}
+                    for k, n in count.items()}  # fmt: skip
+    shape, work = read_shape(str(tiny_model_dir)), Workload(micro_batch=1, compute_dtype="fp32")
+    for key, n in count.items():
+        stage, overlap = key.split("-")
+        scope = "none" if stage == "2" else "global"
+        for elements in (bucket, 10**8):
+            zero = {"stage": int(stage), "contiguous_gradients": True, "reduce_bucket_size": elements}
+            if overlap != "None":
+                zero["overlap_comm"] = overlap == "True"
+            lay = plan_layout(shape, cluster(1, 1, 80), work, Zero.from_ds({"zero_optimization": zero}), scope)
+            at_peak = 0 if stage == "2" and elements == bucket else n * elements * work.b
+            assert lay.memory["deepspeed_buffers"] == at_peak, (key, elements)
+            assert lay.peak_bytes_per_gpu == sum(lay.memory.values())
+
+
 # ----------------------------------------------------------------------------- the command
 def test_json_interface(capsys, tmp_path):
     out = tmp_path / "ds.json"

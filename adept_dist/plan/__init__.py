@@ -24,7 +24,9 @@ and the allocator's fragmentation are left to the headroom):
   additive bias, the MLP's gate, SiLU and up outputs; with activation checkpointing each layer's
   input only, and one layer recomputed at a time. Plus the logits at the target tokens in fp32.
 - adapter and Adam: compute-dtype copies, fp32 masters, gradients and the two moments, each
-  partitioned over all ranks; DeepSpeed's reduce bucket (reduce_bucket_size elements).
+  partitioned over all ranks; DeepSpeed's reduce bucket (reduce_bucket_size elements), held by
+  ZeRO-3 throughout, by ZeRO-2 only from the adapter's gradients to the backward's end (two with
+  overlap_comm, a double buffer).
 
 Traffic per optimizer step: the bytes each rank receives from ranks of its own node and of other
 nodes, in the ring volumes traffic.py counts (all-gather: the peer's shard; reduce-scatter: the

@@ -168,6 +168,7 @@ class Zero:
     max_reuse: int = 1_000_000_000
     reduce_bucket: int = 500_000_000
     contiguous_gradients: bool = True
+    overlap_comm: bool | None = None  # None: DeepSpeed's default, on for stage 3, off for stages 0-2
 
     @classmethod
     def from_ds(cls, ds: dict) -> Zero:
@@ -176,7 +177,9 @@ class Zero:
                 "prefetch_bucket": "stage3_prefetch_bucket_size", "max_live": "stage3_max_live_parameters",
                 "max_reuse": "stage3_max_reuse_distance", "reduce_bucket": "reduce_bucket_size"}  # fmt: skip
         given = {ours: int(float(z[theirs])) for ours, theirs in keys.items() if z.get(theirs, "auto") != "auto"}
-        return cls(**given, contiguous_gradients=bool(z.get("contiguous_gradients", True)))
+        overlap = z.get("overlap_comm")
+        return cls(**given, contiguous_gradients=bool(z.get("contiguous_gradients", True)),
+                   overlap_comm=None if overlap in (None, "auto") else bool(overlap))  # fmt: skip
 
 
 @dataclass(frozen=True)

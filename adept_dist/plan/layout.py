@@ -166,10 +166,20 @@ def plan_layout(
         resident = sum(p.part_bytes + (p.full_bytes if p.persistent else 0) for p in model.backbone())
         optimizer = sum(p.part_bytes + (p.full_bytes if p.persistent else 0) for p in adapter)
         optimizer += 16 * sum(p.part for p in adapter)  # fp32 master, gradient partition, 2 moments
-    bucket = (min(n_adapter, zero.reduce_bucket) if cpu else zero.reduce_bucket) * b
+    # The reduce buffers (contiguous_gradients). ZeRO-3 allocates one as the engine starts and keeps it.
+    # ZeRO-2 (none) allocates them as the first trainable gradient arrives, the adapter's in the backward's
+    # last step, and frees them at the backward's end: two with overlap_comm (a double buffer), else one
+    # (DeepSpeed 0.19.8, stage_1_and_2.py setup_buckets / _release_ipg_buffers; tests/bucket_check.py).
+    # On CPU only the bytes written are resident: the adapter's gradients, in the first buffer.
+    overlap = zero.overlap_comm if zero.overlap_comm is not None else scope != "none"  # none runs as stage 2
+    transient = scope == "none" and not cpu
+    bucket = min(n_adapter, zero.reduce_bucket) * b if cpu else zero.reduce_bucket * b
+    bucket = (2 if transient and overlap else 1) * bucket if zero.contiguous_gradients else 0
+    at_step = [0] * (len(steps) - 1) + [bucket] if transient else [0] * len(steps)
     constant = {"backbone": resident, "quant_stats": quant_stats_bytes(model), "adapter_and_adam": optimizer,
-                "deepspeed_buffers": bucket if zero.contiguous_gradients else 0}  # fmt: skip
-    at = max(range(len(steps)), key=lambda i: live[i] + steps[i].activations)
+                "deepspeed_buffers": 0 if transient else bucket}  # fmt: skip
+    at = max(range(len(steps)), key=lambda i: live[i] + steps[i].activations + at_step[i])
+    constant["deepspeed_buffers"] += at_step[at]
     memory = {**constant, "gathered_params": live[at], "activations": steps[at].activations}
     peak = sum(memory.values())
     act = activations(shape, work)
