@@ -10,6 +10,7 @@ import torch
 import torch.distributed as dist
 
 from adept_dist.distributed import traffic
+from adept_dist.distributed.comm import all_reduce_, collective_device, collective_device_type
 from adept_dist.distributed.topology import TopologyError, discover_nodes, nodes_from_keys, shard_groups
 from tests.conftest import run_gloo
 
@@ -43,6 +44,18 @@ def test_impossible_groups_are_refused_in_one_line():
         shard_groups([0, 0, 0, 1], "node")
 
 
+def test_cpu_figures_are_reduced_on_the_device_the_backend_takes():
+    """all_reduce_ (the trainer's loss sums, failure flags, the smallest device's memory) moves a CPU
+    tensor to the rank's GPU where the process group's backend takes no CPU tensors: NCCL, by torch's
+    own table (dist.Backend.backend_capability), which DeepSpeed starts on GPUs; gloo, and a
+    device:backend list with a cpu entry, take them as they are. (Only the CPU side can run here: the
+    4-rank test below reduces through gloo.)"""
+    assert collective_device_type("nccl") == "cuda" and collective_device_type("NCCL") == "cuda"
+    assert collective_device_type("xccl") == "xpu"
+    assert collective_device_type("gloo") == "cpu" and collective_device_type("mpi") == "cpu"
+    assert collective_device_type("cpu:gloo,cuda:nccl") == "cpu" and collective_device_type("cuda:nccl") == "cuda"
+
+
 def _collectives(rank: int, world: int, port: int, queue) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     counter = traffic.install()
@@ -65,7 +78,11 @@ def _collectives(rank: int, world: int, port: int, queue) -> None:
     with counter.paused():
         dist.all_reduce(torch.zeros(1000))  # not counted
     dist.all_reduce(torch.zeros(1000))  # counting off: not counted
-    queue.put((rank, counter.summary(steps=1)))
+    least, total = torch.tensor([float(rank + 1)], dtype=torch.float64), torch.tensor([float(rank + 1)])
+    same = all_reduce_(least, dist.ReduceOp.MIN) is least and all_reduce_(total) is total  # in place
+    queue.put(
+        (rank, {**counter.summary(steps=1), "min_sum": (least.item(), total.item(), same, str(collective_device()))})
+    )
     dist.destroy_process_group()
 
 
@@ -89,3 +106,4 @@ def test_counter_splits_bytes_by_collective_and_link():
             assert b["recv_intra_node" if rank == 3 else "recv_inter_node"] == 40
         assert s["intra_node_bytes_per_step"] == sum(v["recv_intra_node"] for v in by.values())
         assert s["node"] == (0 if rank < 2 else 1)
+        assert s["min_sum"] == (1.0, 10.0, True, "cpu")  # gloo reduces CPU tensors where they are

@@ -105,10 +105,45 @@ def share_cpu_cores(world: int) -> None:
         torch.set_num_threads(threads)
 
 
-def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+def collective_device() -> torch.device:
+    """The device whose tensors the default group's collectives take. NCCL reduces CUDA tensors only
+    (torch's Backend.backend_capability: a CPU tensor fails with "No backend type associated with
+    device type cpu"), so on GPUs a CPU figure (a loss sum, a failure flag) goes through the rank's
+    GPU; gloo, MPI, UCC and a device:backend list with a cpu entry take CPU tensors as they are."""
+    kind = collective_device_type(str(dist.get_backend()))
+    if kind == "cpu":
+        return torch.device("cpu")
+    module = getattr(torch, kind, None)  # torch.cuda, torch.xpu: the device this rank set
+    return torch.device(kind, module.current_device() if hasattr(module, "current_device") else 0)
+
+
+def collective_device_type(backend: str) -> str:
+    """ "cpu" where `backend` (a process group's, as dist.get_backend() names it) takes CPU tensors,
+    else the first device type it takes."""
+    backend = backend.lower()
+    if ":" in backend:  # e.g. "cpu:gloo,cuda:nccl"
+        types = [pair.split(":")[0].strip() for pair in backend.split(",")]
+    else:
+        types = list(dist.Backend.backend_capability.get(backend, ["cpu"]))
+    return "cpu" if "cpu" in types else types[0]
+
+
+def all_reduce_(t: torch.Tensor, op=dist.ReduceOp.SUM) -> torch.Tensor:
+    """`t` reduced over all ranks in place, on whatever device it lives (collective; a world of one:
+    nothing to do). A CPU tensor travels through the rank's GPU where the backend needs one."""
     if dist.is_initialized() and dist.get_world_size() > 1:
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+        device = collective_device()
+        if t.device == device:
+            dist.all_reduce(t, op=op)
+        else:
+            moved = t.to(device)
+            dist.all_reduce(moved, op=op)
+            t.copy_(moved)
     return t
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    return all_reduce_(t, dist.ReduceOp.SUM)
 
 
 def broadcast_packed(tensors: dict[str, torch.Tensor] | None, meta: str | None, device: torch.device):

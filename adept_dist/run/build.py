@@ -34,7 +34,7 @@ from adept_dist.data import splits
 from adept_dist.data.examples import ENCODING, UNKNOWN_WARN_SHARE, make_stream, unknown_shares
 from adept_dist.data.tasks import get_task
 from adept_dist.distributed import traffic
-from adept_dist.distributed.comm import Dist
+from adept_dist.distributed.comm import Dist, all_reduce_
 from adept_dist.distributed.dsconfig import AUTO, DEFAULT_DS_CONFIG, apply_shard_scope, resolve_ds_config, zero_stage
 from adept_dist.distributed.topology import Layout, discover_nodes, make_layout
 from adept_dist.distributed.zero import build_engine, full_numel, gathered
@@ -169,9 +169,7 @@ def planned_scope(cfg: Config, d: Dist, nodes: list[int], model_config: dict, ds
                           f"unevenly on {n_nodes} nodes: pass --shard_scope global, node or none")  # fmt: skip
     mine = device_bytes(d.device, nodes.count(nodes[d.rank]))
     mine = memory_size(mine, f"${DEVICE_MEMORY}") if isinstance(mine, str) else mine
-    least = torch.tensor([float(mine)], dtype=torch.float64)
-    if dist.is_initialized():
-        dist.all_reduce(least, op=dist.ReduceOp.MIN)  # the smallest device decides
+    least = all_reduce_(torch.tensor([float(mine)], dtype=torch.float64), dist.ReduceOp.MIN)  # the smallest decides
     memory = int(least.item())
     c, a = cfg, cfg.adapter
     work = Workload(
