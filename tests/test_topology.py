@@ -9,8 +9,9 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from adept_dist.common.errors import ConfigError
 from adept_dist.distributed import traffic
-from adept_dist.distributed.comm import all_reduce_, collective_device, collective_device_type
+from adept_dist.distributed.comm import all_reduce_, check_device_index, collective_device, collective_device_type
 from adept_dist.distributed.topology import TopologyError, discover_nodes, nodes_from_keys, shard_groups
 from tests.conftest import run_gloo
 
@@ -54,6 +55,15 @@ def test_cpu_figures_are_reduced_on_the_device_the_backend_takes():
     assert collective_device_type("xccl") == "xpu"
     assert collective_device_type("gloo") == "cpu" and collective_device_type("mpi") == "cpu"
     assert collective_device_type("cpu:gloo,cuda:nccl") == "cpu" and collective_device_type("cuda:nccl") == "cuda"
+
+
+def test_a_rank_that_cannot_see_its_gpu_is_refused_in_one_line():
+    """Each rank takes the GPU of its local rank (DeepSpeed too): a task that sees only its own GPU
+    (SLURM's --gpus-per-task) would meet CUDA's "invalid device ordinal" deep inside DeepSpeed."""
+    check_device_index(0, 1)
+    check_device_index(7, 8)
+    with pytest.raises(ConfigError, match=r"local rank 3 runs on device 3, but this process sees 1 .*--gpu-bind=none"):
+        check_device_index(3, 1)
 
 
 def _collectives(rank: int, world: int, port: int, queue) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from adept_dist.common.errors import ConfigError
 from adept_dist.distributed import traffic
 from adept_dist.distributed.buildlock import prepare_cpu_comm_op, without_op_banner
 
@@ -54,9 +55,10 @@ def init_distributed(local_rank: int | None = None) -> Dist:
         if not dist.is_initialized():  # its store on a port the OS picks while binding: no port race
             dist.init_process_group(acc.communication_backend_name(), init_method="tcp://127.0.0.1:0", rank=0,
                                     world_size=1)  # fmt: skip
-    if local_rank is None or local_rank < 0:
-        local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    if local_rank is None or local_rank < 0:  # mpirun sets no LOCAL_RANK before DeepSpeed's MPI discovery
+        local_rank = int(os.environ.get("LOCAL_RANK") or os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK") or 0)
     if acc.device_name() != "cpu":
+        check_device_index(local_rank, acc.device_count())
         acc.set_device(local_rank)
     traffic.install()  # before DeepSpeed's comm backend, which keeps references to torch's collectives
     with without_op_banner():  # DeepSpeed's comm backend now (it creates the shm buffers), not at initialize
@@ -68,6 +70,19 @@ def init_distributed(local_rank: int | None = None) -> Dist:
         share_cpu_cores(dist.get_world_size())
         unlink_shm_buffer()
     return Dist(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def check_device_index(local_rank: int, visible: int) -> None:
+    """A rank uses the GPU numbered by its local rank (so does DeepSpeed, from $LOCAL_RANK): it must see
+    that many. A scheduler that gives each task only its own GPU (SLURM's --gpus-per-task, or
+    --gpu-bind) leaves local rank 3 one device: refused in one line instead of CUDA's invalid ordinal."""
+    if local_rank >= visible:
+        shown = os.environ.get("CUDA_VISIBLE_DEVICES")
+        raise ConfigError(
+            f"local rank {local_rank} runs on device {local_rank}, but this process sees {visible} "
+            f"(CUDA_VISIBLE_DEVICES={shown!r}): give every rank all of its node's GPUs (SLURM: --gpus-per-node "
+            f"without --gpus-per-task, or srun --gpu-bind=none), one rank per GPU"
+        )
 
 
 def close_process_group() -> None:

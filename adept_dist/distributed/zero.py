@@ -197,7 +197,8 @@ def set_full_hp(p: torch.nn.Parameter, value: torch.Tensor, key: str | None = No
 
 
 def adam_step_count(engine) -> int:
-    steps = [int(s["step"]) for s in engine.optimizer.optimizer.state.values() if "step" in s]
+    inner = getattr(engine.optimizer, "optimizer", engine.optimizer)  # ZeRO's wrapper, or a stage-0 fp32 bare AdamW
+    steps = [int(s["step"]) for s in inner.state.values() if "step" in s]
     return steps[0] if steps else 0
 
 
