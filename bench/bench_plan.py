@@ -91,6 +91,8 @@ def parse(argv=None) -> argparse.Namespace:
     p.add_argument("--workdir", default=None, help="keep models and runs here (default: a temporary folder)")
     p.add_argument("--json", default=None, help="write the table's figures here")
     p.add_argument("--reuse", action="store_true", help="score the finished runs found in --workdir again")
+    p.add_argument("--keep_going", action="store_true",
+                   help="a run that fails is recorded in the JSON's \"failed\" and the others still run")  # fmt: skip
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     args.worlds = args.worlds or ("1" if cuda else "1,2,4")
@@ -345,7 +347,14 @@ def main(argv=None) -> int:
     models.update(dict(spec.split("=", 1) for spec in args.extra))
     worlds = [int(w) for w in args.worlds.split(",")]
     scopes = args.scopes.split(",")
-    results = []
+    results, failed = [], {}
+
+    def save() -> None:  # after every row: a run cut short (a GPU's time running out) keeps what it has
+        if args.json:
+            Path(args.json).write_text(
+                json.dumps({"args": vars(args), "rows": results, "failed": failed}, indent=1) + "\n"
+            )
+
     try:
         folders = {name: model_folder(name, spec, root) for name, spec in models.items()}
         # on a GPU the allocator's peak is the model's tensors alone: no baseline process to subtract
@@ -363,10 +372,20 @@ def main(argv=None) -> int:
                         done[tiny] = (run_training(tiny, rows_path, where / tiny.name, world, rpn, scope, args),
                                       predicted(tiny, world, rpn, scope, target_tokens(tiny, rows_path), args))  # fmt: skip
                     base, base_plan = done[tiny] if tiny is not None else ({"peak": [0] * world}, None)
-                    run = run_training(folder, rows_path, where / name, world, rpn, scope, args)
+                    try:
+                        run = run_training(folder, rows_path, where / name, world, rpn, scope, args)
+                    except SystemExit as exc:
+                        if not args.keep_going:
+                            raise
+                        failed[f"{name} w{world} {scope}"] = str(exc)[-2000:]
+                        print(f"[bench_plan] {name} at world {world}, {scope}: failed (--keep_going)\n{str(exc)[-1500:]}",
+                              flush=True)  # fmt: skip
+                        save()
+                        continue
                     plan = predicted(folder, world, rpn, scope, target_tokens(folder, rows_path), args)
                     results.append(compare(name, world, rpn, scope, run, base, plan, base_plan, args.steps))
                     print(table(results[-1:]).splitlines()[-1], f"({run['seconds']} s)", flush=True)
+                    save()
     finally:
         if not args.workdir:
             shutil.rmtree(root, ignore_errors=True)
@@ -376,11 +395,13 @@ def main(argv=None) -> int:
           f"{args.ds_config}, {args.device}; memory: {memory}; ratio = measured / predicted (the rank farthest "
           f"from the prediction)")  # fmt: skip
     print(table(results))
+    save()
     if args.json:
-        Path(args.json).write_text(json.dumps({"args": vars(args), "rows": results}, indent=1) + "\n")
         print(f"[bench_plan] figures written to {args.json}")
-    return 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from adept_dist.common.errors import exit_process
+
+    exit_process(main() or 0)  # its ranks (--worker) ran collectives: skip the interpreter's finalisation

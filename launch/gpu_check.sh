@@ -66,7 +66,7 @@ if [ -n "$plan_json" ] && ! python3 -c "import sys, torch; sys.exit(not torch.cu
   echo "gpu_check: no GPU, so no plan check (it compares the plan with CUDA's allocator peak)"
 elif [ -n "$plan_json" ]; then
   plan_start=$(date +%s) plan_status=0
-  python3 bench/bench_plan.py --device cuda --shapes 7b-2l,7b-4l --worlds 1 --scopes global,none \
+  python3 bench/bench_plan.py --device cuda --shapes 7b-2l,7b-4l --worlds 1 --scopes global,none --keep_going \
     --json "$plan_json" || plan_status=$?
   echo "gpu_check: plan against the GPU's peak in $(( $(date +%s) - plan_start )) s (exit $plan_status); figures in $plan_json"
   [ "$status" -ne 0 ] || status=$plan_status
