@@ -199,11 +199,35 @@ def load_trainable_only(src: dict, dst: torch.nn.Module) -> None:
     dst.load_state_dict({k: src[k] for k in trainable}, strict=False)
 
 
+def unreadable_files(folder: Path, rank: int) -> str:
+    """The first of DeepSpeed's files that this rank loads from `folder` (its own ZeRO partition files
+    and the shared model states) that cannot be read, as a short reason; "" when all can. They hold
+    the adapter and its optimizer state only (the frozen backbone is not saved): small to read twice."""
+    for path in sorted(folder.glob("*.pt")):
+        own = f"zero_pp_rank_{rank}_" in path.name
+        if own or ("zero_pp_rank_" not in path.name and path.name.endswith("model_states.pt")):
+            try:
+                torch.load(path, map_location="cpu", weights_only=False)
+            except Exception as exc:  # noqa: BLE001 - a truncated or garbled file raises many kinds
+                return f"{path.name}: {first_line(exc, 120)}"
+    return ""
+
+
 def load_one(engine, named_params, root: Path, folder: Path, meta: dict, world: int, log) -> None:
     """Load one checkpoint: DeepSpeed's own files at the world size and ZeRO stage that wrote it,
     else its whole-state copy."""
     same_stage = meta.get("zero_stage", engine.zero_optimization_stage()) == engine.zero_optimization_stage()
     if meta["world"] == world and same_stage:
+        # every rank reads its own files first and all agree before any enters DeepSpeed's load, whose
+        # collectives would otherwise wait forever for a rank that failed on a damaged file of its own
+        rank = dist.get_rank() if dist.is_initialized() else 0
+        problems = [unreadable_files(folder, rank)]
+        if world > 1:
+            problems = [None] * world
+            dist.all_gather_object(problems, unreadable_files(folder, rank))
+        bad = [f"{text} (rank {r})" for r, text in enumerate(problems) if text]
+        if bad:
+            raise CheckpointError("; ".join(bad[:2]))
         path, _ = engine.load_checkpoint(str(root), tag=folder.name, custom_load_fn=load_trainable_only)
         if path is None:
             raise CheckpointError("DeepSpeed found nothing to load")
