@@ -528,6 +528,9 @@ def main(argv=None) -> int:
                     continue
                 print(f"[bench] {mode}: {this[mode]['step_s']:.3f} s/step, {this[mode]['tokens_per_s']:.0f} tokens/s",
                       flush=True)  # fmt: skip
+                # what is measured so far, in case the run is cut short (a GPU lent for minutes); replaced below
+                partial = {"partial": True, "per_round": [*rounds, this], "failed": failed}
+                Path(args.json).write_text(json.dumps(partial, indent=2) + "\n")
             rounds.append(this)
     finally:
         if not args.keep:
