@@ -331,12 +331,13 @@ def main(argv=None) -> int:
     if "--worker" in argv:  # anywhere: the deepspeed launcher would put --local_rank=N first
         return worker([a for a in argv if a != "--worker"])
     args = parse(argv)
+    worlds = [int(w) for w in args.worlds.split(",")]
     if args.device == "cuda":
         import torch
 
         if not torch.cuda.is_available():
             raise SystemExit("bench_plan: --device cuda needs a GPU and torch sees none: run it on a GPU machine")
-        if max(int(w) for w in args.worlds.split(",")) > torch.cuda.device_count():
+        if max(worlds) > torch.cuda.device_count():
             raise SystemExit(f"bench_plan: --worlds {args.worlds} needs one GPU a rank and this machine has "
                              f"{torch.cuda.device_count()}: give smaller worlds")  # fmt: skip
     root = Path(args.workdir) if args.workdir else Path(tempfile.mkdtemp(prefix="adept-bench-plan-"))
@@ -345,7 +346,6 @@ def main(argv=None) -> int:
     write_rows(rows_path, args.max_length)
     models = {name: None for name in args.shapes.split(",") if name}
     models.update(dict(spec.split("=", 1) for spec in args.extra))
-    worlds = [int(w) for w in args.worlds.split(",")]
     scopes = args.scopes.split(",")
     results, failed = [], {}
 

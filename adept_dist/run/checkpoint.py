@@ -220,11 +220,11 @@ def load_one(engine, named_params, root: Path, folder: Path, meta: dict, world: 
     if meta["world"] == world and same_stage:
         # every rank reads its own files first and all agree before any enters DeepSpeed's load, whose
         # collectives would otherwise wait forever for a rank that failed on a damaged file of its own
-        rank = dist.get_rank() if dist.is_initialized() else 0
-        problems = [unreadable_files(folder, rank)]
+        mine = unreadable_files(folder, dist.get_rank() if dist.is_initialized() else 0)
+        problems = [mine]
         if world > 1:
             problems = [None] * world
-            dist.all_gather_object(problems, unreadable_files(folder, rank))
+            dist.all_gather_object(problems, mine)
         bad = [f"{text} (rank {r})" for r, text in enumerate(problems) if text]
         if bad:
             raise CheckpointError("; ".join(bad[:2]))
